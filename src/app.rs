@@ -1,0 +1,92 @@
+//! Process-wide state shared by every connection: built once at startup.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use http::HeaderName;
+
+use crate::clock::SharedClock;
+use crate::coalesce::Coalescer;
+use crate::config::Config;
+use crate::identity::IdentityResolver;
+use crate::metrics::Metrics;
+use crate::policy::Policy;
+use crate::proxy::Fetched;
+use crate::store::SharedStore;
+use crate::store::memory::MemoryStore;
+use crate::upstream::Upstream;
+
+/// Everything a request needs.
+pub struct App {
+    /// Reloadable part of the configuration (tiers, rules, limits).
+    pub config: ArcSwap<Config>,
+    pub policy: ArcSwap<Policy>,
+    pub upstream: Upstream,
+    pub identity: IdentityResolver,
+    /// The store requests read and write (memory, redis or tiered).
+    pub store: SharedStore,
+    /// The in-process store when one is in use (metrics, sync hit path).
+    pub memory: Option<Arc<MemoryStore>>,
+    pub coalescer: Arc<Coalescer<Arc<Fetched>>>,
+    pub metrics: Arc<Metrics>,
+    pub clock: SharedClock,
+    pub guest_header: HeaderName,
+    /// False once shutdown began.
+    pub accepting: AtomicBool,
+    /// Unix ms of the last response received from Superset.
+    pub last_upstream_ok_ms: AtomicU64,
+}
+
+impl App {
+    /// Build the app with the given store (the memory store when `memory` is set).
+    pub fn new(
+        cfg: Config,
+        store: SharedStore,
+        memory: Option<Arc<MemoryStore>>,
+        metrics: Arc<Metrics>,
+        clock: SharedClock,
+    ) -> anyhow::Result<Arc<App>> {
+        cfg.validate()?;
+        let policy = Policy::from_config(&cfg)?;
+        let upstream = Upstream::new(&cfg)?;
+        let identity = IdentityResolver::new(&cfg.identity, metrics.clone())?;
+        let guest_header = HeaderName::from_bytes(cfg.identity.guest_token_header.as_bytes())?;
+        Ok(Arc::new(App {
+            config: ArcSwap::from_pointee(cfg),
+            policy: ArcSwap::from_pointee(policy),
+            upstream,
+            identity,
+            store,
+            memory,
+            coalescer: Coalescer::new(),
+            metrics,
+            clock,
+            guest_header,
+            accepting: AtomicBool::new(true),
+            last_upstream_ok_ms: AtomicU64::new(0),
+        }))
+    }
+
+    /// Build with the embedded memory store sized from config.
+    pub fn with_memory_store(cfg: Config, clock: SharedClock) -> anyhow::Result<Arc<App>> {
+        let mem = Arc::new(MemoryStore::new(cfg.memory.max_bytes, clock.clone()));
+        App::new(cfg, mem.clone(), Some(mem), Arc::new(Metrics::new()), clock)
+    }
+
+    /// Record that Superset answered (readiness).
+    pub fn upstream_ok(&self) {
+        self.last_upstream_ok_ms
+            .store(self.clock.now_ms(), Ordering::Relaxed);
+    }
+
+    /// Refresh store gauges (called when metrics are scraped).
+    pub fn refresh_gauges(&self) {
+        if let Some(m) = &self.memory {
+            m.sync();
+            let (entries, bytes) = m.usage();
+            self.metrics.memory_entries.set(entries as i64);
+            self.metrics.memory_bytes.set(bytes as i64);
+        }
+    }
+}

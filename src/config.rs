@@ -1,0 +1,379 @@
+//! Configuration: serde structs with documented defaults, loaded from one TOML
+//! file, overridden by `CHARTCACHE_*` environment variables (nested keys joined
+//! with `__`, e.g. `CHARTCACHE_MEMORY__MAX_BYTES=1073741824`) and then by CLI
+//! flags. `validate()` rejects configurations that would misbehave at runtime.
+//!
+//! `config/chartcache.toml` documents every key; keep the two in sync.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+
+use crate::policy::{RuleConfig, TierConfig};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address the proxy listens on.
+    pub listen: SocketAddr,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`, `/purge`, `/explain`).
+    /// Loopback by default: the admin surface is not for the public.
+    pub admin_listen: SocketAddr,
+    /// Superset base URL (`http://` or `https://`), e.g. `http://superset:8088`.
+    pub upstream: String,
+    pub routes: RoutesConfig,
+    pub identity: IdentityConfig,
+    pub cache: CacheConfig,
+    pub memory: MemoryConfig,
+    pub upstream_client: UpstreamConfig,
+    pub server: ServerConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    /// Named TTL tiers. The `default_tier` must be one of them.
+    pub tiers: Vec<TierConfig>,
+    /// Tier used when no rule matches.
+    pub default_tier: String,
+    /// Ordered rules; the first match picks a tier or `bypass`.
+    pub rules: Vec<RuleConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: "0.0.0.0:8080".parse().unwrap(),
+            admin_listen: "127.0.0.1:9090".parse().unwrap(),
+            upstream: String::new(),
+            routes: RoutesConfig::default(),
+            identity: IdentityConfig::default(),
+            cache: CacheConfig::default(),
+            memory: MemoryConfig::default(),
+            upstream_client: UpstreamConfig::default(),
+            server: ServerConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+            tiers: TierConfig::defaults(),
+            default_tier: "standard".into(),
+            rules: Vec::new(),
+        }
+    }
+}
+
+/// Which Superset routes are cache candidates. Everything else is forwarded.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RoutesConfig {
+    /// `POST /api/v1/chart/data` (JSON query context).
+    pub chart_data: bool,
+    /// `GET /api/v1/chart/{id}/data/` (saved query context).
+    pub chart_data_get: bool,
+    /// `GET|POST /superset/explore_json/` (legacy charts).
+    pub explore_json: bool,
+    /// Also store CSV/XLSX exports (`result_format: csv|xlsx`). Off by default:
+    /// exports are rare, large and usually wanted fresh.
+    pub store_exports: bool,
+}
+
+impl Default for RoutesConfig {
+    fn default() -> Self {
+        Self {
+            chart_data: true,
+            chart_data_get: true,
+            explore_json: true,
+            store_exports: false,
+        }
+    }
+}
+
+/// How credentials are resolved to principals.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// How long a credential → principal mapping is trusted (seconds). This bounds
+    /// how long a revoked credential can still get cache hits.
+    pub ttl_secs: u64,
+    /// How long a credential Superset refused (401/403/422) stays refused (seconds).
+    pub negative_ttl_secs: u64,
+    /// Name of Superset's session cookie (`SESSION_COOKIE_NAME`).
+    pub session_cookie: String,
+    /// Header carrying embedded-dashboard guest tokens.
+    pub guest_token_header: String,
+    /// Superset endpoint that names the principal of a credential.
+    pub me_path: String,
+    /// Maximum number of cached credential mappings.
+    pub max_entries: u64,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            ttl_secs: 60,
+            negative_ttl_secs: 5,
+            session_cookie: "session".into(),
+            guest_token_header: "X-GuestToken".into(),
+            me_path: "/api/v1/me/".into(),
+            max_entries: 100_000,
+        }
+    }
+}
+
+/// Cache behaviour independent of the backend.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Largest response body (uncompressed bytes) that is stored.
+    pub max_object_bytes: u64,
+    /// Largest request body read for fingerprinting. Larger bodies are streamed
+    /// to Superset uncached.
+    pub max_request_body_bytes: u64,
+    /// zstd level used once per stored entry.
+    pub zstd_level: i32,
+    /// Also keep a gzip copy of each entry so gzip-only clients are served
+    /// without per-request compression.
+    pub store_gzip: bool,
+    /// How long followers wait for a coalesced leader before fetching themselves (ms).
+    pub coalesce_wait_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            max_object_bytes: 32 * 1024 * 1024,
+            max_request_body_bytes: 1024 * 1024,
+            zstd_level: 3,
+            store_gzip: true,
+            coalesce_wait_ms: 60_000,
+        }
+    }
+}
+
+/// The embedded in-memory store.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Upper bound of stored bytes (compressed bodies + headers).
+    pub max_bytes: u64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// The pooled client that talks to Superset.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// TCP (+TLS) connect timeout (ms).
+    pub connect_timeout_ms: u64,
+    /// Time until Superset's response headers arrive (ms). Chart queries can be slow;
+    /// keep it at or above Superset's own `SUPERSET_WEBSERVER_TIMEOUT`.
+    pub response_timeout_ms: u64,
+    /// Idle pooled connections are closed after this many seconds.
+    pub pool_idle_timeout_secs: u64,
+    /// Idle pooled connections kept per upstream host.
+    pub pool_max_idle_per_host: usize,
+    /// Extra PEM CA bundle trusted for `https://` upstreams (besides the webpki roots).
+    pub ca_file: Option<String>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        Self {
+            connect_timeout_ms: 3_000,
+            response_timeout_ms: 120_000,
+            pool_idle_timeout_secs: 90,
+            pool_max_idle_per_host: 256,
+            ca_file: None,
+        }
+    }
+}
+
+/// The client-facing listener.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// After SIGTERM, how long in-flight requests may take to finish (seconds).
+    pub drain_timeout_secs: u64,
+    /// A client must send its request headers within this time (ms): slowloris guard.
+    pub header_read_timeout_ms: u64,
+    /// Maximum number of request headers.
+    pub max_headers: usize,
+    /// Maximum total size of the request head (bytes).
+    pub max_header_bytes: usize,
+    /// Maximum concurrent client connections; above it new connections are refused.
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            drain_timeout_secs: 25,
+            header_read_timeout_ms: 10_000,
+            max_headers: 100,
+            max_header_bytes: 64 * 1024,
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// The admin listener.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Bearer token for `/purge` and `/explain`. Prefer `CHARTCACHE_ADMIN__TOKEN`
+    /// or `token_file`; never commit it. Without a token those endpoints answer 401.
+    pub token: Option<String>,
+    /// File holding the admin token (e.g. a mounted Kubernetes Secret).
+    pub token_file: Option<String>,
+}
+
+impl AdminConfig {
+    /// The effective admin token, reading `token_file` when set.
+    pub fn resolve_token(&self) -> anyhow::Result<Option<String>> {
+        if let Some(t) = &self.token {
+            return Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty()));
+        }
+        if let Some(f) = &self.token_file {
+            let t = std::fs::read_to_string(f)
+                .map_err(|e| anyhow::anyhow!("admin.token_file {f}: {e}"))?;
+            return Ok(Some(t.trim().to_string()).filter(|t| !t.is_empty()));
+        }
+        Ok(None)
+    }
+}
+
+/// Logging.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A `tracing` filter, e.g. `info` or `chartcache=debug,info`.
+    pub level: String,
+    /// One line per request at `info` (target `access`).
+    pub access_log: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            format: "text".into(),
+            level: "info".into(),
+            access_log: true,
+        }
+    }
+}
+
+impl Config {
+    /// Load: defaults ← TOML file (if given) ← `CHARTCACHE_*` env.
+    pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(f) = file {
+            if !f.exists() {
+                anyhow::bail!("config file {} does not exist", f.display());
+            }
+            fig = fig.merge(Toml::file(f));
+        }
+        // CHARTCACHE_CONFIG names the file; CHARTCACHE_REDIS_URL is a CLI alias.
+        fig = fig.merge(
+            Env::prefixed("CHARTCACHE_")
+                .ignore(&["CONFIG", "REDIS_URL"])
+                .split("__")
+                .lowercase(true),
+        );
+        let cfg: Config = fig
+            .extract()
+            .map_err(|e| anyhow::anyhow!("invalid configuration: {e}"))?;
+        Ok(cfg)
+    }
+
+    /// Reject configurations that cannot work.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        use anyhow::bail;
+        if self.upstream.is_empty() {
+            bail!(
+                "upstream is required (--upstream, CHARTCACHE_UPSTREAM or `upstream` in the config file)"
+            );
+        }
+        let uri: http::Uri = self
+            .upstream
+            .parse()
+            .map_err(|e| anyhow::anyhow!("upstream {:?} is not a URL: {e}", self.upstream))?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") => {}
+            _ => bail!(
+                "upstream {:?} must start with http:// or https://",
+                self.upstream
+            ),
+        }
+        if uri.host().is_none() {
+            bail!("upstream {:?} has no host", self.upstream);
+        }
+        if self.memory.max_bytes < 1024 * 1024 {
+            bail!("memory.max_bytes must be at least 1 MiB");
+        }
+        if self.cache.max_object_bytes == 0 || self.cache.max_object_bytes > u32::MAX as u64 {
+            bail!("cache.max_object_bytes must be between 1 and 4 GiB");
+        }
+        if !(1..=22).contains(&self.cache.zstd_level) {
+            bail!("cache.zstd_level must be 1..=22");
+        }
+        if self.identity.session_cookie.is_empty() {
+            bail!("identity.session_cookie must not be empty");
+        }
+        http::HeaderName::from_bytes(self.identity.guest_token_header.as_bytes())
+            .map_err(|_| anyhow::anyhow!("identity.guest_token_header is not a header name"))?;
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            bail!("log.format must be `text` or `json`");
+        }
+        crate::policy::Policy::from_config(self)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_only_upstream() {
+        let mut c = Config::default();
+        assert!(c.validate().is_err());
+        c.upstream = "http://127.0.0.1:8088".into();
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_upstream() {
+        let c = Config {
+            upstream: "ftp://x".into(),
+            ..Config::default()
+        };
+        assert!(c.validate().unwrap_err().to_string().contains("http://"));
+    }
+
+    #[test]
+    fn shipped_config_file_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/chartcache.toml");
+        let mut c = Config::load(Some(&path)).unwrap();
+        c.upstream = "http://127.0.0.1:8088".into();
+        c.validate().unwrap();
+        assert_eq!(c.rules.len(), 2);
+        assert_eq!(c.tiers, crate::policy::TierConfig::defaults());
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "upstream = 'http://x'\nno_such_key = 1\n").unwrap();
+        assert!(Config::load(Some(&p)).is_err());
+    }
+}

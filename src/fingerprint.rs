@@ -1,0 +1,593 @@
+//! The cache key: one type, built in one function, hashed with blake3 and
+//! pinned by test vectors.
+//!
+//! Input, in order, each length-prefixed: key-schema version, route kind, path,
+//! sorted decoded query parameters (control parameters removed), identity scope,
+//! canonical body. The canonical body is the JSON request with object keys
+//! sorted recursively, no whitespace, and control fields (`force`) removed.
+//!
+//! Changing anything here that changes a key must bump [`KEY_SCHEMA_VERSION`].
+
+use std::fmt;
+
+use serde_json::{Map, Value};
+
+use crate::route::CachedRoute;
+
+/// Version of the key schema; part of every key.
+pub const KEY_SCHEMA_VERSION: u32 = 1;
+
+/// Top-level body fields that control caching but do not change the result.
+/// `force` is Superset's "Force refresh": we honour it as a refresh flag.
+const CONTROL_BODY_FIELDS: &[&str] = &["force"];
+/// Query parameters that control caching but do not change the result.
+const CONTROL_QUERY_PARAMS: &[&str] = &["force"];
+
+/// A 32-byte blake3 digest identifying one cacheable response.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey(pub [u8; 32]);
+
+impl CacheKey {
+    /// Lower-case hex, as used in Redis keys, logs and the admin API.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+
+    /// Parse the hex form back (admin purge by key).
+    pub fn from_hex(s: &str) -> Option<CacheKey> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(CacheKey(out))
+    }
+
+    /// The first 12 hex characters: enough to correlate log lines.
+    pub fn short(&self) -> String {
+        hex::encode(&self.0[..6])
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheKey({})", self.to_hex())
+    }
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Builds the cache key. The only place a key is made.
+pub fn build_key(
+    route: CachedRoute,
+    path: &str,
+    query: &[(String, String)],
+    scope: &str,
+    canonical_body: &[u8],
+) -> CacheKey {
+    let mut h = blake3::Hasher::new();
+    fn field(h: &mut blake3::Hasher, bytes: &[u8]) {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    }
+    field(&mut h, b"chartcache");
+    field(&mut h, &KEY_SCHEMA_VERSION.to_le_bytes());
+    field(&mut h, route.as_str().as_bytes());
+    field(&mut h, path.as_bytes());
+    h.update(&(query.len() as u64).to_le_bytes());
+    for (k, v) in query {
+        field(&mut h, k.as_bytes());
+        field(&mut h, v.as_bytes());
+    }
+    field(&mut h, scope.as_bytes());
+    field(&mut h, canonical_body);
+    CacheKey(*h.finalize().as_bytes())
+}
+
+/// Why a request cannot be fingerprinted (it is then forwarded uncached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unkeyable {
+    /// Body is not valid JSON (or nests deeper than serde_json's limit).
+    InvalidJson,
+    /// Body is JSON but not an object.
+    NotAnObject,
+    /// Content type is not JSON (e.g. a form-encoded CSV export).
+    NotJson,
+}
+
+impl Unkeyable {
+    /// Label for metrics and `Cache-Status`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Unkeyable::InvalidJson => "invalid-json",
+            Unkeyable::NotAnObject => "not-an-object",
+            Unkeyable::NotJson => "not-json",
+        }
+    }
+}
+
+/// What the request says about itself, for tags and tier rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct QueryFacts {
+    pub chart_id: Option<u64>,
+    pub dashboard_id: Option<u64>,
+    /// `{id}__{type}`, e.g. `1__table`.
+    pub datasource: Option<String>,
+    pub viz_type: Option<String>,
+    pub result_format: Option<String>,
+    pub result_type: Option<String>,
+    /// Every time range in the request (`form_data.time_range`, `TEMPORAL_RANGE` filters).
+    pub time_ranges: Vec<String>,
+    /// `custom_cache_timeout` from the body, seconds.
+    pub custom_cache_timeout: Option<u64>,
+}
+
+impl QueryFacts {
+    /// Invalidation tags: `chart:{id}`, `dashboard:{id}`, `dataset:{id}__{type}`, `viz:{type}`.
+    pub fn tags(&self) -> Vec<String> {
+        let mut t = Vec::with_capacity(4);
+        if let Some(c) = self.chart_id {
+            t.push(format!("chart:{c}"));
+        }
+        if let Some(d) = self.dashboard_id {
+            t.push(format!("dashboard:{d}"));
+        }
+        if let Some(ds) = &self.datasource {
+            t.push(format!("dataset:{ds}"));
+        }
+        if let Some(v) = &self.viz_type {
+            t.push(format!("viz:{v}"));
+        }
+        t
+    }
+}
+
+/// A request body reduced to what identifies its result.
+#[derive(Debug, Clone)]
+pub struct CanonicalRequest {
+    /// Sorted-key, whitespace-free JSON with control fields removed (empty for GET).
+    pub body: Vec<u8>,
+    /// Sorted query parameters without control parameters.
+    pub query: Vec<(String, String)>,
+    /// Superset's "Force refresh" was asked for.
+    pub force: bool,
+    pub facts: QueryFacts,
+}
+
+/// Canonicalize a chart-data request. `content_type` is the request's
+/// `Content-Type`; `body` is empty for GET.
+pub fn canonicalize(
+    route: CachedRoute,
+    path: &str,
+    raw_query: Option<&str>,
+    content_type: Option<&str>,
+    body: &[u8],
+) -> Result<CanonicalRequest, Unkeyable> {
+    let (query, mut force) = canonical_query(raw_query);
+    let mut facts = QueryFacts::default();
+    if let CachedRoute::ChartDataGet { chart_id } = route {
+        facts.chart_id = Some(chart_id);
+    }
+    for (k, v) in &query {
+        match k.as_str() {
+            "format" => facts.result_format = Some(v.to_ascii_lowercase()),
+            "type" => facts.result_type = Some(v.to_ascii_lowercase()),
+            "filters_dashboard_id" => facts.dashboard_id = v.parse().ok(),
+            "slice_id" => facts.chart_id = facts.chart_id.or(v.parse().ok()),
+            _ => {}
+        }
+    }
+    let canonical_body = if body.is_empty() {
+        Vec::new()
+    } else {
+        if !is_json_content_type(content_type) {
+            return Err(Unkeyable::NotJson);
+        }
+        let mut value: Value = serde_json::from_slice(body).map_err(|_| Unkeyable::InvalidJson)?;
+        let obj = value.as_object_mut().ok_or(Unkeyable::NotAnObject)?;
+        for f in CONTROL_BODY_FIELDS {
+            if let Some(v) = obj.remove(*f) {
+                force |= truthy(&v);
+            }
+        }
+        extract_facts(obj, &mut facts);
+        // serde_json's Map is a BTreeMap (no `preserve_order`), so serialising sorts
+        // keys recursively and writes no whitespace: the canonical form.
+        serde_json::to_vec(&value).map_err(|_| Unkeyable::InvalidJson)?
+    };
+    let _ = path;
+    Ok(CanonicalRequest {
+        body: canonical_body,
+        query,
+        force,
+        facts,
+    })
+}
+
+fn is_json_content_type(ct: Option<&str>) -> bool {
+    match ct {
+        // Superset's frontend always sends a type; a missing one is treated like
+        // JSON because Superset parses the body as JSON regardless.
+        None => true,
+        Some(ct) => {
+            let mime = ct
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            mime == "application/json" || mime.ends_with("+json")
+        }
+    }
+}
+
+fn truthy(v: &Value) -> bool {
+    match v {
+        Value::Bool(b) => *b,
+        Value::String(s) => matches!(s.to_ascii_lowercase().as_str(), "true" | "1" | "yes"),
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        _ => false,
+    }
+}
+
+/// Decode and sort the query string, dropping control params.
+fn canonical_query(raw: Option<&str>) -> (Vec<(String, String)>, bool) {
+    let mut force = false;
+    let mut out: Vec<(String, String)> = Vec::new();
+    if let Some(raw) = raw {
+        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
+            if CONTROL_QUERY_PARAMS.contains(&k.as_ref()) {
+                force |= matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes");
+                continue;
+            }
+            out.push((k.into_owned(), v.into_owned()));
+        }
+    }
+    out.sort();
+    (out, force)
+}
+
+fn as_u64(v: Option<&Value>) -> Option<u64> {
+    match v? {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.parse().ok(),
+        _ => None,
+    }
+}
+
+fn as_string(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+fn extract_facts(obj: &Map<String, Value>, facts: &mut QueryFacts) {
+    // Top-level datasource {"id": 1, "type": "table"} (chart data API).
+    if let Some(Value::Object(ds)) = obj.get("datasource") {
+        if let (Some(id), Some(ty)) = (as_u64(ds.get("id")), as_string(ds.get("type"))) {
+            facts.datasource = Some(format!("{id}__{ty}"));
+        }
+    }
+    facts.result_format = facts
+        .result_format
+        .take()
+        .or(as_string(obj.get("result_format")));
+    facts.result_type = facts
+        .result_type
+        .take()
+        .or(as_string(obj.get("result_type")));
+    facts.custom_cache_timeout = as_u64(obj.get("custom_cache_timeout"));
+    // explore_json sends the form data itself at the top level.
+    let form_data = match obj.get("form_data") {
+        Some(Value::Object(fd)) => Some(fd),
+        _ if obj.contains_key("viz_type") => Some(obj),
+        _ => None,
+    };
+    if let Some(fd) = form_data {
+        facts.chart_id = facts.chart_id.or(as_u64(fd.get("slice_id")));
+        facts.dashboard_id = facts.dashboard_id.or(as_u64(fd.get("dashboardId")));
+        facts.viz_type = as_string(fd.get("viz_type"));
+        if facts.datasource.is_none() {
+            facts.datasource = as_string(fd.get("datasource"));
+        }
+        if let Some(tr) = as_string(fd.get("time_range")) {
+            facts.time_ranges.push(tr);
+        }
+    }
+    if let Some(Value::Array(queries)) = obj.get("queries") {
+        for q in queries {
+            let Some(Value::Array(filters)) = q.get("filters") else {
+                continue;
+            };
+            for f in filters {
+                let op = f.get("op").and_then(Value::as_str).unwrap_or("");
+                if op.eq_ignore_ascii_case("TEMPORAL_RANGE") {
+                    if let Some(v) = as_string(f.get("val")) {
+                        facts.time_ranges.push(v);
+                    }
+                }
+            }
+            if let Some(tr) = q.get("time_range").and_then(Value::as_str) {
+                facts.time_ranges.push(tr.to_string());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::fixture;
+
+    fn key_for(fixture_name: &str, scope: &str) -> CacheKey {
+        let f = fixture(fixture_name);
+        let body = serde_json::to_vec(&f["request"]["body"]).unwrap();
+        let c = canonicalize(
+            CachedRoute::ChartData,
+            "/api/v1/chart/data",
+            None,
+            Some("application/json"),
+            &body,
+        )
+        .unwrap();
+        build_key(
+            CachedRoute::ChartData,
+            "/api/v1/chart/data",
+            &c.query,
+            scope,
+            &c.body,
+        )
+    }
+
+    /// Pinned keys: these must not change within one KEY_SCHEMA_VERSION, on any
+    /// machine or release. A failure here means every deployed cache would miss
+    /// (or worse, collide) after an upgrade: bump the version instead.
+    #[test]
+    fn test_vectors_are_stable() {
+        let vectors = [
+            (
+                "16-chart-data-bignumber-admin-miss.json",
+                "user:1",
+                VECTOR_BIGNUMBER_ADMIN,
+            ),
+            (
+                "20-chart-data-timeseries-admin-miss.json",
+                "user:1",
+                VECTOR_TIMESERIES_ADMIN,
+            ),
+            (
+                "24-chart-data-table-admin-miss.json",
+                "user:1",
+                VECTOR_TABLE_ADMIN,
+            ),
+            (
+                "28-chart-data-pie-admin-miss.json",
+                "user:1",
+                VECTOR_PIE_ADMIN,
+            ),
+            (
+                "18-chart-data-bignumber-alice.json",
+                "user:2",
+                VECTOR_BIGNUMBER_ALICE,
+            ),
+        ];
+        for (f, scope, want) in vectors {
+            assert_eq!(key_for(f, scope).to_hex(), want, "fixture {f}");
+        }
+        let c = canonicalize(
+            CachedRoute::ChartDataGet { chart_id: 2 },
+            "/api/v1/chart/2/data/",
+            Some("format=json&force=true"),
+            None,
+            b"",
+        )
+        .unwrap();
+        assert!(c.force);
+        let k = build_key(
+            CachedRoute::ChartDataGet { chart_id: 2 },
+            "/api/v1/chart/2/data/",
+            &c.query,
+            "user:1",
+            &c.body,
+        );
+        assert_eq!(k.to_hex(), VECTOR_GET_CHART_2);
+    }
+
+    const VECTOR_BIGNUMBER_ADMIN: &str =
+        "bcfbabd87fcacb6c9974ccb0a4583edc533012d0d774681b6bac7f0716ad15ad";
+    const VECTOR_TIMESERIES_ADMIN: &str =
+        "1760fcc6f7d52b747b9675f11197e6336afdc8ad80378b6963e45a2e3c0f639a";
+    const VECTOR_TABLE_ADMIN: &str =
+        "6ee2623d4efbc6ccaa259a314dbd034005fea3f77eabdab57b9c5e2e64a5570f";
+    const VECTOR_PIE_ADMIN: &str =
+        "2b8246ffe1a8830d1070c38b4ab1c08df28420bc38a2b204d567f755e3130c85";
+    const VECTOR_BIGNUMBER_ALICE: &str =
+        "da00d71193ba253b19d7096140863766f5597421bbdec568fd78975609f26218";
+    const VECTOR_GET_CHART_2: &str =
+        "d79add052644465216170cf9a981ab79bd47b7b810cf38d988adec8c2e71316e";
+
+    #[test]
+    fn same_request_same_key_across_users_differs() {
+        assert_eq!(
+            key_for("16-chart-data-bignumber-admin-miss.json", "user:1"),
+            key_for("17-chart-data-bignumber-admin-hit.json", "user:1")
+        );
+        assert_ne!(
+            key_for("16-chart-data-bignumber-admin-miss.json", "user:1"),
+            key_for("18-chart-data-bignumber-alice.json", "user:2")
+        );
+    }
+
+    #[test]
+    fn key_order_and_whitespace_do_not_matter() {
+        let a = br#"{"queries":[{"row_limit":10,"metrics":["a"]}],"datasource":{"type":"table","id":1}}"#;
+        let b = b"{ \"datasource\" : {\"id\":1,\"type\":\"table\"},\n  \"queries\": [ {\"metrics\": [\"a\"], \"row_limit\": 10} ] }";
+        let ca = canonicalize(CachedRoute::ChartData, "/p", None, None, a).unwrap();
+        let cb = canonicalize(CachedRoute::ChartData, "/p", None, None, b).unwrap();
+        assert_eq!(ca.body, cb.body);
+        assert_eq!(
+            String::from_utf8(ca.body).unwrap(),
+            r#"{"datasource":{"id":1,"type":"table"},"queries":[{"metrics":["a"],"row_limit":10}]}"#
+        );
+    }
+
+    #[test]
+    fn force_is_removed_and_reported() {
+        let a = canonicalize(
+            CachedRoute::ChartData,
+            "/p",
+            None,
+            None,
+            br#"{"force":true,"queries":[]}"#,
+        )
+        .unwrap();
+        let b = canonicalize(
+            CachedRoute::ChartData,
+            "/p",
+            None,
+            None,
+            br#"{"force":false,"queries":[]}"#,
+        )
+        .unwrap();
+        assert!(a.force);
+        assert!(!b.force);
+        assert_eq!(a.body, b.body);
+    }
+
+    #[test]
+    fn any_query_field_change_changes_the_key() {
+        let base = fixture("20-chart-data-timeseries-admin-miss.json")["request"]["body"].clone();
+        let k = |v: &Value| {
+            let c = canonicalize(
+                CachedRoute::ChartData,
+                "/p",
+                None,
+                None,
+                &serde_json::to_vec(v).unwrap(),
+            )
+            .unwrap();
+            build_key(CachedRoute::ChartData, "/p", &c.query, "user:1", &c.body)
+        };
+        let k0 = k(&base);
+        let mut changes = Vec::new();
+        let mut v = base.clone();
+        v["queries"][0]["row_limit"] = serde_json::json!(7);
+        changes.push(v);
+        let mut v = base.clone();
+        v["queries"][0]["extras"]["where"] = serde_json::json!("region = 'x'");
+        changes.push(v);
+        let mut v = base.clone();
+        v["result_type"] = serde_json::json!("samples");
+        changes.push(v);
+        let mut v = base.clone();
+        v["result_format"] = serde_json::json!("csv");
+        changes.push(v);
+        let mut v = base.clone();
+        v["form_data"]["slice_id"] = serde_json::json!(99);
+        changes.push(v);
+        for c in &changes {
+            assert_ne!(k(c), k0);
+        }
+        // Route, path, query and scope each matter too.
+        let c = canonicalize(
+            CachedRoute::ChartData,
+            "/p",
+            None,
+            None,
+            &serde_json::to_vec(&base).unwrap(),
+        )
+        .unwrap();
+        assert_ne!(
+            build_key(CachedRoute::ExploreJson, "/p", &c.query, "user:1", &c.body),
+            k0
+        );
+        assert_ne!(
+            build_key(CachedRoute::ChartData, "/q", &c.query, "user:1", &c.body),
+            k0
+        );
+        assert_ne!(
+            build_key(
+                CachedRoute::ChartData,
+                "/p",
+                &[("a".into(), "b".into())],
+                "user:1",
+                &c.body
+            ),
+            k0
+        );
+        assert_ne!(
+            build_key(CachedRoute::ChartData, "/p", &c.query, "user:2", &c.body),
+            k0
+        );
+    }
+
+    #[test]
+    fn length_prefixing_prevents_ambiguity() {
+        let a = build_key(CachedRoute::ChartData, "/ab", &[], "c", b"");
+        let b = build_key(CachedRoute::ChartData, "/a", &[], "bc", b"");
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn facts_and_tags_from_fixture() {
+        let body = serde_json::to_vec(
+            &fixture("16-chart-data-bignumber-admin-miss.json")["request"]["body"],
+        )
+        .unwrap();
+        let c = canonicalize(CachedRoute::ChartData, "/p", None, None, &body).unwrap();
+        assert_eq!(c.facts.chart_id, Some(1));
+        assert_eq!(c.facts.datasource.as_deref(), Some("1__table"));
+        assert_eq!(c.facts.viz_type.as_deref(), Some("big_number_total"));
+        assert_eq!(
+            c.facts.time_ranges,
+            vec!["No filter".to_string(), "No filter".to_string()]
+        );
+        assert_eq!(
+            c.facts.tags(),
+            vec!["chart:1", "dataset:1__table", "viz:big_number_total"]
+        );
+    }
+
+    #[test]
+    fn bad_bodies_are_unkeyable() {
+        let r = |b: &[u8], ct| canonicalize(CachedRoute::ChartData, "/p", None, ct, b).unwrap_err();
+        assert_eq!(r(b"{\"datasource\": ", None), Unkeyable::InvalidJson);
+        assert_eq!(r(b"[1,2]", None), Unkeyable::NotAnObject);
+        assert_eq!(
+            r(
+                b"form_data=%7B%7D",
+                Some("application/x-www-form-urlencoded")
+            ),
+            Unkeyable::NotJson
+        );
+        assert_eq!(r(&[0xff, 0xfe, 0x00], None), Unkeyable::InvalidJson);
+        let deep = "[".repeat(100_000);
+        assert_eq!(r(deep.as_bytes(), None), Unkeyable::InvalidJson);
+    }
+
+    #[test]
+    fn query_params_sorted_and_decoded() {
+        let c = canonicalize(
+            CachedRoute::ChartDataGet { chart_id: 2 },
+            "/api/v1/chart/2/data/",
+            Some("type=full&format=json&filters_dashboard_id=3&x=%41"),
+            None,
+            b"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.query,
+            vec![
+                ("filters_dashboard_id".to_string(), "3".to_string()),
+                ("format".into(), "json".into()),
+                ("type".into(), "full".into()),
+                ("x".into(), "A".into())
+            ]
+        );
+        assert_eq!(c.facts.dashboard_id, Some(3));
+        assert_eq!(c.facts.chart_id, Some(2));
+    }
+}

@@ -1,0 +1,374 @@
+//! Identity: who is asking. The credential set (`Authorization`, the session
+//! cookie, the guest-token header, taken together) is resolved to a principal by
+//! asking Superset `GET /api/v1/me/` with exactly that set, because Superset
+//! decides which credential wins (a valid session cookie beats any Bearer token,
+//! fixtures 14, 15, 32). Mappings are cached for `identity.ttl_secs` and
+//! concurrent lookups for the same credential set are coalesced.
+//!
+//! Unverified claims (e.g. the `sub` of a JWT nobody checked) are never used.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request};
+use http_body_util::BodyExt;
+
+use crate::body::empty;
+use crate::config::IdentityConfig;
+use crate::error::Error;
+use crate::metrics::Metrics;
+use crate::upstream::Upstream;
+
+/// The credential-bearing parts of a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub authorization: Option<HeaderValue>,
+    /// Value of the session cookie only (other cookies are irrelevant to identity).
+    pub session: Option<String>,
+    pub guest_token: Option<HeaderValue>,
+}
+
+impl Credentials {
+    /// Extract the credential set; `None` when the request carries no credential.
+    pub fn from_headers(
+        h: &HeaderMap,
+        cfg: &IdentityConfig,
+        guest_header: &HeaderName,
+    ) -> Option<Credentials> {
+        let authorization = h
+            .get(header::AUTHORIZATION)
+            .filter(|v| !v.is_empty())
+            .cloned();
+        let guest_token = h.get(guest_header).filter(|v| !v.is_empty()).cloned();
+        let session = session_cookie(h, &cfg.session_cookie);
+        if authorization.is_none() && guest_token.is_none() && session.is_none() {
+            return None;
+        }
+        Some(Credentials {
+            authorization,
+            session,
+            guest_token,
+        })
+    }
+
+    /// blake3 over the whole set, each part length-prefixed and tagged, so no
+    /// two different sets share a digest. Only digests are kept in memory maps.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = blake3::Hasher::new();
+        let mut part = |tag: u8, v: Option<&[u8]>| {
+            h.update(&[tag]);
+            match v {
+                Some(b) => {
+                    h.update(&[1]);
+                    h.update(&(b.len() as u64).to_le_bytes());
+                    h.update(b);
+                }
+                None => {
+                    h.update(&[0]);
+                }
+            }
+        };
+        part(b'a', self.authorization.as_ref().map(|v| v.as_bytes()));
+        part(b's', self.session.as_ref().map(|v| v.as_bytes()));
+        part(b'g', self.guest_token.as_ref().map(|v| v.as_bytes()));
+        *h.finalize().as_bytes()
+    }
+
+    /// Headers to send to Superset's `/me` endpoint: exactly this set.
+    fn apply(&self, h: &mut HeaderMap, cookie_name: &str, guest_header: &HeaderName) {
+        if let Some(a) = &self.authorization {
+            h.insert(header::AUTHORIZATION, a.clone());
+        }
+        if let Some(s) = &self.session {
+            if let Ok(v) = HeaderValue::from_str(&format!("{cookie_name}={s}")) {
+                h.insert(header::COOKIE, v);
+            }
+        }
+        if let Some(g) = &self.guest_token {
+            h.insert(guest_header.clone(), g.clone());
+        }
+    }
+}
+
+/// Find one cookie's value across all `Cookie` headers. If the cookie appears
+/// more than once the values are joined, so the digest covers all of them.
+fn session_cookie(h: &HeaderMap, name: &str) -> Option<String> {
+    let mut found: Option<String> = None;
+    for v in h.get_all(header::COOKIE) {
+        let Ok(s) = v.to_str() else {
+            // A non-ASCII cookie header: keep its raw bytes in the digest.
+            let raw = String::from_utf8_lossy(v.as_bytes()).into_owned();
+            found = Some(found.map_or(raw.clone(), |f| format!("{f}\u{0}{raw}")));
+            continue;
+        };
+        for pair in s.split(';') {
+            let pair = pair.trim();
+            if let Some((k, val)) = pair.split_once('=') {
+                if k.trim() == name {
+                    let val = val.trim().to_string();
+                    found = Some(match found {
+                        Some(f) => format!("{f}\u{0}{val}"),
+                        None => val,
+                    });
+                }
+            }
+        }
+    }
+    found.filter(|v| !v.is_empty())
+}
+
+/// A resolved principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    /// Superset user id.
+    pub user_id: u64,
+    pub username: String,
+}
+
+/// Outcome of resolving a credential set.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    /// Superset named a principal.
+    Principal(Arc<Principal>),
+    /// Superset refused the credential (401/403/422): never served from cache.
+    Denied(u16),
+}
+
+/// The identity scope that becomes part of the cache key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// One Superset user.
+    User(u64),
+    /// Everyone (only via an explicit `public` rule).
+    Public,
+}
+
+impl Scope {
+    /// The string hashed into the key.
+    pub fn key_part(&self) -> String {
+        match self {
+            Scope::User(id) => format!("user:{id}"),
+            Scope::Public => "public".to_string(),
+        }
+    }
+
+    /// Label for metrics and logs (never the principal itself).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Scope::User(_) => "user",
+            Scope::Public => "public",
+        }
+    }
+}
+
+/// Resolves credential sets to principals, with a TTL cache and coalesced lookups.
+pub struct IdentityResolver {
+    cache: moka::future::Cache<[u8; 32], Resolution>,
+    cfg: IdentityConfig,
+    guest_header: HeaderName,
+    metrics: Arc<Metrics>,
+}
+
+struct ResolutionExpiry {
+    ttl: Duration,
+    negative_ttl: Duration,
+}
+
+impl moka::Expiry<[u8; 32], Resolution> for ResolutionExpiry {
+    fn expire_after_create(
+        &self,
+        _k: &[u8; 32],
+        v: &Resolution,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(match v {
+            Resolution::Principal(_) => self.ttl,
+            Resolution::Denied(_) => self.negative_ttl,
+        })
+    }
+}
+
+impl IdentityResolver {
+    pub fn new(cfg: &IdentityConfig, metrics: Arc<Metrics>) -> anyhow::Result<IdentityResolver> {
+        let guest_header = HeaderName::from_bytes(cfg.guest_token_header.as_bytes())?;
+        let cache = moka::future::Cache::builder()
+            .max_capacity(cfg.max_entries)
+            .expire_after(ResolutionExpiry {
+                ttl: Duration::from_secs(cfg.ttl_secs),
+                negative_ttl: Duration::from_secs(cfg.negative_ttl_secs),
+            })
+            .build();
+        Ok(IdentityResolver {
+            cache,
+            cfg: cfg.clone(),
+            guest_header,
+            metrics,
+        })
+    }
+
+    /// The credential set of a request, if any.
+    pub fn credentials(&self, h: &HeaderMap) -> Option<Credentials> {
+        Credentials::from_headers(h, &self.cfg, &self.guest_header)
+    }
+
+    /// Resolve a credential set. Concurrent calls for the same set share one
+    /// Superset lookup; errors (Superset down) are not cached.
+    pub async fn resolve(
+        &self,
+        creds: &Credentials,
+        upstream: &Upstream,
+    ) -> Result<Resolution, Error> {
+        let digest = creds.digest();
+        if let Some(r) = self.cache.get(&digest).await {
+            return Ok(r);
+        }
+        self.cache
+            .try_get_with(digest, async {
+                let r = self.lookup(creds, upstream).await;
+                let label = match &r {
+                    Ok(Resolution::Principal(_)) => "principal",
+                    Ok(Resolution::Denied(_)) => "denied",
+                    Err(_) => "error",
+                };
+                self.metrics
+                    .identity_lookups
+                    .with_label_values(&[label])
+                    .inc();
+                r
+            })
+            .await
+            .map_err(|e: Arc<Error>| match &*e {
+                Error::UpstreamTimeout => Error::UpstreamTimeout,
+                Error::UpstreamConnect(m) => Error::UpstreamConnect(m.clone()),
+                other => Error::Upstream(other.to_string()),
+            })
+    }
+
+    /// Forget every cached mapping (e.g. after a permission change was announced).
+    pub fn clear(&self) {
+        self.cache.invalidate_all();
+    }
+
+    async fn lookup(&self, creds: &Credentials, upstream: &Upstream) -> Result<Resolution, Error> {
+        let mut req = Request::builder()
+            .method(Method::GET)
+            .uri(upstream.uri_for(&self.cfg.me_path))
+            .body(empty())
+            .map_err(|e| Error::Internal(e.to_string()))?;
+        creds.apply(
+            req.headers_mut(),
+            &self.cfg.session_cookie,
+            &self.guest_header,
+        );
+        req.headers_mut()
+            .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+        let resp = upstream.send(req).await?;
+        let status = resp.status().as_u16();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| Error::Upstream(format!("reading /me: {e}")))?
+            .to_bytes();
+        match status {
+            200 => parse_me(&body).map(|p| Resolution::Principal(Arc::new(p))),
+            401 | 403 | 422 => Ok(Resolution::Denied(status)),
+            other => Err(Error::Upstream(format!("/me answered {other}"))),
+        }
+    }
+}
+
+fn parse_me(body: &[u8]) -> Result<Principal, Error> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| Error::Upstream(format!("/me body: {e}")))?;
+    let r = &v["result"];
+    let user_id = r["id"]
+        .as_u64()
+        .ok_or_else(|| Error::Upstream("/me body has no result.id".into()))?;
+    if r["is_anonymous"].as_bool() == Some(true) {
+        return Err(Error::Upstream(
+            "/me answered an anonymous user with 200".into(),
+        ));
+    }
+    Ok(Principal {
+        user_id,
+        username: r["username"].as_str().unwrap_or("").to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::fixture;
+
+    fn cfg() -> IdentityConfig {
+        IdentityConfig::default()
+    }
+    fn gh() -> HeaderName {
+        HeaderName::from_static("x-guesttoken")
+    }
+
+    #[test]
+    fn no_credentials_is_none() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("other=1; theme=dark"),
+        );
+        assert!(Credentials::from_headers(&h, &cfg(), &gh()).is_none());
+    }
+
+    #[test]
+    fn the_whole_set_is_the_credential() {
+        let bearer = HeaderValue::from_static("Bearer alice");
+        let mut a = HeaderMap::new();
+        a.insert(header::AUTHORIZATION, bearer.clone());
+        let mut b = a.clone();
+        b.insert(
+            header::COOKIE,
+            HeaderValue::from_static("session=admin-cookie"),
+        );
+        let ca = Credentials::from_headers(&a, &cfg(), &gh()).unwrap();
+        let cb = Credentials::from_headers(&b, &cfg(), &gh()).unwrap();
+        // Same Bearer, but one also carries a session cookie (which Superset lets win):
+        // they must never share a resolution.
+        assert_ne!(ca.digest(), cb.digest());
+        assert_eq!(cb.session.as_deref(), Some("admin-cookie"));
+        // Moving bytes between parts changes the digest.
+        let x = Credentials {
+            authorization: None,
+            session: Some("ab".into()),
+            guest_token: None,
+        };
+        let y = Credentials {
+            authorization: Some(HeaderValue::from_static("ab")),
+            session: None,
+            guest_token: None,
+        };
+        assert_ne!(x.digest(), y.digest());
+    }
+
+    #[test]
+    fn session_cookie_found_among_others_and_duplicates_kept() {
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("a=1; session=s1"));
+        h.append(header::COOKIE, HeaderValue::from_static("session=s2"));
+        assert_eq!(session_cookie(&h, "session").as_deref(), Some("s1\u{0}s2"));
+        assert_eq!(session_cookie(&h, "sessionx"), None);
+    }
+
+    #[test]
+    fn parses_superset_me() {
+        let f = fixture("03-me-alice-bearer.json");
+        let p = parse_me(&serde_json::to_vec(&f["response"]["body"]).unwrap()).unwrap();
+        assert_eq!(
+            p,
+            Principal {
+                user_id: 2,
+                username: "alice".into()
+            }
+        );
+        assert!(parse_me(br#"{"msg":"Missing Authorization Header"}"#).is_err());
+    }
+}

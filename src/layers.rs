@@ -1,0 +1,151 @@
+//! Cross-cutting concerns as tower layers, one per concern. The stack is put
+//! together in `server::service_stack`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{HeaderValue, Request, Response};
+use tower::{Layer, Service};
+
+use crate::context::RequestContext;
+use crate::metrics::Metrics;
+
+/// Gives every request an `x-request-id` (kept when the client sent a sane one).
+#[derive(Clone, Default)]
+pub struct RequestIdLayer;
+
+impl<S> Layer<S> for RequestIdLayer {
+    type Service = RequestId<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestId { inner }
+    }
+}
+
+#[derive(Clone)]
+pub struct RequestId<S> {
+    inner: S,
+}
+
+fn new_request_id() -> HeaderValue {
+    let n: u128 = rand::random();
+    HeaderValue::from_str(&format!("{n:032x}")).expect("hex is a valid header value")
+}
+
+impl<S, B> Service<Request<B>> for RequestId<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let ok = req
+            .headers()
+            .get("x-request-id")
+            .is_some_and(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok());
+        if !ok {
+            req.headers_mut().insert("x-request-id", new_request_id());
+        }
+        self.inner.call(req)
+    }
+}
+
+/// Counts requests, times them and writes the access log, from the
+/// `RequestContext` the handler leaves in the response extensions.
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Arc<Metrics>,
+    access_log: bool,
+}
+
+impl ObserveLayer {
+    pub fn new(metrics: Arc<Metrics>, access_log: bool) -> Self {
+        ObserveLayer {
+            metrics,
+            access_log,
+        }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            metrics: self.metrics.clone(),
+            access_log: self.access_log,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+    access_log: bool,
+}
+
+impl<S, B, RB> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<RB>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let metrics = self.metrics.clone();
+        let access_log = self.access_log;
+        metrics.inflight.inc();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let res = fut.await;
+            metrics.inflight.dec();
+            if let Ok(resp) = &res {
+                if let Some(ctx) = resp.extensions().get::<RequestContext>() {
+                    record(&metrics, ctx, access_log);
+                }
+            }
+            res
+        })
+    }
+}
+
+fn record(m: &Metrics, ctx: &RequestContext, access_log: bool) {
+    let outcome = ctx.outcome.as_str();
+    let mut buf = itoa::Buffer::new();
+    let status = buf.format(ctx.status);
+    m.requests
+        .with_label_values(&[ctx.route, outcome, status])
+        .inc();
+    let elapsed = ctx.start.elapsed();
+    m.request_duration
+        .with_label_values(&[ctx.route, outcome])
+        .observe(elapsed.as_secs_f64());
+    if access_log {
+        tracing::info!(
+            target: "access",
+            request_id = ctx.request_id.to_str().unwrap_or("-"),
+            method = %ctx.method,
+            path = %ctx.path,
+            status = ctx.status,
+            route = ctx.route,
+            outcome,
+            detail = ctx.detail.unwrap_or(""),
+            key = %ctx.key.map(|k| k.short()).unwrap_or_default(),
+            scope = ctx.scope_kind.unwrap_or(""),
+            tier = ctx.tier.as_deref().unwrap_or(""),
+            upstream_ms = ctx.upstream_ms,
+            total_us = elapsed.as_micros() as u64,
+            bytes = ctx.bytes,
+        );
+    }
+}

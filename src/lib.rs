@@ -1,0 +1,30 @@
+//! chartcache: a caching reverse proxy for Apache Superset.
+//!
+//! Request flow: [`route`] classifies; pass-through requests are streamed to
+//! Superset by [`proxy`]; chart-data requests go through [`identity`] →
+//! [`fingerprint`] → [`policy`] → [`store`] → [`coalesce`] → upstream → store.
+//! Writes to Superset objects trigger [`invalidate`].
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod clock;
+pub mod coalesce;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod explain;
+pub mod fingerprint;
+pub mod identity;
+pub mod invalidate;
+pub mod layers;
+pub mod metrics;
+pub mod policy;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod store;
+pub mod upstream;
+
+#[cfg(test)]
+pub(crate) mod testutil;

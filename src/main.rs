@@ -1,0 +1,190 @@
+//! The `chartcache` binary: serve (default), `check-config`, `explain`.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand};
+use tokio_util::sync::CancellationToken;
+
+use chartcache::app::App;
+use chartcache::clock::SystemClock;
+use chartcache::config::Config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "chartcache",
+    version,
+    about = "A caching reverse proxy for Apache Superset"
+)]
+struct Cli {
+    /// Config file (TOML). Env: CHARTCACHE_CONFIG.
+    #[arg(long, global = true, env = "CHARTCACHE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Superset base URL, e.g. http://127.0.0.1:8088.
+    #[arg(long, global = true)]
+    upstream: Option<String>,
+    /// Proxy listen address [default: 0.0.0.0:8080].
+    #[arg(long, global = true)]
+    listen: Option<std::net::SocketAddr>,
+    /// Admin listen address [default: 127.0.0.1:9090].
+    #[arg(long, global = true)]
+    admin_listen: Option<std::net::SocketAddr>,
+    /// Memory store size in bytes [default: 268435456].
+    #[arg(long, global = true)]
+    memory_max_bytes: Option<u64>,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the proxy (the default).
+    Serve,
+    /// Load and validate the configuration, print it, and exit.
+    CheckConfig,
+    /// Show canonical form, key, tags and tier for a request body read from stdin.
+    Explain {
+        /// Request path (and query), e.g. /api/v1/chart/data.
+        #[arg(long, default_value = "/api/v1/chart/data")]
+        path: String,
+        /// HTTP method.
+        #[arg(long, default_value = "POST")]
+        method: String,
+        /// Identity scope to key with, e.g. user:2.
+        #[arg(long, default_value = "user:?")]
+        scope: String,
+        /// Request Content-Type.
+        #[arg(long, default_value = "application/json")]
+        content_type: String,
+    },
+}
+
+fn load(cli: &Cli) -> anyhow::Result<Config> {
+    let mut cfg = Config::load(cli.config.as_deref())?;
+    if let Some(u) = &cli.upstream {
+        cfg.upstream = u.clone();
+    }
+    if let Some(l) = cli.listen {
+        cfg.listen = l;
+    }
+    if let Some(l) = cli.admin_listen {
+        cfg.admin_listen = l;
+    }
+    if let Some(m) = cli.memory_max_bytes {
+        cfg.memory.max_bytes = m;
+    }
+    Ok(cfg)
+}
+
+fn init_logging(cfg: &Config) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHARTCACHE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if cfg.log.format == "json" {
+        b.json().flatten_event(true).init();
+    } else {
+        b.init();
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chartcache: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = load(&cli)?;
+    match &cli.cmd {
+        Some(Cmd::CheckConfig) => {
+            cfg.validate()?;
+            println!("{}", toml_string(&cfg)?);
+            eprintln!("configuration is valid");
+            Ok(())
+        }
+        Some(Cmd::Explain {
+            path,
+            method,
+            scope,
+            content_type,
+        }) => {
+            let policy = chartcache::policy::Policy::from_config(&Config {
+                upstream: if cfg.upstream.is_empty() {
+                    "http://unused".into()
+                } else {
+                    cfg.upstream.clone()
+                },
+                ..cfg.clone()
+            })?;
+            let mut body = Vec::new();
+            if method != "GET" {
+                std::io::stdin().read_to_end(&mut body)?;
+            }
+            let m: http::Method = method.parse()?;
+            use chartcache::clock::Clock;
+            let v = chartcache::explain::explain(
+                &cfg,
+                &policy,
+                &m,
+                path,
+                Some(content_type),
+                &body,
+                scope,
+                SystemClock.now_ms(),
+            );
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        None | Some(Cmd::Serve) => serve(cfg),
+    }
+}
+
+fn toml_string(cfg: &Config) -> anyhow::Result<String> {
+    // figment re-serialises through serde_json: print the effective config as JSON.
+    Ok(serde_json::to_string_pretty(cfg)?)
+}
+
+fn serve(cfg: Config) -> anyhow::Result<()> {
+    init_logging(&cfg);
+    cfg.validate()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let token = cfg.admin.resolve_token()?.map(Arc::<str>::from);
+        let listen = cfg.listen;
+        let admin_listen = cfg.admin_listen;
+        let app = App::with_memory_store(cfg, Arc::new(SystemClock))?;
+        let listener = chartcache::server::bind(listen, "proxy").await?;
+        let admin = chartcache::server::bind(admin_listen, "admin").await?;
+        tracing::info!(%listen, %admin_listen, upstream = %app.config.load().upstream, store = app.store.name(), "chartcache listening");
+        let shutdown = CancellationToken::new();
+        tokio::spawn(chartcache::server::serve_admin(app.clone(), admin, token, shutdown.clone()));
+        let signals = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown signal received");
+            signals.cancel();
+        });
+        chartcache::server::serve(app, listener, shutdown).await;
+        Ok(())
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

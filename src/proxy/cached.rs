@@ -1,0 +1,511 @@
+//! The cached route: identity → fingerprint → policy → store → coalesce →
+//! upstream → store → respond. The hit path is the product: it reads the body,
+//! canonicalizes, looks up the credential mapping and the entry, and answers
+//! with stored bytes; everything else happens only on a miss.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::respond::{self, Accept};
+use super::{ConnInfo, build_upstream_request, send};
+use crate::app::App;
+use crate::body::{self, Body, Limited};
+use crate::coalesce::Role;
+use crate::context::{Outcome, RequestContext};
+use crate::error::Error;
+use crate::fingerprint::{self, CacheKey};
+use crate::identity::{Resolution, Scope};
+use crate::policy::{self, Bypass, Cacheability, NotStorable, ScopeKind, TierConfig};
+use crate::route::CachedRoute;
+use crate::store::{Entry, Meta};
+
+/// A complete upstream response shared between a leader and its followers.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: StatusCode,
+    /// Response headers without `Set-Cookie` and framing headers.
+    pub headers: HeaderMap,
+    /// Uncompressed body.
+    pub body: Bytes,
+    /// The stored entry, when the response was storable.
+    pub entry: Option<Arc<Entry>>,
+}
+
+/// Everything needed to (re)fetch a keyed request from Superset.
+struct FetchSpec {
+    parts: http::request::Parts,
+    body: Bytes,
+    key: CacheKey,
+    tags: Vec<String>,
+    tier: Option<Arc<TierConfig>>,
+    respect_superset_timeout: bool,
+    custom_cache_timeout: Option<u64>,
+    conn: ConnInfo,
+}
+
+pub(super) async fn handle(
+    app: &Arc<App>,
+    route: CachedRoute,
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, Error> {
+    let cfg = app.config.load();
+    let (parts, incoming) = req.into_parts();
+
+    // 1. Body: read up to the limit; a larger body is streamed through uncached.
+    let body = match body::read_limited(incoming, cfg.cache.max_request_body_bytes as usize).await {
+        Ok(Limited::Complete(b)) => b,
+        Ok(Limited::TooLarge(stream)) => {
+            return bypass(app, parts, stream, conn, ctx, Bypass::BodyTooLarge).await;
+        }
+        Err(e) => return Err(Error::Client(format!("reading request body: {e}"))),
+    };
+
+    // 2. Canonical form and facts. Unkeyable bodies go to Superset byte-for-byte.
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let canon = match fingerprint::canonicalize(
+        route,
+        parts.uri.path(),
+        parts.uri.query(),
+        content_type,
+        &body,
+    ) {
+        Ok(c) => c,
+        Err(u) => {
+            return bypass(
+                app,
+                parts,
+                body::full(body),
+                conn,
+                ctx,
+                Bypass::Unkeyable(u),
+            )
+            .await;
+        }
+    };
+
+    // 3. Policy: tier or bypass, and the identity scope.
+    let decision =
+        app.policy
+            .load()
+            .decide(route, parts.uri.path(), &canon.facts, app.clock.now_ms());
+    let Some(tier) = decision.tier.clone() else {
+        return bypass(app, parts, body::full(body), conn, ctx, Bypass::Rule).await;
+    };
+    ctx.tier = Some(tier.name.clone());
+
+    // 4. Identity: never serve one principal's data to another.
+    let scope = match decision.scope {
+        ScopeKind::Public => Scope::Public,
+        ScopeKind::User => {
+            let Some(creds) = app.identity.credentials(&parts.headers) else {
+                return bypass(
+                    app,
+                    parts,
+                    body::full(body),
+                    conn,
+                    ctx,
+                    Bypass::NoCredential,
+                )
+                .await;
+            };
+            match app.identity.resolve(&creds, &app.upstream).await {
+                Ok(Resolution::Principal(p)) => Scope::User(p.user_id),
+                Ok(Resolution::Denied(_)) => {
+                    return bypass(
+                        app,
+                        parts,
+                        body::full(body),
+                        conn,
+                        ctx,
+                        Bypass::IdentityDenied,
+                    )
+                    .await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "identity lookup failed; forwarding uncached");
+                    return bypass(
+                        app,
+                        parts,
+                        body::full(body),
+                        conn,
+                        ctx,
+                        Bypass::IdentityError,
+                    )
+                    .await;
+                }
+            }
+        }
+    };
+    ctx.scope_kind = Some(scope.kind());
+
+    // 5. The key.
+    let key = fingerprint::build_key(
+        route,
+        parts.uri.path(),
+        &canon.query,
+        &scope.key_part(),
+        &canon.body,
+    );
+    ctx.key = Some(key);
+    let accept = respond::negotiate(&parts.headers);
+
+    // 6. Lookup (skipped by Superset's "Force refresh").
+    let mut stale: Option<Arc<Entry>> = None;
+    if canon.force {
+        ctx.forced = true;
+    } else if let Some(entry) = lookup(app, &key).await {
+        let now = app.clock.now_ms();
+        if now < entry.meta.fresh_until {
+            ctx.outcome = Outcome::Hit;
+            ctx.ttl = Some(((entry.meta.fresh_until - now) / 1000) as i64);
+            return serve_entry(&entry, accept, now);
+        }
+        if now < entry.meta.stale_until {
+            stale = Some(entry);
+        }
+    }
+
+    // 7. Miss: one fetch per key (forced refreshes coalesce among themselves).
+    let spec = FetchSpec {
+        parts,
+        body,
+        key,
+        tags: canon.facts.tags(),
+        tier: Some(tier),
+        respect_superset_timeout: decision.respect_superset_timeout,
+        custom_cache_timeout: canon.facts.custom_cache_timeout,
+        conn,
+    };
+    let coalesce_key = if canon.force { force_key(&key) } else { key };
+    let wait = Duration::from_millis(cfg.cache.coalesce_wait_ms);
+    match app.coalescer.acquire(coalesce_key, wait).await {
+        Role::Follower(f) => {
+            app.metrics.coalesced.with_label_values(&["local"]).inc();
+            ctx.outcome = Outcome::Coalesced;
+            serve_fetched(&f, accept, app.clock.now_ms())
+        }
+        Role::Leader(guard) => {
+            let res = fetch(app, &spec, ctx, stale.as_ref()).await;
+            match res {
+                Ok(FetchResult::Complete {
+                    fetched,
+                    set_cookie,
+                }) => {
+                    guard.publish(fetched.clone());
+                    let mut resp = serve_fetched(&fetched, accept, app.clock.now_ms())?;
+                    // The leader's own cookies go to the leader only.
+                    for c in set_cookie {
+                        resp.headers_mut().append(header::SET_COOKIE, c);
+                    }
+                    Ok(resp)
+                }
+                Ok(FetchResult::Streaming(resp)) => {
+                    drop(guard);
+                    Ok(resp)
+                }
+                Err(e) => {
+                    drop(guard);
+                    Err(e)
+                }
+            }
+        }
+        Role::TimedOut => {
+            let res = fetch(app, &spec, ctx, stale.as_ref()).await?;
+            match res {
+                FetchResult::Complete {
+                    fetched,
+                    set_cookie,
+                } => {
+                    let mut resp = serve_fetched(&fetched, accept, app.clock.now_ms())?;
+                    for c in set_cookie {
+                        resp.headers_mut().append(header::SET_COOKIE, c);
+                    }
+                    Ok(resp)
+                }
+                FetchResult::Streaming(resp) => Ok(resp),
+            }
+        }
+    }
+}
+
+/// The coalescing key of a forced refresh: distinct from normal misses so a
+/// forced request never receives a response Superset served from its own cache.
+fn force_key(key: &CacheKey) -> CacheKey {
+    let mut h = blake3::Hasher::new();
+    h.update(b"force");
+    h.update(&key.0);
+    CacheKey(*h.finalize().as_bytes())
+}
+
+/// Store lookup that fails open: errors are misses.
+async fn lookup(app: &App, key: &CacheKey) -> Option<Arc<Entry>> {
+    // The memory store answers synchronously: no boxed future on the hit path.
+    if let (Some(mem), true) = (&app.memory, app.store.name() == "memory") {
+        return mem.get_sync(key);
+    }
+    match app.store.get(key).await {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::debug!(error = %e, "store get failed; treating as miss");
+            None
+        }
+    }
+}
+
+fn serve_entry(entry: &Entry, accept: Accept, now: u64) -> Result<Response<Body>, Error> {
+    let mut resp = respond::from_entry(entry, accept)
+        .map_err(|e| Error::Store(format!("corrupt entry: {e}")))?;
+    let age = now.saturating_sub(entry.meta.stored_at) / 1000;
+    resp.headers_mut()
+        .insert(header::AGE, HeaderValue::from(age));
+    Ok(resp)
+}
+
+fn serve_fetched(f: &Fetched, accept: Accept, now: u64) -> Result<Response<Body>, Error> {
+    match &f.entry {
+        Some(e) => serve_entry(e, accept, now),
+        None => Ok(respond::from_parts(f.status, &f.headers, f.body.clone())),
+    }
+}
+
+/// Forward uncached, recording why.
+async fn bypass(
+    app: &App,
+    parts: http::request::Parts,
+    body: Body,
+    conn: ConnInfo,
+    ctx: &mut RequestContext,
+    why: Bypass,
+) -> Result<Response<Body>, Error> {
+    ctx.outcome = Outcome::Bypass;
+    ctx.detail = Some(why.as_str());
+    let req = build_upstream_request(app, parts, body, conn, &ctx.request_id, false);
+    let resp = send(app, req, ctx, "chart").await?;
+    let (mut parts, incoming) = resp.into_parts();
+    crate::upstream::strip_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, body::stream(incoming)))
+}
+
+enum FetchResult {
+    /// Read completely (and stored when storable).
+    Complete {
+        fetched: Arc<Fetched>,
+        set_cookie: Vec<HeaderValue>,
+    },
+    /// Larger than `max_object_bytes`: streamed to this client only.
+    Streaming(Response<Body>),
+}
+
+/// Fetch from Superset, store if storable, and fall back to a stale entry when
+/// Superset fails within the tier's `stale_if_error` window.
+async fn fetch(
+    app: &App,
+    spec: &FetchSpec,
+    ctx: &mut RequestContext,
+    stale: Option<&Arc<Entry>>,
+) -> Result<FetchResult, Error> {
+    ctx.outcome = Outcome::Miss;
+    let res = fetch_inner(app, spec, ctx).await;
+    let failed = match &res {
+        Ok(FetchResult::Complete { fetched, .. }) => fetched.status.is_server_error(),
+        Ok(FetchResult::Streaming(r)) => r.status().is_server_error(),
+        Err(e) => matches!(
+            e,
+            Error::UpstreamConnect(_) | Error::UpstreamTimeout | Error::Upstream(_)
+        ),
+    };
+    if failed {
+        if let (Some(entry), Some(tier)) = (stale, &spec.tier) {
+            let now = app.clock.now_ms();
+            let limit = entry.meta.fresh_until + tier.stale_if_error_secs * 1000;
+            if now < limit && now < entry.meta.stale_until {
+                ctx.outcome = Outcome::Stale;
+                ctx.stored = false;
+                ctx.detail = Some("upstream-error");
+                ctx.ttl = Some(-(((now - entry.meta.fresh_until) / 1000) as i64));
+                let fetched = Arc::new(Fetched {
+                    status: StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK),
+                    headers: HeaderMap::new(),
+                    body: Bytes::new(),
+                    entry: Some(entry.clone()),
+                });
+                return Ok(FetchResult::Complete {
+                    fetched,
+                    set_cookie: Vec::new(),
+                });
+            }
+        }
+    }
+    res
+}
+
+async fn fetch_inner(
+    app: &App,
+    spec: &FetchSpec,
+    ctx: &mut RequestContext,
+) -> Result<FetchResult, Error> {
+    let cfg = app.config.load();
+    let mut parts = spec.parts.clone();
+    // Ask Superset for an uncompressed body: we compress once, at store time.
+    parts.headers.remove(header::ACCEPT_ENCODING);
+    // Conditional headers would only confuse a cache fill; Superset ignores them anyway.
+    parts.headers.remove(header::IF_NONE_MATCH);
+    parts.headers.remove(header::IF_MODIFIED_SINCE);
+    let req = build_upstream_request(
+        app,
+        parts,
+        body::full(spec.body.clone()),
+        spec.conn,
+        &ctx.request_id,
+        false,
+    );
+    let started = Instant::now();
+    let resp = send(app, req, ctx, "chart").await?;
+    let (mut head, incoming) = resp.into_parts();
+    crate::upstream::strip_hop_by_hop(&mut head.headers, false);
+
+    let max = cfg.cache.max_object_bytes as usize;
+    let declared = head
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|l| l > max as u64) {
+        not_stored(app, ctx, NotStorable::TooLarge);
+        return Ok(FetchResult::Streaming(Response::from_parts(
+            head,
+            body::stream(incoming),
+        )));
+    }
+    let timeout = Duration::from_millis(cfg.upstream_client.response_timeout_ms);
+    let body = match tokio::time::timeout(timeout, body::read_limited(incoming, max)).await {
+        Err(_) => return Err(Error::UpstreamTimeout),
+        Ok(Err(e)) => return Err(Error::Upstream(format!("reading response body: {e}"))),
+        Ok(Ok(Limited::TooLarge(stream))) => {
+            not_stored(app, ctx, NotStorable::TooLarge);
+            return Ok(FetchResult::Streaming(Response::from_parts(head, stream)));
+        }
+        Ok(Ok(Limited::Complete(b))) => b,
+    };
+    let upstream_ms = started.elapsed().as_millis() as u64;
+
+    let set_cookie: Vec<HeaderValue> = head
+        .headers
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
+    let shared_headers = respond::without_cookies(&head.headers);
+    let mut entry = None;
+    match policy::response_cacheability(
+        head.status.as_u16(),
+        &head.headers,
+        cfg.routes.store_exports,
+    ) {
+        Cacheability::NotStorable(r) => not_stored(app, ctx, r),
+        Cacheability::Storable => {
+            if let Some(tier) = &spec.tier {
+                entry = store(app, spec, tier, &head.headers, &body, upstream_ms, ctx).await;
+            }
+        }
+    }
+    let fetched = Arc::new(Fetched {
+        status: head.status,
+        headers: shared_headers,
+        body,
+        entry,
+    });
+    Ok(FetchResult::Complete {
+        fetched,
+        set_cookie,
+    })
+}
+
+fn not_stored(app: &App, ctx: &mut RequestContext, why: NotStorable) {
+    app.metrics
+        .not_stored
+        .with_label_values(&[why.as_str()])
+        .inc();
+    ctx.detail = Some(why.as_str());
+}
+
+/// Build the entry (compressing once) and write it; fails open.
+async fn store(
+    app: &App,
+    spec: &FetchSpec,
+    tier: &TierConfig,
+    headers: &HeaderMap,
+    body: &Bytes,
+    upstream_ms: u64,
+    ctx: &mut RequestContext,
+) -> Option<Arc<Entry>> {
+    let cfg = app.config.load();
+    let now = app.clock.now_ms();
+    let mut fresh_secs = tier.fresh_secs;
+    if spec.respect_superset_timeout {
+        // Superset's own timeout (per chart/dataset/database, or the request's
+        // custom_cache_timeout) caps freshness; 0 means "no caching" there.
+        let cap = policy::superset_cache_timeout(body).or(spec.custom_cache_timeout);
+        if let Some(cap) = cap {
+            if cap == 0 {
+                not_stored(app, ctx, NotStorable::NoStore);
+                return None;
+            }
+            fresh_secs = fresh_secs.min(cap);
+        }
+    }
+    let fresh_until = now + fresh_secs * 1000;
+    let meta = Meta {
+        status: 200,
+        headers: respond::storable_headers(headers),
+        stored_at: now,
+        fresh_until,
+        stale_until: fresh_until + tier.stale_ms(),
+        upstream_ms: upstream_ms.min(u32::MAX as u64) as u32,
+        raw_len: body.len() as u32,
+        tags: spec.tags.clone(),
+    };
+    let entry = match Entry::build(meta, body, cfg.cache.zstd_level, cfg.cache.store_gzip) {
+        Ok(e) => Arc::new(e),
+        Err(e) => {
+            tracing::warn!(error = %e, "compressing entry failed");
+            return None;
+        }
+    };
+    let started = Instant::now();
+    let res = app.store.put(&spec.key, entry.clone()).await;
+    let store_name = app.store.name();
+    app.metrics
+        .store_duration
+        .with_label_values(&[store_name, "put"])
+        .observe(started.elapsed().as_secs_f64());
+    match res {
+        Ok(()) => {
+            app.metrics
+                .store_ops
+                .with_label_values(&[store_name, "put", "ok"])
+                .inc();
+            app.metrics.stored_bytes.inc_by(entry.zstd.len() as u64);
+            ctx.stored = true;
+        }
+        Err(e) => {
+            app.metrics
+                .store_errors
+                .with_label_values(&[store_name, "put"])
+                .inc();
+            tracing::warn!(error = %e, key = %spec.key.short(), "store put failed");
+        }
+    }
+    // Serve from the entry even if the put failed: the bytes are right.
+    Some(entry)
+}

@@ -1,0 +1,196 @@
+//! The request path: classify, then pass through, forward-and-invalidate, or
+//! answer from the cache (`cached.rs`).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::app::App;
+use crate::body::{self, Body};
+use crate::context::{Outcome, RequestContext};
+use crate::error::Error;
+use crate::route::{self, Route};
+use crate::upstream::{prepare_request_headers, strip_hop_by_hop};
+
+mod cached;
+pub mod respond;
+
+pub use cached::Fetched;
+
+/// Connection facts the handler needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: Option<SocketAddr>,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
+}
+
+/// Handle one client request. Never fails: errors become responses here, and
+/// the context travels out in the response extensions for metrics and logs.
+pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("-"));
+    let mut ctx = RequestContext::new(
+        request_id,
+        req.method().clone(),
+        req.uri().path().to_string(),
+    );
+    let cfg = app.config.load();
+    let route = route::classify(
+        req.method(),
+        req.uri().path(),
+        req.uri().query(),
+        &cfg.routes,
+    );
+    ctx.route = route.label();
+    let result = match route {
+        Route::Pass => {
+            ctx.outcome = Outcome::Pass;
+            forward_streaming(&app, req, conn, &mut ctx, "pass").await
+        }
+        Route::Write(target) => {
+            ctx.outcome = Outcome::Pass;
+            let resp = forward_streaming(&app, req, conn, &mut ctx, "write").await;
+            if let Ok(r) = &resp {
+                if r.status().is_success() {
+                    let purge = crate::invalidate::purge_for(&target);
+                    let _ = crate::invalidate::apply(&app, &purge, "write").await;
+                }
+            }
+            resp
+        }
+        Route::Cached(r) => cached::handle(&app, r, req, conn, &mut ctx).await,
+    };
+    let mut resp = result.unwrap_or_else(|e| {
+        tracing::debug!(error = %e, source = e.source_label(), "request failed");
+        ctx.outcome = Outcome::Error;
+        e.into_response()
+    });
+    ctx.status = resp.status().as_u16();
+    if let Some(cs) = ctx.cache_status() {
+        resp.headers_mut().insert("cache-status", cs);
+    }
+    resp.headers_mut()
+        .insert("x-request-id", ctx.request_id.clone());
+    resp.extensions_mut().insert(ctx);
+    resp
+}
+
+/// Forward a request to Superset, streaming the body both ways, including
+/// protocol upgrades (websockets).
+pub(crate) async fn forward_streaming(
+    app: &App,
+    mut req: Request<Incoming>,
+    conn: ConnInfo,
+    ctx: &mut RequestContext,
+    kind: &'static str,
+) -> Result<Response<Body>, Error> {
+    let is_upgrade = req.headers().contains_key(header::UPGRADE);
+    let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, incoming) = req.into_parts();
+    let out = build_upstream_request(
+        app,
+        parts,
+        body::stream(incoming),
+        conn,
+        &ctx.request_id,
+        is_upgrade,
+    );
+    let mut resp = send(app, out, ctx, kind).await?;
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        if let Some(client_upgrade) = client_upgrade {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((c, u)) => {
+                        let mut c = hyper_util::rt::TokioIo::new(c);
+                        let mut u = hyper_util::rt::TokioIo::new(u);
+                        let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+                }
+            });
+        }
+        let (mut parts, _) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers, true);
+        return Ok(Response::from_parts(parts, body::empty()));
+    }
+    let (mut parts, incoming) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers, false);
+    Ok(Response::from_parts(parts, body::stream(incoming)))
+}
+
+/// Turn client request parts into an upstream request.
+pub(crate) fn build_upstream_request(
+    app: &App,
+    mut parts: http::request::Parts,
+    body: Body,
+    conn: ConnInfo,
+    request_id: &HeaderValue,
+    is_upgrade: bool,
+) -> Request<Body> {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let uri = app.upstream.uri_for(pq);
+    prepare_request_headers(
+        &mut parts.headers,
+        &parts.uri,
+        conn.remote,
+        conn.proto,
+        request_id,
+        is_upgrade,
+    );
+    parts.uri = uri;
+    // We speak HTTP/1.1 or h2 to Superset as negotiated by the pool, whatever the client used.
+    parts.version = http::Version::HTTP_11;
+    Request::from_parts(parts, body)
+}
+
+/// Send to Superset with metrics and the upstream time recorded in the context.
+pub(crate) async fn send(
+    app: &App,
+    req: Request<Body>,
+    ctx: &mut RequestContext,
+    kind: &'static str,
+) -> Result<Response<Incoming>, Error> {
+    let started = Instant::now();
+    let res = app.upstream.send(req).await;
+    let elapsed = started.elapsed();
+    ctx.upstream_ms = Some(elapsed.as_millis() as u64);
+    app.metrics
+        .upstream_duration
+        .with_label_values(&[kind])
+        .observe(elapsed.as_secs_f64());
+    match &res {
+        Ok(r) => {
+            app.upstream_ok();
+            let class = crate::metrics::status_class(r.status().as_u16());
+            app.metrics
+                .upstream_requests
+                .with_label_values(&[kind, class])
+                .inc();
+        }
+        Err(e) => {
+            let label = match e {
+                Error::UpstreamTimeout => "timeout",
+                Error::UpstreamConnect(_) => "connect",
+                _ => "protocol",
+            };
+            app.metrics
+                .upstream_errors
+                .with_label_values(&[kind, label])
+                .inc();
+        }
+    }
+    res
+}

@@ -1,0 +1,211 @@
+//! Building client responses from stored entries and shared fetches, with
+//! content negotiation: stored zstd bytes as-is, the stored gzip copy, or a
+//! decompressed body — never per-request compression on a hit.
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::{Body, full};
+use crate::store::Entry;
+
+/// Which stored encoding a client can take.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accept {
+    Zstd,
+    Gzip,
+    Identity,
+}
+
+/// Parse `Accept-Encoding`, preferring zstd, then gzip. `q=0` means refused.
+pub fn negotiate(headers: &HeaderMap) -> Accept {
+    let mut zstd = false;
+    let mut gzip = false;
+    for v in headers.get_all(header::ACCEPT_ENCODING) {
+        let Ok(v) = v.to_str() else { continue };
+        for item in v.split(',') {
+            let mut parts = item.split(';');
+            let coding = parts.next().unwrap_or("").trim();
+            let refused = parts.any(|p| {
+                let p = p.trim();
+                p.strip_prefix("q=")
+                    .is_some_and(|q| q.trim().parse::<f32>().map_or(false, |q| q <= 0.0))
+            });
+            if refused {
+                continue;
+            }
+            if coding.eq_ignore_ascii_case("zstd") {
+                zstd = true;
+            } else if coding.eq_ignore_ascii_case("gzip") || coding.eq_ignore_ascii_case("x-gzip") {
+                gzip = true;
+            } else if coding == "*" {
+                zstd = true;
+            }
+        }
+    }
+    if zstd {
+        Accept::Zstd
+    } else if gzip {
+        Accept::Gzip
+    } else {
+        Accept::Identity
+    }
+}
+
+/// A response from a stored entry, in the best encoding the client accepts.
+/// Headers are the stored end-to-end headers plus `Content-Encoding`/`Vary`.
+pub fn from_entry(entry: &Entry, accept: Accept) -> std::io::Result<Response<Body>> {
+    let (body, encoding): (Bytes, Option<&'static str>) = match (accept, &entry.gzip) {
+        (Accept::Zstd, _) => (entry.zstd.clone(), Some("zstd")),
+        (Accept::Gzip, Some(g)) => (g.clone(), Some("gzip")),
+        // No gzip copy (store_gzip = false): identity is always acceptable.
+        _ => (entry.decompress()?, None),
+    };
+    let mut resp = Response::new(full(body.clone()));
+    *resp.status_mut() = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
+    let h = resp.headers_mut();
+    h.reserve(entry.meta.headers.len() + 5);
+    for (n, v) in &entry.meta.headers {
+        h.append(n.clone(), v.clone());
+    }
+    if let Some(enc) = encoding {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
+    }
+    ensure_vary_accept_encoding(h);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    Ok(resp)
+}
+
+/// A response from a shared, uncompressed body (non-stored fetches).
+pub fn from_parts(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Response<Body> {
+    let len = body.len();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    *resp.headers_mut() = headers.clone();
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    resp
+}
+
+/// Responses vary by encoding; keep Superset's `Vary` and add it if missing.
+fn ensure_vary_accept_encoding(h: &mut HeaderMap) {
+    let has = h.get_all(header::VARY).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.to_ascii_lowercase().contains("accept-encoding"))
+    });
+    if !has {
+        h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    }
+}
+
+/// Headers of a Superset response worth storing and replaying: everything
+/// end-to-end except cookies, framing and per-response values.
+pub fn storable_headers(h: &HeaderMap) -> Vec<(header::HeaderName, HeaderValue)> {
+    h.iter()
+        .filter(|(n, _)| !is_unstorable_header(n))
+        .map(|(n, v)| (n.clone(), v.clone()))
+        .collect()
+}
+
+fn is_unstorable_header(n: &header::HeaderName) -> bool {
+    matches!(
+        n.as_str(),
+        "set-cookie"
+            | "content-length"
+            | "content-encoding"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "date"
+            | "age"
+            | "cache-status"
+            | "x-request-id"
+            | "proxy-authenticate"
+            | "trailer"
+            | "upgrade"
+    )
+}
+
+/// Copy of `h` without `Set-Cookie`, for responses shared with other requests.
+pub fn without_cookies(h: &HeaderMap) -> HeaderMap {
+    let mut out = h.clone();
+    out.remove(header::SET_COOKIE);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Meta;
+    use http_body_util::BodyExt;
+
+    fn hm(ae: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(ae).unwrap());
+        h
+    }
+
+    #[test]
+    fn negotiation() {
+        assert_eq!(negotiate(&hm("gzip, deflate, br, zstd")), Accept::Zstd);
+        assert_eq!(negotiate(&hm("gzip, deflate, br")), Accept::Gzip);
+        assert_eq!(negotiate(&hm("zstd;q=0, gzip;q=0.5")), Accept::Gzip);
+        assert_eq!(negotiate(&hm("br")), Accept::Identity);
+        assert_eq!(negotiate(&HeaderMap::new()), Accept::Identity);
+    }
+
+    #[tokio::test]
+    async fn all_encodings_give_the_same_json() {
+        let raw = br#"{"result":[{"data":[{"x":1}]}]}"#.repeat(20);
+        let meta = Meta {
+            status: 200,
+            headers: vec![(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            stored_at: 0,
+            fresh_until: 1,
+            stale_until: 2,
+            upstream_ms: 0,
+            raw_len: raw.len() as u32,
+            tags: vec![],
+        };
+        let e = Entry::build(meta, &raw, 3, true).unwrap();
+        for a in [Accept::Zstd, Accept::Gzip, Accept::Identity] {
+            let r = from_entry(&e, a).unwrap();
+            let enc = r
+                .headers()
+                .get(header::CONTENT_ENCODING)
+                .map(|v| v.to_str().unwrap().to_string());
+            let b = r.into_body().collect().await.unwrap().to_bytes();
+            let plain = match enc.as_deref() {
+                Some("zstd") => zstd::stream::decode_all(&b[..]).unwrap(),
+                Some("gzip") => {
+                    let mut out = Vec::new();
+                    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&b[..]), &mut out)
+                        .unwrap();
+                    out
+                }
+                None => b.to_vec(),
+                Some(o) => panic!("{o}"),
+            };
+            assert_eq!(plain, raw);
+        }
+    }
+
+    #[test]
+    fn storable_headers_drop_cookies_and_framing() {
+        let mut h = HeaderMap::new();
+        h.insert(header::SET_COOKIE, HeaderValue::from_static("session=x"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("10"));
+        h.insert(header::DATE, HeaderValue::from_static("now"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert("x-frame-options", HeaderValue::from_static("SAMEORIGIN"));
+        let s = storable_headers(&h);
+        assert_eq!(s.len(), 2);
+        assert!(s.iter().all(|(n, _)| n != header::SET_COOKIE));
+    }
+}

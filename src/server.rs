@@ -1,0 +1,154 @@
+//! Listeners: the proxy and the admin surface, served with hyper-util's `auto`
+//! builder (HTTP/1.1 and h2c), a connection limit, a header-read timeout, and
+//! graceful shutdown with a drain timeout.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceBuilder;
+
+use crate::app::App;
+use crate::layers::{ObserveLayer, RequestIdLayer};
+use crate::proxy::{self, ConnInfo};
+
+/// Sent to connections beyond `server.max_connections`, then closed.
+const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 43\r\nconnection: close\r\n\r\n{\"message\": \"chartcache is at capacity\"}\r\n";
+
+/// The per-connection service stack, outermost first:
+/// 1. `ObserveLayer` — in-flight gauge, request metrics, access log (sees every response);
+/// 2. `RequestIdLayer` — every request gets an `x-request-id` before anything logs it;
+/// 3. the proxy handler, which never fails (errors are already responses).
+fn service_stack(
+    app: Arc<App>,
+    conn: ConnInfo,
+) -> TowerToHyperService<
+    impl tower::Service<
+        http::Request<Incoming>,
+        Response = http::Response<crate::body::Body>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone,
+> {
+    let access_log = app.config.load().log.access_log;
+    let metrics = app.metrics.clone();
+    let handler = tower::service_fn(move |req: http::Request<Incoming>| {
+        let app = app.clone();
+        async move { Ok::<_, Infallible>(proxy::handle(app, req, conn).await) }
+    });
+    TowerToHyperService::new(
+        ServiceBuilder::new()
+            .layer(ObserveLayer::new(metrics, access_log))
+            .layer(RequestIdLayer)
+            .service(handler),
+    )
+}
+
+fn builder(app: &App) -> auto::Builder<TokioExecutor> {
+    let cfg = app.config.load();
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_millis(cfg.server.header_read_timeout_ms))
+        .max_headers(cfg.server.max_headers)
+        .max_buf_size(cfg.server.max_header_bytes.max(8192));
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.server.max_header_bytes as u32)
+        .max_concurrent_streams(256);
+    b
+}
+
+/// Serve the proxy on `listener` until `shutdown` fires, then stop accepting,
+/// mark not-ready and drain in-flight requests for up to `drain_timeout_secs`.
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
+    let builder = builder(&app);
+    let graceful = GracefulShutdown::new();
+    let limit = Arc::new(Semaphore::new(app.config.load().server.max_connections));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (mut stream, remote) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = limit.clone().try_acquire_owned() else {
+                    tokio::spawn(async move {
+                        let _ = stream.write_all(OVERLOADED).await;
+                        let _ = stream.shutdown().await;
+                    });
+                    continue;
+                };
+                let _ = stream.set_nodelay(true);
+                let conn = ConnInfo { remote: Some(remote), proto: "http" };
+                let svc = service_stack(app.clone(), conn);
+                let fut = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = fut.await {
+                        tracing::debug!(error = %e, "connection ended with error");
+                    }
+                    drop(permit);
+                });
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    drop(listener);
+    app.accepting.store(false, Ordering::SeqCst);
+    let drain = Duration::from_secs(app.config.load().server.drain_timeout_secs);
+    tracing::info!(connections = graceful.count(), "draining");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("drained"),
+        _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+}
+
+/// Serve the admin listener until `shutdown` fires.
+pub async fn serve_admin(
+    app: Arc<App>,
+    listener: TcpListener,
+    token: Option<Arc<str>>,
+    shutdown: CancellationToken,
+) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let app = app.clone();
+                let token = token.clone();
+                let svc = hyper::service::service_fn(move |req| {
+                    let app = app.clone();
+                    let token = token.clone();
+                    async move { Ok::<_, Infallible>(crate::admin::handle(app, token, req).await) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
+                tokio::spawn(async move { let _ = conn.await; });
+            }
+            _ = shutdown.cancelled() => break,
+        }
+    }
+}
+
+/// Bind a TCP listener with a clear error.
+pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}): {e}"))
+}

@@ -1,0 +1,274 @@
+//! A stored response: a versioned header (status, headers, times, tags) plus the
+//! body compressed once with zstd. The encoded form is what Redis holds; the
+//! memory store keeps the decoded `Entry` (and an optional gzip copy) in an `Arc`.
+//!
+//! Layout (all integers little-endian):
+//! `magic "CCE" | version u8 | status u16 | stored_at u64 | fresh_until u64 |
+//!  stale_until u64 | upstream_ms u32 | raw_len u32 | n_headers u16 |
+//!  (name_len u16, name, value_len u32, value)* | n_tags u16 | (len u16, tag)* |
+//!  zstd body (rest)`
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::{HeaderName, HeaderValue};
+
+const MAGIC: &[u8; 3] = b"CCE";
+/// Entry format version; entries of other versions are treated as misses.
+pub const ENTRY_VERSION: u8 = 1;
+
+/// Times and facts about an entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub status: u16,
+    /// End-to-end response headers to replay (never `Set-Cookie`, hop-by-hop,
+    /// `Content-Length`, `Content-Encoding` or `Date`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Unix ms when stored.
+    pub stored_at: u64,
+    /// Unix ms until which the entry is fresh.
+    pub fresh_until: u64,
+    /// Unix ms until which the entry may be served stale (>= fresh_until).
+    pub stale_until: u64,
+    /// How long Superset took to produce it (ms).
+    pub upstream_ms: u32,
+    /// Uncompressed body length.
+    pub raw_len: u32,
+    /// Invalidation tags.
+    pub tags: Vec<String>,
+}
+
+/// A cached response.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub meta: Meta,
+    /// Body compressed with zstd.
+    pub zstd: Bytes,
+    /// Optional gzip copy, made once, for clients that do not accept zstd.
+    pub gzip: Option<Bytes>,
+}
+
+/// Why stored bytes could not be decoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("not a chartcache entry")]
+    BadMagic,
+    #[error("entry version {0} is not supported")]
+    Version(u8),
+    #[error("entry is truncated or corrupt")]
+    Corrupt,
+}
+
+impl Entry {
+    /// Compress a response body once and build the entry.
+    pub fn build(
+        meta: Meta,
+        raw_body: &[u8],
+        zstd_level: i32,
+        with_gzip: bool,
+    ) -> std::io::Result<Entry> {
+        let zstd = Bytes::from(zstd::bulk::compress(raw_body, zstd_level)?);
+        let gzip = if with_gzip {
+            Some(gzip(raw_body)?)
+        } else {
+            None
+        };
+        Ok(Entry { meta, zstd, gzip })
+    }
+
+    /// Add the gzip copy if missing (entries read from Redis carry only zstd).
+    pub fn with_gzip(mut self) -> std::io::Result<Entry> {
+        if self.gzip.is_none() {
+            let raw = self.decompress()?;
+            self.gzip = Some(gzip(&raw)?);
+        }
+        Ok(self)
+    }
+
+    /// The uncompressed body.
+    pub fn decompress(&self) -> std::io::Result<Bytes> {
+        let raw = zstd::bulk::decompress(&self.zstd, self.meta.raw_len as usize)?;
+        if raw.len() != self.meta.raw_len as usize {
+            return Err(std::io::Error::other("decompressed length mismatch"));
+        }
+        Ok(Bytes::from(raw))
+    }
+
+    /// Bytes this entry holds in memory, for the memory store's byte bound.
+    pub fn weight(&self) -> u64 {
+        let headers: usize = self
+            .meta
+            .headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 16)
+            .sum();
+        let tags: usize = self.meta.tags.iter().map(|t| t.len() + 24).sum();
+        (self.zstd.len() + self.gzip.as_ref().map_or(0, |g| g.len()) + headers + tags + 160) as u64
+    }
+
+    /// Encode for a remote store (zstd body only).
+    pub fn encode(&self) -> Bytes {
+        let m = &self.meta;
+        let mut b = BytesMut::with_capacity(64 + self.zstd.len() + m.headers.len() * 48);
+        b.put_slice(MAGIC);
+        b.put_u8(ENTRY_VERSION);
+        b.put_u16_le(m.status);
+        b.put_u64_le(m.stored_at);
+        b.put_u64_le(m.fresh_until);
+        b.put_u64_le(m.stale_until);
+        b.put_u32_le(m.upstream_ms);
+        b.put_u32_le(m.raw_len);
+        b.put_u16_le(m.headers.len().min(u16::MAX as usize) as u16);
+        for (n, v) in m.headers.iter().take(u16::MAX as usize) {
+            b.put_u16_le(n.as_str().len() as u16);
+            b.put_slice(n.as_str().as_bytes());
+            b.put_u32_le(v.len() as u32);
+            b.put_slice(v.as_bytes());
+        }
+        b.put_u16_le(m.tags.len().min(u16::MAX as usize) as u16);
+        for t in m.tags.iter().take(u16::MAX as usize) {
+            let t = &t.as_bytes()[..t.len().min(u16::MAX as usize)];
+            b.put_u16_le(t.len() as u16);
+            b.put_slice(t);
+        }
+        b.put_slice(&self.zstd);
+        b.freeze()
+    }
+
+    /// Decode what `encode` wrote. Never panics on arbitrary input.
+    pub fn decode(mut buf: Bytes) -> Result<Entry, DecodeError> {
+        fn need(b: &Bytes, n: usize) -> Result<(), DecodeError> {
+            if b.remaining() < n {
+                Err(DecodeError::Corrupt)
+            } else {
+                Ok(())
+            }
+        }
+        need(&buf, 4)?;
+        if &buf[..3] != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        if buf[3] != ENTRY_VERSION {
+            return Err(DecodeError::Version(buf[3]));
+        }
+        buf.advance(4);
+        need(&buf, 2 + 8 * 3 + 4 + 4 + 2)?;
+        let status = buf.get_u16_le();
+        let stored_at = buf.get_u64_le();
+        let fresh_until = buf.get_u64_le();
+        let stale_until = buf.get_u64_le();
+        let upstream_ms = buf.get_u32_le();
+        let raw_len = buf.get_u32_le();
+        let nh = buf.get_u16_le() as usize;
+        let mut headers = Vec::with_capacity(nh.min(64));
+        for _ in 0..nh {
+            need(&buf, 2)?;
+            let nl = buf.get_u16_le() as usize;
+            need(&buf, nl)?;
+            let name =
+                HeaderName::from_bytes(&buf.split_to(nl)).map_err(|_| DecodeError::Corrupt)?;
+            need(&buf, 4)?;
+            let vl = buf.get_u32_le() as usize;
+            need(&buf, vl)?;
+            let value = HeaderValue::from_maybe_shared(buf.split_to(vl))
+                .map_err(|_| DecodeError::Corrupt)?;
+            headers.push((name, value));
+        }
+        need(&buf, 2)?;
+        let nt = buf.get_u16_le() as usize;
+        let mut tags = Vec::with_capacity(nt.min(16));
+        for _ in 0..nt {
+            need(&buf, 2)?;
+            let l = buf.get_u16_le() as usize;
+            need(&buf, l)?;
+            tags.push(
+                String::from_utf8(buf.split_to(l).to_vec()).map_err(|_| DecodeError::Corrupt)?,
+            );
+        }
+        Ok(Entry {
+            meta: Meta {
+                status,
+                headers,
+                stored_at,
+                fresh_until,
+                stale_until,
+                upstream_ms,
+                raw_len,
+                tags,
+            },
+            zstd: buf,
+            gzip: None,
+        })
+    }
+}
+
+fn gzip(raw: &[u8]) -> std::io::Result<Bytes> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(
+        Vec::with_capacity(raw.len() / 4 + 64),
+        flate2::Compression::fast(),
+    );
+    enc.write_all(raw)?;
+    Ok(Bytes::from(enc.finish()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sample(body: &[u8]) -> Entry {
+        let meta = Meta {
+            status: 200,
+            headers: vec![(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            )],
+            stored_at: 1_000,
+            fresh_until: 2_000,
+            stale_until: 3_000,
+            upstream_ms: 42,
+            raw_len: body.len() as u32,
+            tags: vec!["chart:1".into(), "dataset:1__table".into()],
+        };
+        Entry::build(meta, body, 3, true).unwrap()
+    }
+
+    #[test]
+    fn roundtrip() {
+        let body = br#"{"result":[{"data":[1,2,3]}]}"#.repeat(50);
+        let e = sample(&body);
+        let d = Entry::decode(e.encode()).unwrap();
+        assert_eq!(d.meta, e.meta);
+        assert_eq!(d.decompress().unwrap(), Bytes::from(body.clone()));
+        let g = d.with_gzip().unwrap().gzip.unwrap();
+        let mut out = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&g[..]), &mut out).unwrap();
+        assert_eq!(out, body);
+    }
+
+    #[test]
+    fn rejects_foreign_and_truncated_bytes() {
+        let e = sample(b"{}").encode();
+        assert_eq!(
+            Entry::decode(Bytes::from_static(b"xx")).unwrap_err(),
+            DecodeError::Corrupt
+        );
+        assert_eq!(
+            Entry::decode(Bytes::from_static(b"XYZ\x01")).unwrap_err(),
+            DecodeError::BadMagic
+        );
+        let mut v = e.to_vec();
+        v[3] = 99;
+        assert_eq!(
+            Entry::decode(Bytes::from(v)).unwrap_err(),
+            DecodeError::Version(99)
+        );
+        for cut in 4..40 {
+            assert!(Entry::decode(e.slice(..cut)).is_err(), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn weight_counts_both_encodings() {
+        let e = sample(&[b'x'; 10_000]);
+        assert!(e.weight() >= (e.zstd.len() + e.gzip.as_ref().unwrap().len()) as u64);
+    }
+}

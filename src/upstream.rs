@@ -1,0 +1,237 @@
+//! The one pooled client that talks to Superset, built once and shared, plus
+//! the header rewriting every forwarded request gets.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::Body;
+use crate::config::Config;
+use crate::error::Error;
+
+/// Pooled HTTP/1.1 + HTTP/2 client for Superset, over TCP or rustls.
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    scheme: http::uri::Scheme,
+    authority: http::uri::Authority,
+    /// Path prefix of the upstream URL (without trailing slash), usually empty.
+    prefix: String,
+    response_timeout: Duration,
+}
+
+impl Upstream {
+    /// Build the client from config. Fails on an invalid URL or CA file.
+    pub fn new(cfg: &Config) -> anyhow::Result<Upstream> {
+        let uri: Uri = cfg.upstream.parse()?;
+        let scheme = uri.scheme().cloned().unwrap_or(http::uri::Scheme::HTTP);
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| anyhow::anyhow!("upstream has no host"))?;
+        let prefix = uri.path().trim_end_matches('/').to_string();
+        let uc = &cfg.upstream_client;
+
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(Duration::from_millis(uc.connect_timeout_ms)));
+        http.set_keepalive(Some(Duration::from_secs(60)));
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        if let Some(ca) = &uc.ca_file {
+            let pem = std::fs::read(ca)
+                .map_err(|e| anyhow::anyhow!("upstream_client.ca_file {ca}: {e}"))?;
+            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
+                roots.add(cert?)?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(uc.pool_idle_timeout_secs))
+            .pool_max_idle_per_host(uc.pool_max_idle_per_host)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Upstream {
+            client,
+            scheme,
+            authority,
+            prefix,
+            response_timeout: Duration::from_millis(uc.response_timeout_ms),
+        })
+    }
+
+    /// The upstream URI for a client request's path and query.
+    pub fn uri_for(&self, path_and_query: &str) -> Uri {
+        let pq = format!("{}{}", self.prefix, path_and_query);
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(pq)
+            .build()
+            .unwrap_or_else(|_| Uri::from_static("/"))
+    }
+
+    /// Send a request and wait for the response head, within the response timeout.
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, Error> {
+        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+            Err(_) => Err(Error::UpstreamTimeout),
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) if e.is_connect() => Err(Error::UpstreamConnect(format!("{e:?}"))),
+            Ok(Err(e)) => Err(Error::Upstream(format!("{e:?}"))),
+        }
+    }
+}
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded in either direction.
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Remove hop-by-hop headers, including those named in `Connection`.
+/// `keep_upgrade` keeps `Connection: upgrade` + `Upgrade` for websockets.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    for n in named.iter().chain(HOP_BY_HOP) {
+        headers.remove(n);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if keep_upgrade {
+        if let Some(u) = upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, u);
+        }
+    }
+}
+
+/// Rewrite a client request's headers for Superset: hop-by-hop stripped,
+/// `X-Forwarded-For/Proto/Host` appended, `Host` kept (taken from the URI
+/// authority for HTTP/2 clients), request id set.
+pub fn prepare_request_headers(
+    headers: &mut HeaderMap,
+    uri: &Uri,
+    client: Option<SocketAddr>,
+    client_proto: &'static str,
+    request_id: &HeaderValue,
+    is_upgrade: bool,
+) {
+    strip_hop_by_hop(headers, is_upgrade);
+    if !headers.contains_key(header::HOST) {
+        if let Some(a) = uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        {
+            headers.insert(header::HOST, a);
+        }
+    }
+    if let Some(addr) = client {
+        let ip = addr.ip().to_string();
+        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {ip}"),
+            None => ip,
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            headers.insert("x-forwarded-for", v);
+        }
+    }
+    if !headers.contains_key("x-forwarded-proto") {
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(client_proto));
+    }
+    if !headers.contains_key("x-forwarded-host") {
+        if let Some(h) = headers.get(header::HOST).cloned() {
+            headers.insert("x-forwarded-host", h);
+        }
+    }
+    headers.insert("x-request-id", request_id.clone());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_hop_by_hop_and_connection_named() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer x"));
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key(header::AUTHORIZATION));
+    }
+
+    #[test]
+    fn appends_forwarded_headers_and_keeps_host() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::HOST,
+            HeaderValue::from_static("superset.example.com"),
+        );
+        h.insert("x-forwarded-for", HeaderValue::from_static("1.2.3.4"));
+        let id = HeaderValue::from_static("abc");
+        prepare_request_headers(
+            &mut h,
+            &Uri::from_static("/x"),
+            Some("10.0.0.9:5555".parse().unwrap()),
+            "http",
+            &id,
+            false,
+        );
+        assert_eq!(h["host"], "superset.example.com");
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4, 10.0.0.9");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "superset.example.com");
+        assert_eq!(h["x-request-id"], "abc");
+    }
+
+    #[test]
+    fn keeps_upgrade_for_websockets() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h["upgrade"], "websocket");
+        assert_eq!(h["connection"], "upgrade");
+    }
+}
