@@ -28,6 +28,12 @@ pub fn stream(b: Incoming) -> Body {
     b.map_err(|e| Box::new(e) as BoxError).boxed_unsync()
 }
 
+/// A request with its body boxed: what the proxy handler takes, so it can be
+/// driven in-process (benches, tests) as well as from a connection.
+pub fn boxed_request(req: http::Request<Incoming>) -> http::Request<Body> {
+    req.map(stream)
+}
+
 /// Result of reading a body up to a limit.
 pub enum Limited {
     /// The whole body, at most `limit` bytes.
@@ -40,7 +46,7 @@ pub enum Limited {
 /// Read `body` completely if it is at most `limit` bytes; otherwise hand back a
 /// body that replays what was read and streams the rest, so nothing is lost or
 /// altered and memory stays bounded by `limit`.
-pub async fn read_limited(mut body: Incoming, limit: usize) -> Result<Limited, hyper::Error> {
+pub async fn read_limited(mut body: Body, limit: usize) -> Result<Limited, BoxError> {
     let mut buf = BytesMut::new();
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
@@ -60,8 +66,7 @@ pub async fn read_limited(mut body: Incoming, limit: usize) -> Result<Limited, h
                     .into_iter()
                     .map(|c| Ok::<_, BoxError>(Frame::data(c))),
             );
-            let tail = http_body_util::BodyStream::new(body)
-                .map(|r| r.map_err(|e| Box::new(e) as BoxError));
+            let tail = http_body_util::BodyStream::new(body);
             return Ok(Limited::TooLarge(
                 StreamBody::new(head.chain(tail)).boxed_unsync(),
             ));

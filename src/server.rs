@@ -45,7 +45,9 @@ fn service_stack(
     let metrics = app.metrics.clone();
     let handler = tower::service_fn(move |req: http::Request<Incoming>| {
         let app = app.clone();
-        async move { Ok::<_, Infallible>(proxy::handle(app, req, conn).await) }
+        async move {
+            Ok::<_, Infallible>(proxy::handle(app, crate::body::boxed_request(req), conn).await)
+        }
     });
     TowerToHyperService::new(
         ServiceBuilder::new()

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 
 use super::respond::{self, Accept};
 use super::{ConnInfo, build_upstream_request, send};
@@ -51,7 +50,7 @@ struct FetchSpec {
 pub(super) async fn handle(
     app: &Arc<App>,
     route: CachedRoute,
-    req: Request<Incoming>,
+    req: Request<Body>,
     conn: ConnInfo,
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, Error> {
@@ -388,7 +387,9 @@ async fn fetch_inner(
         )));
     }
     let timeout = Duration::from_millis(cfg.upstream_client.response_timeout_ms);
-    let body = match tokio::time::timeout(timeout, body::read_limited(incoming, max)).await {
+    let body = match tokio::time::timeout(timeout, body::read_limited(body::stream(incoming), max))
+        .await
+    {
         Err(_) => return Err(Error::UpstreamTimeout),
         Ok(Err(e)) => return Err(Error::Upstream(format!("reading response body: {e}"))),
         Ok(Ok(Limited::TooLarge(stream))) => {

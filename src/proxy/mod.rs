@@ -31,7 +31,7 @@ pub struct ConnInfo {
 
 /// Handle one client request. Never fails: errors become responses here, and
 /// the context travels out in the response extensions for metrics and logs.
-pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ConnInfo) -> Response<Body> {
+pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
     let request_id = req
         .headers()
         .get("x-request-id")
@@ -87,7 +87,7 @@ pub async fn handle(app: Arc<App>, req: Request<Incoming>, conn: ConnInfo) -> Re
 /// protocol upgrades (websockets).
 pub(crate) async fn forward_streaming(
     app: &App,
-    mut req: Request<Incoming>,
+    mut req: Request<Body>,
     conn: ConnInfo,
     ctx: &mut RequestContext,
     kind: &'static str,
@@ -95,14 +95,7 @@ pub(crate) async fn forward_streaming(
     let is_upgrade = req.headers().contains_key(header::UPGRADE);
     let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
-    let out = build_upstream_request(
-        app,
-        parts,
-        body::stream(incoming),
-        conn,
-        &ctx.request_id,
-        is_upgrade,
-    );
+    let out = build_upstream_request(app, parts, incoming, conn, &ctx.request_id, is_upgrade);
     let mut resp = send(app, out, ctx, kind).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
