@@ -1,0 +1,200 @@
+//! Shared integration-test harness: a Superset-shaped upstream, an in-process
+//! chartcache on loopback ports, and a small HTTP client.
+
+#![allow(dead_code)]
+
+pub mod upstream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio_util::sync::CancellationToken;
+
+use chartcache::app::App;
+use chartcache::clock::{SharedClock, SystemClock};
+use chartcache::config::Config;
+
+pub use upstream::{ChartMode, Upstream};
+
+/// A chartcache instance serving on loopback, stopped on drop.
+pub struct Proxy {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub app: Arc<App>,
+    pub shutdown: CancellationToken,
+    pub served: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// Default test config pointing at `upstream`, with an admin token.
+pub fn test_config(upstream: &str) -> Config {
+    let mut cfg = Config {
+        upstream: upstream.to_string(),
+        ..Config::default()
+    };
+    cfg.listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.admin.token = Some("test-admin-token".into());
+    cfg.log.access_log = false;
+    cfg.upstream_client.response_timeout_ms = 5_000;
+    cfg
+}
+
+impl Proxy {
+    /// Start with the memory store.
+    pub async fn start(cfg: Config) -> Proxy {
+        Self::start_with_clock(cfg, Arc::new(SystemClock)).await
+    }
+
+    pub async fn start_with_clock(cfg: Config, clock: SharedClock) -> Proxy {
+        let app = App::with_memory_store(cfg, clock).expect("app");
+        Self::start_app(app).await
+    }
+
+    /// Serve a prebuilt app (e.g. with another store).
+    pub async fn start_app(app: Arc<App>) -> Proxy {
+        let cfg = app.config.load();
+        let listener = tokio::net::TcpListener::bind(cfg.listen).await.unwrap();
+        let admin_listener = tokio::net::TcpListener::bind(cfg.admin_listen)
+            .await
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let token = cfg.admin.resolve_token().unwrap().map(Arc::<str>::from);
+        let shutdown = CancellationToken::new();
+        tokio::spawn(chartcache::server::serve_admin(
+            app.clone(),
+            admin_listener,
+            token,
+            shutdown.clone(),
+        ));
+        let served = tokio::spawn(chartcache::server::serve(
+            app.clone(),
+            listener,
+            shutdown.clone(),
+        ));
+        Proxy {
+            addr,
+            admin,
+            app,
+            shutdown,
+            served,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
+    }
+}
+
+/// A response as the tests see it.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Resp {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", String::from_utf8_lossy(&self.body)))
+    }
+    pub fn cache_status(&self) -> String {
+        self.headers
+            .get("cache-status")
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+    }
+}
+
+/// A pooled test client.
+#[derive(Clone)]
+pub struct TestClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for TestClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestClient {
+    pub fn new() -> TestClient {
+        TestClient {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: impl Into<Bytes>,
+    ) -> Resp {
+        let mut b = Request::builder().method(method).uri(url);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let req = b.body(Full::new(body.into())).unwrap();
+        let resp = self.client.request(req).await.expect("request failed");
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        Resp {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// POST a chart-data body as `token` (a Bearer token).
+    pub async fn chart(&self, proxy: &Proxy, token: &str, body: &serde_json::Value) -> Resp {
+        let auth = format!("Bearer {token}");
+        self.send(
+            Method::POST,
+            &proxy.url("/api/v1/chart/data"),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            serde_json::to_vec(body).unwrap(),
+        )
+        .await
+    }
+}
+
+/// A fixture from `tests/fixtures/superset-6.1/`.
+pub fn fixture(name: &str) -> serde_json::Value {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/superset-6.1")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// The chart-data request body of a fixture.
+pub fn chart_body(name: &str) -> serde_json::Value {
+    fixture(name)["request"]["body"].clone()
+}
