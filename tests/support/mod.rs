@@ -20,6 +20,7 @@ use chartcache::app::App;
 use chartcache::clock::{SharedClock, SystemClock};
 use chartcache::config::Config;
 
+#[allow(unused_imports)]
 pub use upstream::{ChartMode, Upstream};
 
 /// A chartcache instance serving on loopback, stopped on drop.
