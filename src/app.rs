@@ -74,6 +74,44 @@ impl App {
         App::new(cfg, mem.clone(), Some(mem), Arc::new(Metrics::new()), clock)
     }
 
+    /// Swap in a new configuration (SIGHUP): tiers, rules, limits, timeouts and
+    /// routes take effect for the next request; in-flight requests and open
+    /// connections are untouched. Settings bound at startup (listen addresses,
+    /// upstream URL and its pool, store sizes) need a restart and are reported.
+    /// An invalid configuration is rejected and the old one stays.
+    pub fn reload(&self, new: Config) -> anyhow::Result<Vec<&'static str>> {
+        new.validate()?;
+        let policy = Policy::from_config(&new)?;
+        let old = self.config.load();
+        let mut needs_restart = Vec::new();
+        if old.listen != new.listen {
+            needs_restart.push("listen");
+        }
+        if old.admin_listen != new.admin_listen {
+            needs_restart.push("admin_listen");
+        }
+        if old.upstream != new.upstream {
+            needs_restart.push("upstream");
+        }
+        if old.memory.max_bytes != new.memory.max_bytes {
+            needs_restart.push("memory.max_bytes");
+        }
+        if old.identity.ttl_secs != new.identity.ttl_secs
+            || old.identity.session_cookie != new.identity.session_cookie
+            || old.identity.guest_token_header != new.identity.guest_token_header
+        {
+            needs_restart.push("identity");
+        }
+        if serde_json::to_value(&old.upstream_client).ok()
+            != serde_json::to_value(&new.upstream_client).ok()
+        {
+            needs_restart.push("upstream_client");
+        }
+        self.policy.store(Arc::new(policy));
+        self.config.store(Arc::new(new));
+        Ok(needs_restart)
+    }
+
     /// Record that Superset answered (readiness).
     pub fn upstream_ok(&self) {
         self.last_upstream_ok_ms

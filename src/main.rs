@@ -11,7 +11,7 @@ use chartcache::app::App;
 use chartcache::clock::SystemClock;
 use chartcache::config::Config;
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(
     name = "chartcache",
     version,
@@ -37,7 +37,7 @@ struct Cli {
     cmd: Option<Cmd>,
 }
 
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 enum Cmd {
     /// Run the proxy (the default).
     Serve,
@@ -143,7 +143,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
-        None | Some(Cmd::Serve) => serve(cfg),
+        None | Some(Cmd::Serve) => serve(cfg, &cli),
     }
 }
 
@@ -152,7 +152,7 @@ fn toml_string(cfg: &Config) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(cfg)?)
 }
 
-fn serve(cfg: Config) -> anyhow::Result<()> {
+fn serve(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
     init_logging(&cfg);
     cfg.validate()?;
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -167,7 +167,10 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
         let admin = chartcache::server::bind(admin_listen, "admin").await?;
         tracing::info!(%listen, %admin_listen, upstream = %app.config.load().upstream, store = app.store.name(), "chartcache listening");
         let shutdown = CancellationToken::new();
-        tokio::spawn(chartcache::server::serve_admin(app.clone(), admin, token, shutdown.clone()));
+        // The admin listener outlives the drain so /readyz can report 503 meanwhile.
+        let admin_shutdown = CancellationToken::new();
+        tokio::spawn(chartcache::server::serve_admin(app.clone(), admin, token, admin_shutdown.clone()));
+        spawn_reloader(app.clone(), cli);
         let signals = shutdown.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
@@ -175,8 +178,37 @@ fn serve(cfg: Config) -> anyhow::Result<()> {
             signals.cancel();
         });
         chartcache::server::serve(app, listener, shutdown).await;
+        admin_shutdown.cancel();
+        tracing::info!("stopped");
         Ok(())
     })
+}
+
+/// SIGHUP: re-read the config file, env and flags; keep the old config if the
+/// new one is invalid.
+fn spawn_reloader(app: Arc<App>, cli: &Cli) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let cli = Cli {
+        cmd: None,
+        ..cli.clone()
+    };
+    tokio::spawn(async move {
+        let Ok(mut hup) = signal(SignalKind::hangup()) else {
+            return;
+        };
+        while hup.recv().await.is_some() {
+            match load(&cli).and_then(|cfg| app.reload(cfg)) {
+                Ok(restart) if restart.is_empty() => tracing::info!("configuration reloaded"),
+                Ok(restart) => tracing::warn!(
+                    ?restart,
+                    "configuration reloaded; these settings need a restart to change"
+                ),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "configuration reload failed; keeping the previous one")
+                }
+            }
+        }
+    });
 }
 
 async fn wait_for_signal() {

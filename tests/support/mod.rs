@@ -28,13 +28,16 @@ pub struct Proxy {
     pub addr: SocketAddr,
     pub admin: SocketAddr,
     pub app: Arc<App>,
+    /// Cancel to stop accepting and drain (the admin listener keeps serving).
     pub shutdown: CancellationToken,
+    pub admin_shutdown: CancellationToken,
     pub served: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Proxy {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.admin_shutdown.cancel();
     }
 }
 
@@ -74,11 +77,12 @@ impl Proxy {
         let admin = admin_listener.local_addr().unwrap();
         let token = cfg.admin.resolve_token().unwrap().map(Arc::<str>::from);
         let shutdown = CancellationToken::new();
+        let admin_shutdown = CancellationToken::new();
         tokio::spawn(chartcache::server::serve_admin(
             app.clone(),
             admin_listener,
             token,
-            shutdown.clone(),
+            admin_shutdown.clone(),
         ));
         let served = tokio::spawn(chartcache::server::serve(
             app.clone(),
@@ -90,6 +94,7 @@ impl Proxy {
             admin,
             app,
             shutdown,
+            admin_shutdown,
             served,
         }
     }
