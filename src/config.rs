@@ -201,6 +201,10 @@ impl Default for UpstreamConfig {
 pub struct ServerConfig {
     /// After SIGTERM, how long in-flight requests may take to finish (seconds).
     pub drain_timeout_secs: u64,
+    /// After SIGTERM, keep accepting (while `/readyz` already says 503) for this
+    /// many seconds so load balancers stop sending first. 0 when a preStop hook
+    /// already waits.
+    pub shutdown_delay_secs: u64,
     /// A client must send its request headers within this time (ms): slowloris guard.
     pub header_read_timeout_ms: u64,
     /// Maximum number of request headers.
@@ -215,6 +219,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         Self {
             drain_timeout_secs: 25,
+            shutdown_delay_secs: 0,
             header_read_timeout_ms: 10_000,
             max_headers: 100,
             max_header_bytes: 64 * 1024,
@@ -271,6 +276,32 @@ impl Default for LogConfig {
     }
 }
 
+/// Top-level keys that take a plain value.
+const SCALAR_KEYS: &[&str] = &["listen", "admin_listen", "upstream", "default_tier"];
+/// Top-level sections (set as `CHARTCACHE_SECTION__KEY`).
+const SECTIONS: &[&str] = &[
+    "routes",
+    "identity",
+    "cache",
+    "memory",
+    "upstream_client",
+    "server",
+    "admin",
+    "log",
+    "tiers",
+    "rules",
+    "redis",
+];
+
+/// Whether `CHARTCACHE_<key>` names a config key (`key` is already without the prefix).
+fn is_config_env(key: &figment::value::UncasedStr) -> bool {
+    let k = key.as_str().to_ascii_lowercase();
+    match k.split_once("__") {
+        Some((section, rest)) => SECTIONS.contains(&section) && !rest.is_empty(),
+        None => SCALAR_KEYS.contains(&k.as_str()),
+    }
+}
+
 impl Config {
     /// Load: defaults ← TOML file (if given) ← `CHARTCACHE_*` env.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
@@ -281,10 +312,12 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        // CHARTCACHE_CONFIG names the file; CHARTCACHE_REDIS_URL is a CLI alias.
+        // Only variables that name a config key are read: `CHARTCACHE_LOG` (the log
+        // filter), `CHARTCACHE_CONFIG` (the file) and the `CHARTCACHE_SERVICE_HOST`-style
+        // variables Kubernetes injects for a Service named chartcache are not config.
         fig = fig.merge(
             Env::prefixed("CHARTCACHE_")
-                .ignore(&["CONFIG", "REDIS_URL"])
+                .filter(is_config_env)
                 .split("__")
                 .lowercase(true),
         );
@@ -367,6 +400,33 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.rules.len(), 2);
         assert_eq!(c.tiers, crate::policy::TierConfig::defaults());
+    }
+
+    #[test]
+    fn only_config_env_vars_are_read() {
+        use figment::value::UncasedStr;
+        for k in [
+            "UPSTREAM",
+            "listen",
+            "MEMORY__MAX_BYTES",
+            "ADMIN__TOKEN",
+            "LOG__FORMAT",
+            "REDIS__URL",
+        ] {
+            assert!(is_config_env(UncasedStr::new(k)), "{k}");
+        }
+        for k in [
+            "LOG",
+            "CONFIG",
+            "SERVICE_HOST",
+            "PORT",
+            "PORT_8080_TCP_ADDR",
+            "MEMORY__",
+            "NOPE__X",
+            "REDIS_URL",
+        ] {
+            assert!(!is_config_env(UncasedStr::new(k)), "{k}");
+        }
     }
 
     #[test]

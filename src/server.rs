@@ -78,6 +78,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
     let builder = builder(&app);
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(app.config.load().server.max_connections));
+    let mut stop_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -108,11 +109,17 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
                     drop(permit);
                 });
             }
-            _ = shutdown.cancelled() => break,
+            _ = shutdown.cancelled(), if stop_at.is_none() => {
+                // Report not-ready at once, but keep accepting for the shutdown
+                // delay so load balancers can take us out of rotation first.
+                app.accepting.store(false, Ordering::SeqCst);
+                let delay = Duration::from_secs(app.config.load().server.shutdown_delay_secs);
+                stop_at = Some(tokio::time::Instant::now() + delay);
+            }
+            _ = tokio::time::sleep_until(stop_at.unwrap_or_else(tokio::time::Instant::now)), if stop_at.is_some() => break,
         }
     }
     drop(listener);
-    app.accepting.store(false, Ordering::SeqCst);
     let drain = Duration::from_secs(app.config.load().server.drain_timeout_secs);
     tracing::info!(connections = graceful.count(), "draining");
     tokio::select! {
