@@ -16,6 +16,8 @@
    target/release), runs `chartcache check-config` on the config each rendered
    chartcache container would load (ConfigMap + literal CHARTCACHE_* env + args),
    and on the config in deploy/helm-superset-values.yaml.
+6. Checks the Dockerfile statically (multi-stage, numeric non-root USER,
+   ENTRYPOINT, EXPOSE, COPY sources exist).
 
 Exit status 0 only if every check passed. Needs no network.
 """
@@ -539,6 +541,29 @@ def check_configs(rendered: dict[str, list[dict]]) -> dict:
     return drains
 
 
+# ---------------------------------------------------------------- Dockerfile
+
+def check_dockerfile() -> None:
+    """Static checks only: no engine is needed (or used) here."""
+    path = os.path.join(ROOT, "Dockerfile")
+    if not R.check(os.path.isfile(path), "Dockerfile missing"):
+        return
+    lines = [l.strip() for l in open(path) if l.strip() and not l.lstrip().startswith("#")]
+    froms = [l for l in lines if l.upper().startswith("FROM ")]
+    R.check(len(froms) >= 2, "Dockerfile: expected a multi-stage build")
+    users = [l.split(None, 1)[1] for l in lines if l.upper().startswith("USER ")]
+    R.check(bool(users) and re.fullmatch(r"[1-9][0-9]*(:[0-9]+)?", users[-1]) is not None,
+            "Dockerfile: final USER must be a numeric non-root uid")
+    R.check('ENTRYPOINT ["chartcache"]' in lines, 'Dockerfile: ENTRYPOINT ["chartcache"]')
+    exposed = {p for l in lines if l.upper().startswith("EXPOSE ") for p in l.split()[1:]}
+    R.check({"8080", "9090"} <= exposed, "Dockerfile: EXPOSE 8080 9090")
+    for l in lines:
+        if l.upper().startswith("COPY ") and "--from" not in l:
+            for src in l.split()[1:-1]:
+                if src != ".":
+                    R.check(os.path.exists(os.path.join(ROOT, src)), f"Dockerfile: COPY source {src} missing")
+
+
 # ---------------------------------------------------------------- main
 
 def main() -> int:
@@ -558,6 +583,7 @@ def main() -> int:
     rules = [o for o in rendered.get("deploy/base", []) if o["kind"] == "PrometheusRule"]
     R.check(len(rules) == 1, "deploy/base: expected one PrometheusRule")
     check_metrics(rules)
+    check_dockerfile()
     print(f"rendered: {', '.join(sorted(rendered))}; k8s schemas: {', '.join(K8S_VERSIONS)}")
     if R.failed:
         print(f"{len(R.failed)} check(s) failed:")
