@@ -350,6 +350,20 @@ def metric_refs(expr: str) -> list[tuple[str, set[str]]]:
     return out
 
 
+def balanced(expr: str) -> bool:
+    """Brackets balance outside string literals: a cheap PromQL syntax sanity check."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)
+    stack = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for ch in e:
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in pairs:
+            if not stack or stack.pop() != pairs[ch]:
+                return False
+    return not stack and '"' not in e.replace('""', "")
+
+
 def check_metric(where: str, name: str, labs: set[str], names: set[str], hist: set[str],
                  labels: dict[str, set[str]], recorded: set[str]) -> None:
     base = name
@@ -410,6 +424,7 @@ def check_metrics(rule_docs: list[dict]) -> None:
         R.check(len(exprs) >= 10, f"grafana: only {len(exprs)} queries found")
         used = set()
         for where, e in exprs:
+            R.check(balanced(e), f"grafana {where}: unbalanced brackets or quotes in {e!r}")
             for name, labs in metric_refs(e):
                 if name == "<selector without metric name>" and where.endswith(" label"):
                     # label_values(metric, label): the label must exist on the metric
@@ -428,6 +443,7 @@ def check_metrics(rule_docs: list[dict]) -> None:
     for o in rule_docs:
         for g in o["spec"]["groups"]:
             for r in g["rules"]:
+                R.check(balanced(r["expr"]), f"PrometheusRule {r.get('alert') or r.get('record')}: unbalanced brackets or quotes")
                 for name, labs in metric_refs(r["expr"]):
                     check_metric(f"PrometheusRule {r.get('alert') or r.get('record')}", name, labs,
                                  names, hist, labels, recorded)
