@@ -1,0 +1,615 @@
+#!/usr/bin/env python3
+"""Checks for deploy/: called by deploy/validate.sh (which installs what it needs).
+
+1. Renders every Kustomize directory (base and overlays) with `kubectl kustomize`.
+2. Validates every rendered object against the Kubernetes JSON schemas
+   (kubernetes-validate, strict: unknown fields fail) for each version in
+   K8S_VERSIONS. ServiceMonitor and PrometheusRule are CRDs outside those
+   schemas: their required structure is checked here instead.
+3. Checks what schemas cannot: chartcache's pod hardening, probes, shutdown
+   timing, Service/ServiceMonitor port names, HPA targets, ConfigMap and Secret
+   references, no literal secrets.
+4. Checks that the Grafana dashboard parses and that every metric it or the
+   PrometheusRule uses is one that src/metrics.rs defines (or a process_* one),
+   with label names the metric has.
+5. If a chartcache binary is available (CHARTCACHE_BIN, else target/debug or
+   target/release), runs `chartcache check-config` on the config each rendered
+   chartcache container would load (ConfigMap + literal CHARTCACHE_* env + args),
+   and on the config in deploy/helm-superset-values.yaml.
+6. Checks the Dockerfile statically (multi-stage, numeric non-root USER,
+   ENTRYPOINT, EXPOSE, COPY sources exist).
+
+Exit status 0 only if every check passed. Needs no network.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import tomllib
+
+import yaml
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+DEPLOY = os.path.join(ROOT, "deploy")
+# Oldest and newest Kubernetes minor validated. 1.30 is the floor: the preStop
+# `sleep` action (no shell needed in the image) is on by default from 1.30.
+K8S_VERSIONS = os.environ.get("K8S_VERSIONS", "1.30.0 1.35.0").split()
+CRD_KINDS = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
+}
+# Labels Prometheus attaches at scrape time (target labels) or that histograms carry.
+TARGET_LABELS = {
+    "namespace", "pod", "job", "instance", "service", "container", "endpoint",
+    "node", "le", "__name__",
+}
+PROMQL_KEYWORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
+    "and", "or", "unless", "offset", "inf", "nan",
+}
+
+
+class Report:
+    def __init__(self) -> None:
+        self.passed = 0
+        self.failed: list[str] = []
+        self.notes: list[str] = []
+
+    def check(self, ok: bool, what: str) -> bool:
+        if ok:
+            self.passed += 1
+        else:
+            self.failed.append(what)
+            print(f"FAIL {what}")
+        return ok
+
+    def note(self, what: str) -> None:
+        self.notes.append(what)
+        print(f"note {what}")
+
+
+R = Report()
+
+
+# ---------------------------------------------------------------- rendering
+
+def kustomize_dirs() -> list[str]:
+    dirs = [os.path.join(DEPLOY, "base")]
+    dirs += sorted(
+        os.path.dirname(p)
+        for p in glob.glob(os.path.join(DEPLOY, "overlays", "*", "kustomization.yaml"))
+    )
+    return dirs
+
+
+def render(d: str) -> list[dict] | None:
+    rel = os.path.relpath(d, ROOT)
+    p = subprocess.run(
+        ["kubectl", "kustomize", d], capture_output=True, text=True, timeout=60
+    )
+    if not R.check(p.returncode == 0, f"{rel}: kubectl kustomize: {p.stderr.strip()}"):
+        return None
+    docs = [x for x in yaml.safe_load_all(p.stdout) if x]
+    R.check(len(docs) > 0, f"{rel}: renders no objects")
+    return docs
+
+
+def ident(o: dict) -> str:
+    m = o.get("metadata", {})
+    ns = m.get("namespace")
+    return f"{o.get('kind')}/{(ns + '/') if ns else ''}{m.get('name')}"
+
+
+# ---------------------------------------------------------------- schemas
+
+def validate_schema(rel: str, o: dict) -> None:
+    import kubernetes_validate
+
+    key = (o.get("apiVersion"), o.get("kind"))
+    if key in CRD_KINDS:
+        if o["kind"] == "ServiceMonitor":
+            check_servicemonitor_shape(rel, o)
+        else:
+            check_prometheusrule_shape(rel, o)
+        return
+    for v in K8S_VERSIONS:
+        try:
+            kubernetes_validate.validate(o, v, strict=True)
+            R.check(True, "")
+        except kubernetes_validate.ValidationError as e:
+            path = "/".join(str(x) for x in e.path)
+            R.check(False, f"{rel}: {ident(o)} (k8s {v}): {path}: {e.message}")
+        except kubernetes_validate.SchemaNotFoundError:
+            R.check(False, f"{rel}: {ident(o)}: no schema for {key} in k8s {v}")
+
+
+DURATION = re.compile(r"^([0-9]+(ms|s|m|h|d|w|y))+$")
+
+
+def check_servicemonitor_shape(rel: str, o: dict) -> None:
+    spec = o.get("spec") or {}
+    where = f"{rel}: {ident(o)}"
+    R.check(isinstance(spec.get("selector"), dict), f"{where}: spec.selector missing")
+    eps = spec.get("endpoints")
+    if not R.check(isinstance(eps, list) and eps, f"{where}: spec.endpoints missing"):
+        return
+    for i, ep in enumerate(eps):
+        R.check(
+            bool(ep.get("port") or ep.get("targetPort")),
+            f"{where}: endpoints[{i}] needs port or targetPort",
+        )
+        for f in ("interval", "scrapeTimeout"):
+            if f in ep:
+                R.check(bool(DURATION.match(str(ep[f]))), f"{where}: endpoints[{i}].{f} {ep[f]!r}")
+        known = {"port", "targetPort", "path", "interval", "scrapeTimeout", "scheme",
+                 "honorLabels", "relabelings", "metricRelabelings", "tlsConfig",
+                 "bearerTokenSecret", "authorization", "params", "followRedirects"}
+        extra = set(ep) - known
+        R.check(not extra, f"{where}: endpoints[{i}] unknown fields {sorted(extra)}")
+
+
+def check_prometheusrule_shape(rel: str, o: dict) -> None:
+    where = f"{rel}: {ident(o)}"
+    groups = (o.get("spec") or {}).get("groups")
+    if not R.check(isinstance(groups, list) and groups, f"{where}: spec.groups missing"):
+        return
+    names = [g.get("name") for g in groups]
+    R.check(len(set(names)) == len(names) and all(names), f"{where}: group names missing or repeated")
+    for g in groups:
+        rules = g.get("rules")
+        if not R.check(isinstance(rules, list) and rules, f"{where}: group {g.get('name')} has no rules"):
+            continue
+        for r in rules:
+            tag = r.get("alert") or r.get("record")
+            R.check(
+                ("alert" in r) != ("record" in r),
+                f"{where}: rule {tag}: exactly one of alert/record",
+            )
+            R.check(isinstance(r.get("expr"), str) and r["expr"].strip(), f"{where}: rule {tag}: expr")
+            if "for" in r:
+                R.check(bool(DURATION.match(str(r["for"]))), f"{where}: rule {tag}: for {r['for']!r}")
+            if "alert" in r:
+                R.check(
+                    (r.get("labels") or {}).get("severity") in ("critical", "warning", "info"),
+                    f"{where}: alert {tag}: labels.severity must be critical|warning|info",
+                )
+                R.check(bool((r.get("annotations") or {}).get("summary")), f"{where}: alert {tag}: annotations.summary")
+            else:
+                R.check(":" in r["record"], f"{where}: record {tag}: use level:metric:operations naming")
+
+
+# ---------------------------------------------------------------- semantics
+
+def pod_specs(docs: list[dict]):
+    for o in docs:
+        if o.get("kind") in ("Deployment", "StatefulSet", "DaemonSet"):
+            yield o, o["spec"]["template"]["spec"], o["spec"]["template"]["metadata"].get("labels", {})
+
+
+def chartcache_containers(spec: dict):
+    for c in spec.get("containers", []):
+        if c.get("name") == "chartcache":
+            yield c
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def check_semantics(rel: str, docs: list[dict], drain_secs: dict) -> None:
+    by_kind: dict[str, dict[str, dict]] = {}
+    for o in docs:
+        by_kind.setdefault(o["kind"], {})[o["metadata"]["name"]] = o
+
+    # Literal secrets: nothing that looks like a token or password may carry a value.
+    for o in docs:
+        R.check(o.get("kind") != "Secret", f"{rel}: {ident(o)}: Secrets are referenced by name, never committed")
+    for o, spec, _ in pod_specs(docs):
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            for e in c.get("env", []) or []:
+                n = e["name"].upper()
+                if re.search(r"TOKEN$|PASSWORD$|SECRET", n) and "value" in e:
+                    R.check(False, f"{rel}: {ident(o)}/{c['name']}: env {e['name']} has a literal value; use a Secret")
+
+    cms = by_kind.get("ConfigMap", {})
+    found_chartcache = False
+    for o, spec, labels in pod_specs(docs):
+        where = f"{rel}: {ident(o)}"
+        vols = {v["name"]: v for v in spec.get("volumes", [])}
+        for v in vols.values():
+            if "configMap" in v:
+                R.check(v["configMap"]["name"] in cms, f"{where}: volume {v['name']} names ConfigMap {v['configMap']['name']} that is not rendered")
+        for c in chartcache_containers(spec):
+            found_chartcache = True
+            w = f"{where}/chartcache"
+            sc = c.get("securityContext", {})
+            psc = spec.get("securityContext", {})
+            R.check(sc.get("runAsNonRoot") is True or (psc.get("runAsNonRoot") is True and "runAsNonRoot" not in sc), f"{w}: runAsNonRoot")
+            R.check(sc.get("readOnlyRootFilesystem") is True, f"{w}: readOnlyRootFilesystem")
+            R.check(sc.get("allowPrivilegeEscalation") is False, f"{w}: allowPrivilegeEscalation false")
+            R.check("ALL" in (sc.get("capabilities", {}).get("drop") or []), f"{w}: capabilities drop ALL")
+            seccomp = (sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type")
+            R.check(seccomp == "RuntimeDefault", f"{w}: seccompProfile RuntimeDefault")
+            R.check(spec.get("enableServiceLinks") is False, f"{where}: enableServiceLinks must be false (CHARTCACHE_* service env breaks config loading)")
+            ports = {p["name"]: p["containerPort"] for p in c.get("ports", [])}
+            admin = [n for n, p in ports.items() if p == 9090]
+            for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+                hg = (c.get(probe) or {}).get("httpGet") or {}
+                R.check(hg.get("path") == path and hg.get("port") in admin + [9090], f"{w}: {probe} must GET {path} on the admin port")
+            R.check(c.get("resources", {}).get("requests", {}).get("cpu") is not None, f"{w}: cpu request (HPA needs it)")
+            R.check(c.get("resources", {}).get("limits", {}).get("memory") is not None, f"{w}: memory limit")
+            sleep = ((c.get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds")
+            R.check(isinstance(sleep, int) and sleep > 0, f"{w}: preStop sleep")
+            grace = spec.get("terminationGracePeriodSeconds", 30)
+            drain = drain_secs.get(id(c), 25)
+            R.check(grace > (sleep or 0) + drain, f"{w}: terminationGracePeriodSeconds {grace} must exceed preStop {sleep} + drain {drain}")
+            for m in c.get("volumeMounts", []):
+                R.check(m["name"] in vols, f"{w}: volumeMount {m['name']} has no volume")
+            args = " ".join(c.get("args", []))
+            R.check("--admin-listen=0.0.0.0:9090" in args, f"{w}: --admin-listen=0.0.0.0:9090 (probes, Prometheus)")
+        # Service targetPorts must exist in the pods they select.
+        for s in by_kind.get("Service", {}).values():
+            if not selects(s["spec"].get("selector", {}), labels):
+                continue
+            names = {p.get("name") for c in spec.get("containers", []) for p in c.get("ports", [])}
+            nums = {p.get("containerPort") for c in spec.get("containers", []) for p in c.get("ports", [])}
+            for p in s["spec"]["ports"]:
+                t = p.get("targetPort", p["port"])
+                R.check(t in names or t in nums, f"{rel}: {ident(s)}: targetPort {t} not a port of {ident(o)}")
+
+    for h in by_kind.get("HorizontalPodAutoscaler", {}).values():
+        ref = h["spec"]["scaleTargetRef"]
+        R.check(ref["name"] in by_kind.get(ref["kind"], {}), f"{rel}: {ident(h)}: scaleTargetRef {ref['kind']}/{ref['name']} not rendered")
+        R.check(h["spec"].get("minReplicas", 1) >= 2, f"{rel}: {ident(h)}: minReplicas >= 2 (PDB, rolling restarts)")
+    for p in by_kind.get("PodDisruptionBudget", {}).values():
+        sel = p["spec"]["selector"]["matchLabels"]
+        R.check(any(selects(sel, l) for _, _, l in pod_specs(docs)), f"{rel}: {ident(p)}: selects no rendered pod")
+    for sm in by_kind.get("ServiceMonitor", {}).values():
+        sel = sm["spec"]["selector"].get("matchLabels", {})
+        svcs = [s for s in by_kind.get("Service", {}).values() if selects(sel, s["metadata"].get("labels", {}))]
+        if R.check(bool(svcs), f"{rel}: {ident(sm)}: selects no rendered Service"):
+            for ep in sm["spec"]["endpoints"]:
+                R.check(
+                    all(ep.get("port") in {p.get("name") for p in s["spec"]["ports"]} for s in svcs),
+                    f"{rel}: {ident(sm)}: port {ep.get('port')} not on every selected Service",
+                )
+    for ing in by_kind.get("Ingress", {}).values():
+        for rule in ing["spec"].get("rules", []):
+            for path in rule.get("http", {}).get("paths", []):
+                b = path["backend"]["service"]
+                s = by_kind.get("Service", {}).get(b["name"])
+                if R.check(s is not None, f"{rel}: {ident(ing)}: backend Service {b['name']} not rendered"):
+                    R.check(
+                        b["port"].get("name") in {p.get("name") for p in s["spec"]["ports"]}
+                        or b["port"].get("number") in {p["port"] for p in s["spec"]["ports"]},
+                        f"{rel}: {ident(ing)}: backend port {b['port']} not on Service {b['name']}",
+                    )
+    R.check(found_chartcache, f"{rel}: no chartcache container rendered")
+
+
+# ---------------------------------------------------------------- metrics
+
+def load_metrics() -> tuple[set[str], set[str], dict[str, set[str]]]:
+    """Names, histogram names, and label names per metric, from src/metrics.rs."""
+    src = open(os.path.join(ROOT, "src", "metrics.rs")).read()
+    consts = dict(re.findall(r'pub const ([A-Z0-9_]+): &str = "([a-z0-9_:]+)";', src))
+    R.check(len(consts) > 0, "src/metrics.rs: no `pub const NAME: &str = \"chartcache_...\"` found")
+    hist = {consts[c] for c in re.findall(r"\bhv\(\s*([A-Z0-9_]+)", src) if c in consts}
+    hist |= {consts[c] for c in re.findall(r"Histogram(?:Vec)?::new\(\s*HistogramOpts::new\(\s*([A-Z0-9_]+)", src) if c in consts}
+    labels: dict[str, set[str]] = {}
+    body = src.split("let m = Metrics {", 1)[1].split("registry: r", 1)[0] if "let m = Metrics {" in src else ""
+    for chunk in re.split(r"\n\s{12}[a-z_]+:\s", body):
+        names = [c for c in re.findall(r"\b([A-Z][A-Z0-9_]+)\b", chunk) if c in consts]
+        if len(names) != 1:
+            continue
+        m = re.search(r"&\[([^\]]*)\]", chunk)
+        labels[consts[names[0]]] = set(re.findall(r'"([a-z_]+)"', m.group(1))) if m else set()
+    if len(labels) != len(consts):
+        R.note("src/metrics.rs: could not read every metric's labels; label names not checked for the rest")
+    return set(consts.values()), hist, labels
+
+
+def strip_groupings(expr: str) -> str:
+    # by (...), without (...), on (...), ignoring (...), group_left (...), group_right (...)
+    return re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", expr)
+
+
+SELECTOR = re.compile(r"([a-zA-Z_:][a-zA-Z0-9_:]*)?\s*\{([^}]*)\}")
+
+
+def metric_refs(expr: str) -> list[tuple[str, set[str]]]:
+    """(metric name, label names in its selector) for every metric in a PromQL expr."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)
+    e = re.sub(r"\$\{?[A-Za-z_][A-Za-z0-9_]*(:[a-z]+)?\}?", " ", e)  # Grafana variables
+    e = re.sub(r"\[[^\]]*\]", " ", e)  # range selectors and subqueries
+    e = strip_groupings(e)
+    out: list[tuple[str, set[str]]] = []
+    for m in SELECTOR.finditer(e):
+        labs = set(re.findall(r"([a-zA-Z_][a-zA-Z0-9_]*)\s*(?:=~|!~|!=|=)", m.group(2)))
+        if m.group(1):
+            out.append((m.group(1), labs))
+        else:
+            name = re.search(r'__name__\s*=\s*""', m.group(2))
+            if not name:
+                out.append(("<selector without metric name>", labs))
+    e = SELECTOR.sub(" ", e)
+    e = re.sub(r"\boffset\s+-?[0-9a-z]+", " ", e)
+    for tok in re.finditer(r"([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", e):
+        name, call = tok.group(1), tok.group(2)
+        if call or name.lower() in PROMQL_KEYWORDS:
+            continue
+        if re.fullmatch(r"[0-9.eE+-]+", name):
+            continue
+        out.append((name, set()))
+    return out
+
+
+def balanced(expr: str) -> bool:
+    """Brackets balance outside string literals: a cheap PromQL syntax sanity check."""
+    e = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'', '""', expr)
+    stack = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for ch in e:
+        if ch in "([{":
+            stack.append(ch)
+        elif ch in pairs:
+            if not stack or stack.pop() != pairs[ch]:
+                return False
+    return not stack and '"' not in e.replace('""', "")
+
+
+def check_metric(where: str, name: str, labs: set[str], names: set[str], hist: set[str],
+                 labels: dict[str, set[str]], recorded: set[str]) -> None:
+    base = name
+    for suf in ("_bucket", "_sum", "_count"):
+        if name.endswith(suf) and name[: -len(suf)] in hist:
+            base = name[: -len(suf)]
+    if name in recorded:
+        R.check(True, "")
+        return
+    if name.startswith("process_"):
+        R.check(True, "")
+        return
+    if not R.check(base in names, f"{where}: metric {name!r} is not defined in src/metrics.rs"):
+        return
+    if base in labels:
+        allowed = labels[base] | TARGET_LABELS
+        bad = labs - allowed
+        R.check(not bad, f"{where}: metric {name} has no label(s) {sorted(bad)} (has {sorted(labels[base])})")
+
+
+def grafana_exprs(dash: dict) -> list[tuple[str, str]]:
+    out = []
+
+    def walk(panels):
+        for p in panels:
+            for t in p.get("targets", []) or []:
+                if "expr" in t:
+                    out.append((f"panel {p.get('title')!r}", t["expr"]))
+            walk(p.get("panels", []) or [])
+
+    walk(dash.get("panels", []))
+    for v in (dash.get("templating") or {}).get("list", []):
+        q = v.get("query")
+        if isinstance(q, dict):
+            q = q.get("query")
+        if v.get("type") == "query" and isinstance(q, str):
+            m = re.fullmatch(r"\s*label_values\((.*),\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*\)\s*", q, re.S)
+            if m:
+                out.append((f"variable {v.get('name')}", m.group(1)))
+                out.append((f"variable {v.get('name')} label", f"{{{m.group(2)}=\"\"}}"))
+            else:
+                out.append((f"variable {v.get('name')}", q))
+    return out
+
+
+def check_metrics(rule_docs: list[dict]) -> None:
+    names, hist, labels = load_metrics()
+    path = os.path.join(DEPLOY, "grafana", "chartcache.json")
+    try:
+        dash = json.load(open(path))
+        R.check(True, "")
+    except (OSError, ValueError) as e:
+        R.check(False, f"deploy/grafana/chartcache.json does not parse: {e}")
+        dash = None
+    recorded = {r["record"] for o in rule_docs for g in o["spec"]["groups"] for r in g["rules"] if "record" in r}
+    if dash is not None:
+        exprs = grafana_exprs(dash)
+        R.check(len(exprs) >= 10, f"grafana: only {len(exprs)} queries found")
+        used = set()
+        for where, e in exprs:
+            R.check(balanced(e), f"grafana {where}: unbalanced brackets or quotes in {e!r}")
+            for name, labs in metric_refs(e):
+                if name == "<selector without metric name>" and where.endswith(" label"):
+                    # label_values(metric, label): the label must exist on the metric
+                    metric_q = next((x for w, x in exprs if w == where[: -len(" label")]), "")
+                    for m, _ in metric_refs(metric_q):
+                        check_metric(f"grafana {where}", m, labs, names, hist, labels, set())
+                    continue
+                used.add(name)
+                check_metric(f"grafana {where}", name, labs, names, hist, labels, set())
+        uids = [p.get("id") for p in dash.get("panels", [])]
+        R.check(len(uids) == len(set(uids)), "grafana: panel ids repeat")
+        missing = {n for n in names if not any(u == n or u.startswith(n + "_") for u in used)}
+        if missing:
+            # Not a failure: a new metric should not break CI before it gets a panel.
+            R.note(f"grafana: metrics with no panel yet: {sorted(missing)}")
+    for o in rule_docs:
+        for g in o["spec"]["groups"]:
+            for r in g["rules"]:
+                R.check(balanced(r["expr"]), f"PrometheusRule {r.get('alert') or r.get('record')}: unbalanced brackets or quotes")
+                for name, labs in metric_refs(r["expr"]):
+                    check_metric(f"PrometheusRule {r.get('alert') or r.get('record')}", name, labs,
+                                 names, hist, labels, recorded)
+
+
+# ---------------------------------------------------------------- check-config
+
+def find_binary() -> str | None:
+    cands = [os.environ.get("CHARTCACHE_BIN", "")]
+    cands += [os.path.join(ROOT, "target", t, "chartcache") for t in ("debug", "release")]
+    for c in cands:
+        if c and os.path.isfile(c) and os.access(c, os.X_OK):
+            return c
+    return None
+
+
+def run_check_config(binary: str, where: str, toml_text: str, env: dict, args: list[str]) -> dict | None:
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "chartcache.toml")
+        open(cfg, "w").write(toml_text)
+        tok = os.path.join(tmp, "token")
+        open(tok, "w").write("placeholder\n")
+        e = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+        for k, v in env.items():
+            e[k] = tok if k.endswith("_FILE") else v
+        argv = [binary]
+        for a in args:
+            if a.startswith("--config"):
+                a = f"--config={cfg}"
+            argv.append(a.replace("$(POD_IP)", "10.0.0.1"))
+        if not any(a.startswith("--config") for a in argv):
+            argv.append(f"--config={cfg}")
+        p = subprocess.run(argv + ["check-config"], capture_output=True, text=True, env=e, timeout=30)
+        if not R.check(p.returncode == 0, f"{where}: chartcache check-config: {(p.stderr or p.stdout).strip()[:400]}"):
+            return None
+        try:
+            return json.loads(p.stdout)
+        except ValueError:
+            return {}
+
+
+def config_for_container(docs: list[dict], spec: dict, c: dict) -> tuple[str | None, dict, list[str]]:
+    cms = {o["metadata"]["name"]: o for o in docs if o["kind"] == "ConfigMap"}
+    vols = {v["name"]: v for v in spec.get("volumes", [])}
+    cfg_path = next((a.split("=", 1)[1] for a in c.get("args", []) if a.startswith("--config=")), None)
+    toml_text = None
+    for m in c.get("volumeMounts", []):
+        v = vols.get(m["name"], {})
+        if cfg_path and "configMap" in v and cfg_path.startswith(m["mountPath"].rstrip("/") + "/"):
+            key = cfg_path[len(m["mountPath"].rstrip("/")) + 1:]
+            toml_text = cms.get(v["configMap"]["name"], {}).get("data", {}).get(key)
+    env = {e["name"]: e["value"] for e in c.get("env", []) or [] if "value" in e and e["name"].startswith("CHARTCACHE_")}
+    return toml_text, env, c.get("args", [])
+
+
+def check_configs(rendered: dict[str, list[dict]]) -> dict:
+    """Returns {id(container): drain_timeout_secs} for the shutdown-timing check."""
+    drains: dict = {}
+    binary = find_binary()
+    if binary is None:
+        R.note("no chartcache binary (cargo build, or set CHARTCACHE_BIN): check-config skipped; TOML syntax checked only")
+    for rel, docs in rendered.items():
+        for o, spec, _ in pod_specs(docs):
+            for c in chartcache_containers(spec):
+                where = f"{rel}: {ident(o)}/chartcache"
+                toml_text, env, args = config_for_container(docs, spec, c)
+                if not R.check(toml_text is not None, f"{where}: --config file is not mounted from a rendered ConfigMap"):
+                    continue
+                try:
+                    parsed = tomllib.loads(toml_text)
+                    R.check(True, "")
+                except tomllib.TOMLDecodeError as e:
+                    R.check(False, f"{where}: config is not TOML: {e}")
+                    continue
+                drains[id(c)] = parsed.get("server", {}).get("drain_timeout_secs", 25)
+                if binary:
+                    eff = run_check_config(binary, where, toml_text, env, args)
+                    if eff:
+                        drains[id(c)] = eff.get("server", {}).get("drain_timeout_secs", drains[id(c)])
+    # The Helm values carry their own config and container.
+    hv = os.path.join(DEPLOY, "helm-superset-values.yaml")
+    try:
+        vals = yaml.safe_load(open(hv))
+        R.check(True, "")
+    except (OSError, yaml.YAMLError) as e:
+        R.check(False, f"deploy/helm-superset-values.yaml: {e}")
+        return drains
+    where = "deploy/helm-superset-values.yaml"
+    toml_text = (vals.get("extraConfigs") or {}).get("chartcache.toml")
+    if R.check(isinstance(toml_text, str), f"{where}: extraConfigs.chartcache.toml missing"):
+        R.check("{{" not in toml_text, f"{where}: extraConfigs.chartcache.toml must not contain '{{{{' (Helm tpl)")
+        try:
+            tomllib.loads(toml_text)
+            R.check(True, "")
+        except tomllib.TOMLDecodeError as e:
+            R.check(False, f"{where}: extraConfigs.chartcache.toml is not TOML: {e}")
+            toml_text = None
+    node = vals.get("supersetNode") or {}
+    cs = [c for c in node.get("extraContainers") or [] if c.get("name") == "chartcache"]
+    if R.check(len(cs) == 1, f"{where}: supersetNode.extraContainers has no chartcache container"):
+        c = cs[0]
+        sc = c.get("securityContext", {})
+        R.check(sc.get("runAsNonRoot") is True and sc.get("readOnlyRootFilesystem") is True
+                and "ALL" in sc.get("capabilities", {}).get("drop", []), f"{where}: chartcache securityContext")
+        # Validate the container against the core schema by wrapping it in a Pod.
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "helm-values"},
+               "spec": {"containers": [c], "volumes": [{"name": n, "emptyDir": {}} for n in
+                                                       {m["name"] for m in c.get("volumeMounts", [])}]}}
+        validate_schema(where, pod)
+        if binary and toml_text is not None:
+            env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e and e["name"].startswith("CHARTCACHE_")}
+            run_check_config(binary, where, toml_text, env, c.get("args", []))
+    return drains
+
+
+# ---------------------------------------------------------------- Dockerfile
+
+def check_dockerfile() -> None:
+    """Static checks only: no engine is needed (or used) here."""
+    path = os.path.join(ROOT, "Dockerfile")
+    if not R.check(os.path.isfile(path), "Dockerfile missing"):
+        return
+    lines = [l.strip() for l in open(path) if l.strip() and not l.lstrip().startswith("#")]
+    froms = [l for l in lines if l.upper().startswith("FROM ")]
+    R.check(len(froms) >= 2, "Dockerfile: expected a multi-stage build")
+    users = [l.split(None, 1)[1] for l in lines if l.upper().startswith("USER ")]
+    R.check(bool(users) and re.fullmatch(r"[1-9][0-9]*(:[0-9]+)?", users[-1]) is not None,
+            "Dockerfile: final USER must be a numeric non-root uid")
+    R.check('ENTRYPOINT ["chartcache"]' in lines, 'Dockerfile: ENTRYPOINT ["chartcache"]')
+    exposed = {p for l in lines if l.upper().startswith("EXPOSE ") for p in l.split()[1:]}
+    R.check({"8080", "9090"} <= exposed, "Dockerfile: EXPOSE 8080 9090")
+    for l in lines:
+        if l.upper().startswith("COPY ") and "--from" not in l:
+            for src in l.split()[1:-1]:
+                if src != ".":
+                    R.check(os.path.exists(os.path.join(ROOT, src)), f"Dockerfile: COPY source {src} missing")
+
+
+# ---------------------------------------------------------------- main
+
+def main() -> int:
+    subprocess.run(["kubectl", "version", "--client"], capture_output=True, check=True)
+    rendered: dict[str, list[dict]] = {}
+    for d in kustomize_dirs():
+        docs = render(d)
+        if docs is not None:
+            rendered[os.path.relpath(d, ROOT)] = docs
+    R.check(len(rendered) >= 4, f"expected base + 3 overlays, rendered {sorted(rendered)}")
+    for rel, docs in rendered.items():
+        for o in docs:
+            validate_schema(rel, o)
+    drains = check_configs(rendered)
+    for rel, docs in rendered.items():
+        check_semantics(rel, docs, drains)
+    rules = [o for o in rendered.get("deploy/base", []) if o["kind"] == "PrometheusRule"]
+    R.check(len(rules) == 1, "deploy/base: expected one PrometheusRule")
+    check_metrics(rules)
+    check_dockerfile()
+    print(f"rendered: {', '.join(sorted(rendered))}; k8s schemas: {', '.join(K8S_VERSIONS)}")
+    if R.failed:
+        print(f"{len(R.failed)} check(s) failed:")
+        for f in R.failed:
+            print(f"  - {f}")
+    print(f"validate: {R.passed} passed, {len(R.failed)} failed")
+    return 1 if R.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
