@@ -33,6 +33,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub admin: AdminConfig,
     pub log: LogConfig,
+    /// Shared Redis cache (off unless `redis.url` or `redis.sentinels` is set).
+    pub redis: crate::store::redis::RedisConfig,
     /// Named TTL tiers. The `default_tier` must be one of them.
     pub tiers: Vec<TierConfig>,
     /// Tier used when no rule matches.
@@ -55,6 +57,7 @@ impl Default for Config {
             server: ServerConfig::default(),
             admin: AdminConfig::default(),
             log: LogConfig::default(),
+            redis: Default::default(),
             tiers: TierConfig::defaults(),
             default_tier: "standard".into(),
             rules: Vec::new(),
@@ -366,6 +369,7 @@ impl Config {
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be `text` or `json`");
         }
+        self.redis.validate()?;
         crate::policy::Policy::from_config(self)?;
         Ok(())
     }

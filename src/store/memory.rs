@@ -78,6 +78,11 @@ impl MemoryStore {
         self.cache.insert(key, entry);
     }
 
+    /// Purge synchronously (invalidation messages from other replicas).
+    pub fn purge_now(&self, purge: &Purge) -> u64 {
+        self.purge_sync(purge)
+    }
+
     fn purge_sync(&self, purge: &Purge) -> u64 {
         let keys: Vec<CacheKey> = match purge {
             Purge::All => {

@@ -6,8 +6,13 @@ use async_trait::async_trait;
 
 use crate::fingerprint::CacheKey;
 
+pub mod breaker;
 pub mod entry;
+pub mod lock;
 pub mod memory;
+pub mod redis;
+pub mod setup;
+pub mod tiered;
 
 pub use entry::{Entry, Meta};
 
@@ -42,6 +47,10 @@ pub trait Store: Send + Sync + 'static {
     async fn put(&self, key: &CacheKey, entry: Arc<Entry>) -> Result<(), StoreError>;
     /// Remove what `purge` names; returns how many entries were removed.
     async fn purge(&self, purge: &Purge) -> Result<u64, StoreError>;
+    /// The shared Redis store behind this one, if any (cross-replica coalescing).
+    fn remote(&self) -> Option<Arc<redis::RedisStore>> {
+        None
+    }
 }
 
 /// Shared store handle.

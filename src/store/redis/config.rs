@@ -1,0 +1,277 @@
+//! The `[redis]` configuration section. Redis is off unless `url` or
+//! `sentinels` is set; `config/chartcache.toml` documents every key.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// How to reach Redis and how the shared cache behaves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Standalone Redis: `redis://[user[:password]@]host:port[/db]` or `rediss://…`
+    /// (TLS with rustls). Also `--redis-url` / `CHARTCACHE_REDIS_URL`.
+    pub url: Option<String>,
+    /// Sentinel mode: sentinel addresses (`host:port`). Set instead of `url`.
+    pub sentinels: Vec<String>,
+    /// Sentinel mode: the monitored master's name.
+    pub master_name: String,
+    /// Sentinel mode: connect to the master (and sentinels) with TLS.
+    pub tls: bool,
+    /// ACL user for data connections (overrides the URL's user).
+    pub username: Option<String>,
+    /// Password for data connections (overrides the URL's). Prefer
+    /// `CHARTCACHE_REDIS__PASSWORD` or `password_file`.
+    pub password: Option<String>,
+    /// File holding the data password (e.g. a mounted Kubernetes Secret).
+    pub password_file: Option<String>,
+    /// Sentinel mode: database index on the master.
+    pub db: i64,
+    /// ACL user for sentinel connections.
+    pub sentinel_username: Option<String>,
+    /// Password for sentinel connections (`requirepass` of the sentinels).
+    pub sentinel_password: Option<String>,
+    /// File holding the sentinel password.
+    pub sentinel_password_file: Option<String>,
+    /// Key prefix, so several Superset installations can share one Redis.
+    pub prefix: String,
+    /// Per-operation timeout (ms). A slow Redis costs a request at most this.
+    pub timeout_ms: u64,
+    /// Timeout for purges (ms): they scan and delete many keys, off the hit path.
+    pub purge_timeout_ms: u64,
+    /// Connection attempts at startup and in background tasks give up after this (ms).
+    pub connect_timeout_ms: u64,
+    /// Pooled connections per process.
+    pub pool_size: usize,
+    /// Consecutive failures that open the circuit breaker.
+    pub breaker_failures: u32,
+    /// How long the breaker stays open before a probe is let through (ms).
+    pub breaker_cooldown_ms: u64,
+    /// Keep an in-process L1 (the memory store) in front of Redis.
+    pub tiered: bool,
+    /// Longest time an entry lives in L1 (s). Bounds staleness on a replica
+    /// that missed an invalidation message.
+    pub l1_max_ttl_secs: u64,
+    /// Cross-replica coalescing: how long a fetch lock is held at most (ms).
+    /// Keep it above the slowest chart query you expect.
+    pub lock_ttl_ms: u64,
+    /// How long a replica waits for another replica's fetch before fetching itself (ms).
+    pub lock_wait_ms: u64,
+    /// How often a waiting replica checks for the entry (ms).
+    pub lock_poll_ms: u64,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            sentinels: Vec::new(),
+            master_name: "mymaster".into(),
+            tls: false,
+            username: None,
+            password: None,
+            password_file: None,
+            db: 0,
+            sentinel_username: None,
+            sentinel_password: None,
+            sentinel_password_file: None,
+            prefix: "chartcache".into(),
+            timeout_ms: 50,
+            purge_timeout_ms: 5_000,
+            connect_timeout_ms: 1_000,
+            pool_size: 32,
+            breaker_failures: 5,
+            breaker_cooldown_ms: 1_000,
+            tiered: true,
+            l1_max_ttl_secs: 30,
+            lock_ttl_ms: 60_000,
+            lock_wait_ms: 60_000,
+            lock_poll_ms: 20,
+        }
+    }
+}
+
+/// A `[redis]` section that cannot work.
+#[derive(Debug, thiserror::Error)]
+pub enum RedisConfigError {
+    #[error("redis: set either `url` or `sentinels`, not both")]
+    Both,
+    #[error("redis: url {0:?} must start with redis:// or rediss://")]
+    Scheme(String),
+    #[error("redis: {0}")]
+    Invalid(String),
+    #[error("redis: reading {what} {path}: {err}")]
+    SecretFile {
+        what: &'static str,
+        path: String,
+        err: std::io::Error,
+    },
+}
+
+impl RedisConfig {
+    /// Redis is in use.
+    pub fn enabled(&self) -> bool {
+        self.url.is_some() || !self.sentinels.is_empty()
+    }
+
+    /// Per-operation timeout.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms)
+    }
+
+    /// Reject settings that cannot work (only checked when enabled).
+    pub fn validate(&self) -> Result<(), RedisConfigError> {
+        if !self.enabled() {
+            return Ok(());
+        }
+        if self.url.is_some() && !self.sentinels.is_empty() {
+            return Err(RedisConfigError::Both);
+        }
+        if let Some(u) = &self.url {
+            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
+                return Err(RedisConfigError::Scheme(redact(u)));
+            }
+        }
+        for s in &self.sentinels {
+            split_host_port(s).ok_or_else(|| {
+                RedisConfigError::Invalid(format!("sentinel address {s:?} is not host:port"))
+            })?;
+        }
+        if self.prefix.is_empty() || self.prefix.contains(char::is_whitespace) {
+            return Err(RedisConfigError::Invalid(
+                "prefix must be non-empty without spaces".into(),
+            ));
+        }
+        let positive = [
+            ("timeout_ms", self.timeout_ms),
+            ("purge_timeout_ms", self.purge_timeout_ms),
+            ("connect_timeout_ms", self.connect_timeout_ms),
+            ("pool_size", self.pool_size as u64),
+            ("breaker_failures", self.breaker_failures as u64),
+            ("lock_ttl_ms", self.lock_ttl_ms),
+            ("lock_poll_ms", self.lock_poll_ms),
+            ("l1_max_ttl_secs", self.l1_max_ttl_secs),
+        ];
+        for (k, v) in positive {
+            if v == 0 {
+                return Err(RedisConfigError::Invalid(format!("{k} must be > 0")));
+            }
+        }
+        Ok(())
+    }
+
+    /// The data password: `password`, else the contents of `password_file`.
+    pub fn resolve_password(&self) -> Result<Option<String>, RedisConfigError> {
+        secret(&self.password, &self.password_file, "password_file")
+    }
+
+    /// The sentinel password: `sentinel_password`, else `sentinel_password_file`.
+    pub fn resolve_sentinel_password(&self) -> Result<Option<String>, RedisConfigError> {
+        secret(
+            &self.sentinel_password,
+            &self.sentinel_password_file,
+            "sentinel_password_file",
+        )
+    }
+}
+
+fn secret(
+    value: &Option<String>,
+    file: &Option<String>,
+    what: &'static str,
+) -> Result<Option<String>, RedisConfigError> {
+    if let Some(v) = value {
+        return Ok(Some(v.clone()));
+    }
+    if let Some(f) = file {
+        let s = std::fs::read_to_string(f).map_err(|err| RedisConfigError::SecretFile {
+            what,
+            path: f.clone(),
+            err,
+        })?;
+        return Ok(Some(s.trim_end_matches(['\r', '\n']).to_string()));
+    }
+    Ok(None)
+}
+
+/// `host:port` → parts (IPv6 in brackets allowed).
+pub(crate) fn split_host_port(s: &str) -> Option<(String, u16)> {
+    let (host, port) = s.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        return None;
+    }
+    Some((host.to_string(), port.parse().ok()?))
+}
+
+/// A URL with its password replaced, for messages and logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            let user = creds.split(':').next().unwrap_or("");
+            format!("{}{}:***{}", &url[..s + 3], user, &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disabled_by_default_and_valid() {
+        let c = RedisConfig::default();
+        assert!(!c.enabled());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_settings() {
+        let c = RedisConfig {
+            url: Some("http://x".into()),
+            ..Default::default()
+        };
+        assert!(matches!(c.validate(), Err(RedisConfigError::Scheme(_))));
+        let c = RedisConfig {
+            url: Some("redis://x".into()),
+            sentinels: vec!["a:1".into()],
+            ..Default::default()
+        };
+        assert!(matches!(c.validate(), Err(RedisConfigError::Both)));
+        let c = RedisConfig {
+            sentinels: vec!["nohost".into()],
+            ..Default::default()
+        };
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(
+            redact("redis://app:s3cret@h:6379/2"),
+            "redis://app:***@h:6379/2"
+        );
+        assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn password_file_is_read_and_trimmed() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("pw");
+        std::fs::write(&p, "pw1\n").unwrap();
+        let c = RedisConfig {
+            password_file: Some(p.display().to_string()),
+            ..Default::default()
+        };
+        assert_eq!(c.resolve_password().unwrap().as_deref(), Some("pw1"));
+    }
+
+    #[test]
+    fn host_port() {
+        assert_eq!(split_host_port("127.0.0.1:26379"), Some(("127.0.0.1".into(), 26379)));
+        assert_eq!(split_host_port("[::1]:1"), Some(("::1".into(), 1)));
+        assert_eq!(split_host_port(":1"), None);
+    }
+}

@@ -1,0 +1,339 @@
+//! Connections to the current Redis master: a deadpool pool, rebuilt when the
+//! master changes.
+//!
+//! Standalone: one pool for the configured URL. Sentinel: the master address is
+//! asked from the sentinels (first that answers) and confirmed with `ROLE`.
+//! Pooled connections to a demoted master stay open and answer `READONLY` (or
+//! accept writes that are then lost), so on connection errors, `READONLY`, or a
+//! `+switch-master` event the pool is dropped and the master resolved again.
+//! Resolution runs in a spawned task: a caller waits for it only up to its own
+//! operation timeout, and a slow sentinel never makes resolution restart.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use deadpool_redis::{Manager, Pool, Runtime};
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use redis::aio::ConnectionLike;
+use redis::{
+    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
+    RedisResult,
+};
+
+use super::config::{RedisConfig, RedisConfigError, redact, split_host_port};
+
+/// Why no connection could be had.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnError {
+    #[error("{0}")]
+    Redis(Arc<RedisError>),
+    #[error("connection pool: {0}")]
+    Pool(String),
+    #[error("no master: {0}")]
+    NoMaster(String),
+}
+
+impl From<RedisError> for ConnError {
+    fn from(e: RedisError) -> Self {
+        ConnError::Redis(Arc::new(e))
+    }
+}
+
+/// The master currently in use.
+pub struct Current {
+    pub pool: Pool,
+    pub info: ConnectionInfo,
+    /// `host:port`, for logs and tests.
+    pub addr: String,
+}
+
+enum Mode {
+    Standalone(ConnectionInfo),
+    Sentinel {
+        sentinels: Vec<ConnectionInfo>,
+        master_name: String,
+        tls: bool,
+        /// Credentials and db for the master.
+        data: redis::RedisConnectionInfo,
+    },
+}
+
+type Resolving = Shared<BoxFuture<'static, Result<Arc<Current>, ConnError>>>;
+
+/// Hands out pooled connections to the current master.
+pub struct Connector {
+    mode: Mode,
+    current: ArcSwapOption<Current>,
+    resolving: Mutex<Option<Resolving>>,
+    pool_size: usize,
+    connect_timeout: Duration,
+}
+
+impl Connector {
+    /// Build from config; connects lazily.
+    pub fn new(cfg: &RedisConfig) -> Result<Arc<Connector>, RedisConfigError> {
+        cfg.validate()?;
+        let password = cfg.resolve_password()?;
+        let bad = |e: RedisError| RedisConfigError::Invalid(e.to_string());
+        let mode = if let Some(url) = &cfg.url {
+            let info = url.as_str().into_connection_info().map_err(|e| {
+                RedisConfigError::Invalid(format!("url {}: {e}", redact(url)))
+            })?;
+            let mut settings = info.redis_settings().clone();
+            if let Some(u) = &cfg.username {
+                settings = settings.set_username(u);
+            }
+            if let Some(p) = &password {
+                settings = settings.set_password(p);
+            }
+            Mode::Standalone(info.set_redis_settings(settings))
+        } else {
+            let sentinel_password = cfg.resolve_sentinel_password()?;
+            let mut sentinels = Vec::new();
+            for s in &cfg.sentinels {
+                let (host, port) = split_host_port(s).expect("validated");
+                let mut settings = redis::RedisConnectionInfo::default();
+                if let Some(u) = &cfg.sentinel_username {
+                    settings = settings.set_username(u);
+                }
+                if let Some(p) = &sentinel_password {
+                    settings = settings.set_password(p);
+                }
+                let info = addr(host, port, cfg.tls).into_connection_info().map_err(bad)?;
+                sentinels.push(info.set_redis_settings(settings));
+            }
+            let mut data = redis::RedisConnectionInfo::default().set_db(cfg.db);
+            if let Some(u) = &cfg.username {
+                data = data.set_username(u);
+            }
+            if let Some(p) = &password {
+                data = data.set_password(p);
+            }
+            Mode::Sentinel {
+                sentinels,
+                master_name: cfg.master_name.clone(),
+                tls: cfg.tls,
+                data,
+            }
+        };
+        Ok(Arc::new(Connector {
+            mode,
+            current: ArcSwapOption::empty(),
+            resolving: Mutex::new(None),
+            pool_size: cfg.pool_size,
+            connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+        }))
+    }
+
+    /// Sentinel mode is in use.
+    pub fn is_sentinel(&self) -> bool {
+        matches!(self.mode, Mode::Sentinel { .. })
+    }
+
+    /// Sentinel connection infos (for the `+switch-master` watcher).
+    pub fn sentinels(&self) -> (&[ConnectionInfo], &str) {
+        match &self.mode {
+            Mode::Sentinel {
+                sentinels,
+                master_name,
+                ..
+            } => (sentinels, master_name),
+            Mode::Standalone(_) => (&[], ""),
+        }
+    }
+
+    /// A pooled connection to the current master.
+    pub async fn get(self: &Arc<Self>) -> Result<deadpool_redis::Connection, ConnError> {
+        let cur = self.current().await?;
+        cur.pool.get().await.map_err(|e| match e {
+            deadpool_redis::PoolError::Backend(e) => ConnError::from(e),
+            other => ConnError::Pool(other.to_string()),
+        })
+    }
+
+    /// The current master, resolving it if needed.
+    pub async fn current(self: &Arc<Self>) -> Result<Arc<Current>, ConnError> {
+        if let Some(c) = self.current.load_full() {
+            return Ok(c);
+        }
+        let fut = {
+            let mut slot = self.resolving.lock().unwrap_or_else(|p| p.into_inner());
+            match &*slot {
+                Some(f) => f.clone(),
+                None => {
+                    let me = self.clone();
+                    let task = tokio::spawn(async move {
+                        let res = me.resolve().await;
+                        if let Ok(c) = &res {
+                            me.current.store(Some(c.clone()));
+                        }
+                        *me.resolving.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        res
+                    });
+                    let f = async move {
+                        task.await
+                            .unwrap_or_else(|e| Err(ConnError::NoMaster(e.to_string())))
+                    }
+                    .boxed()
+                    .shared();
+                    *slot = Some(f.clone());
+                    f
+                }
+            }
+        };
+        fut.await
+    }
+
+    /// The address in use, if resolved.
+    pub fn current_addr(&self) -> Option<String> {
+        self.current.load().as_ref().map(|c| c.addr.clone())
+    }
+
+    /// Drop the pool so the next operation resolves the master again.
+    pub fn reset(&self, why: &str) {
+        if let Some(old) = self.current.swap(None) {
+            tracing::info!(master = %old.addr, why, "dropping redis connections; resolving master again");
+            old.pool.close();
+        }
+    }
+
+    /// Called with every failed operation's error.
+    pub fn on_error(&self, e: &ConnError) {
+        if !self.is_sentinel() {
+            return; // deadpool drops broken connections itself (PING on recycle).
+        }
+        if let ConnError::Redis(e) = e {
+            let readonly = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
+                || e.code() == Some("READONLY");
+            if readonly || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
+            {
+                self.reset(if readonly { "READONLY" } else { "connection error" });
+            }
+        } else {
+            self.reset("no connection");
+        }
+    }
+
+    async fn resolve(&self) -> Result<Arc<Current>, ConnError> {
+        let (info, addr_s) = match &self.mode {
+            Mode::Standalone(info) => (info.clone(), display_addr(info.addr())),
+            Mode::Sentinel {
+                sentinels,
+                master_name,
+                tls,
+                data,
+            } => {
+                let (host, port) = self.ask_sentinels(sentinels, master_name).await?;
+                let info = addr(host.clone(), port, *tls)
+                    .into_connection_info()?
+                    .set_redis_settings(data.clone());
+                self.check_master(&info).await?;
+                (info, format!("{host}:{port}"))
+            }
+        };
+        let manager = Manager::new_with_config(
+            info.clone(),
+            AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout)),
+        )?;
+        let pool = Pool::builder(manager)
+            .max_size(self.pool_size)
+            .runtime(Runtime::Tokio1)
+            .create_timeout(Some(self.connect_timeout))
+            .wait_timeout(Some(self.connect_timeout))
+            .recycle_timeout(Some(self.connect_timeout))
+            .build()
+            .map_err(|e| ConnError::Pool(e.to_string()))?;
+        tracing::debug!(master = %addr_s, "redis master resolved");
+        Ok(Arc::new(Current {
+            pool,
+            info,
+            addr: addr_s,
+        }))
+    }
+
+    /// First sentinel that names the master wins (no quorum needed to read it).
+    async fn ask_sentinels(
+        &self,
+        sentinels: &[ConnectionInfo],
+        name: &str,
+    ) -> Result<(String, u16), ConnError> {
+        let mut last = String::from("no sentinels configured");
+        for s in sentinels {
+            let res = tokio::time::timeout(self.connect_timeout, async {
+                let mut c = self.connect(s.clone()).await?;
+                redis::cmd("SENTINEL")
+                    .arg("get-master-addr-by-name")
+                    .arg(name)
+                    .query_async::<Option<(String, u16)>>(&mut c)
+                    .await
+            })
+            .await;
+            match res {
+                Ok(Ok(Some(hp))) => return Ok(hp),
+                Ok(Ok(None)) => last = format!("sentinels do not know master {name:?}"),
+                Ok(Err(e)) => last = format!("sentinel {}: {e}", display_addr(s.addr())),
+                Err(_) => last = format!("sentinel {}: timed out", display_addr(s.addr())),
+            }
+        }
+        Err(ConnError::NoMaster(last))
+    }
+
+    /// The address a sentinel names may be stale mid-failover: insist on `ROLE master`.
+    async fn check_master(&self, info: &ConnectionInfo) -> Result<(), ConnError> {
+        let role = tokio::time::timeout(self.connect_timeout, async {
+            let mut c = self.connect(info.clone()).await?;
+            role(&mut c).await
+        })
+        .await
+        .map_err(|_| ConnError::NoMaster("master did not answer ROLE in time".into()))??;
+        if role != "master" {
+            return Err(ConnError::NoMaster(format!(
+                "{} reports role {role}",
+                display_addr(info.addr())
+            )));
+        }
+        Ok(())
+    }
+
+    async fn connect(&self, info: ConnectionInfo) -> RedisResult<redis::aio::MultiplexedConnection> {
+        redis::Client::open(info)?
+            .get_multiplexed_async_connection_with_config(
+                &AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout)),
+            )
+            .await
+    }
+}
+
+/// `ROLE` → "master" | "slave" | "sentinel".
+pub async fn role(c: &mut impl ConnectionLike) -> RedisResult<String> {
+    let v: redis::Value = redis::cmd("ROLE").query_async(c).await?;
+    if let redis::Value::Array(items) = v {
+        if let Some(first) = items.into_iter().next() {
+            return Ok(redis::from_redis_value(first)?);
+        }
+    }
+    Ok(String::new())
+}
+
+fn addr(host: String, port: u16, tls: bool) -> ConnectionAddr {
+    if tls {
+        ConnectionAddr::TcpTls {
+            host,
+            port,
+            insecure: false,
+            tls_params: None,
+        }
+    } else {
+        ConnectionAddr::Tcp(host, port)
+    }
+}
+
+fn display_addr(a: &ConnectionAddr) -> String {
+    match a {
+        ConnectionAddr::Tcp(h, p) => format!("{h}:{p}"),
+        ConnectionAddr::TcpTls { host, port, .. } => format!("{host}:{port}"),
+        other => format!("{other:?}"),
+    }
+}
