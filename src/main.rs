@@ -33,6 +33,11 @@ struct Cli {
     /// Memory store size in bytes [default: 268435456].
     #[arg(long, global = true)]
     memory_max_bytes: Option<u64>,
+    /// Shared Redis cache, e.g. redis://:PASSWORD@redis:6379/0 (tiered behind
+    /// the memory store unless `redis.tiered = false`). Sentinel mode is set in
+    /// the `[redis]` config section.
+    #[arg(long, global = true, env = "CHARTCACHE_REDIS_URL", hide_env_values = true)]
+    redis_url: Option<String>,
     #[command(subcommand)]
     cmd: Option<Cmd>,
 }
@@ -73,6 +78,10 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     }
     if let Some(m) = cli.memory_max_bytes {
         cfg.memory.max_bytes = m;
+    }
+    if let Some(u) = &cli.redis_url {
+        cfg.redis.url = Some(u.clone());
+        cfg.redis.sentinels.clear();
     }
     Ok(cfg)
 }
@@ -162,7 +171,11 @@ fn serve(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
         let token = cfg.admin.resolve_token()?.map(Arc::<str>::from);
         let listen = cfg.listen;
         let admin_listen = cfg.admin_listen;
-        let app = App::with_memory_store(cfg, Arc::new(SystemClock))?;
+        let clock: chartcache::clock::SharedClock = Arc::new(SystemClock);
+        let metrics = Arc::new(chartcache::metrics::Metrics::new());
+        // Redis trouble is logged here and does not stop startup (see store::setup).
+        let built = chartcache::store::setup::build(&cfg, metrics.clone(), clock.clone()).await?;
+        let app = App::new(cfg, built.store, built.memory, metrics, clock)?;
         let listener = chartcache::server::bind(listen, "proxy").await?;
         let admin = chartcache::server::bind(admin_listen, "admin").await?;
         tracing::info!(%listen, %admin_listen, upstream = %app.config.load().upstream, store = app.store.name(), "chartcache listening");

@@ -194,6 +194,16 @@ pub(super) async fn handle(
             serve_fetched(&f, accept, app.clock.now_ms())
         }
         Role::Leader(guard) => {
+            // Across replicas: another replica may be fetching this key already.
+            let _remote_lock = match remote_leader(app, &key, canon.force).await {
+                Ok(lock) => lock,
+                Err(fetched) => {
+                    app.metrics.coalesced.with_label_values(&["distributed"]).inc();
+                    ctx.outcome = Outcome::Coalesced;
+                    guard.publish(fetched.clone());
+                    return serve_fetched(&fetched, accept, app.clock.now_ms());
+                }
+            };
             let res = fetch(app, &spec, ctx, stale.as_ref()).await;
             match res {
                 Ok(FetchResult::Complete {
@@ -244,6 +254,28 @@ fn force_key(key: &CacheKey) -> CacheKey {
     h.update(b"force");
     h.update(&key.0);
     CacheKey(*h.finalize().as_bytes())
+}
+
+/// Cross-replica coalescing (see `store::lock`): `Ok(lock)` → fetch, holding
+/// the lock (if any) until stored; `Err(fetched)` → another replica's entry.
+async fn remote_leader(
+    app: &App,
+    key: &CacheKey,
+    force: bool,
+) -> Result<Option<crate::store::lock::RemoteLock>, Arc<Fetched>> {
+    use crate::store::lock::{Remote, coordinate};
+    if force {
+        return Ok(None);
+    }
+    match coordinate(app.store.as_ref(), key, &app.clock).await {
+        Remote::Fetch(lock) => Ok(lock),
+        Remote::Entry(entry) => Err(Arc::new(Fetched {
+            status: StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            entry: Some(entry),
+        })),
+    }
 }
 
 /// Store lookup that fails open: errors are misses.
