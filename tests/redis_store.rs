@@ -1,0 +1,305 @@
+//! The Redis store against real redis-server processes: key layout and TTLs,
+//! purges, the circuit breaker, credentials, and the fetch lock.
+
+#[path = "support/redis.rs"]
+mod redis_support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chartcache::clock::{SharedClock, SystemClock};
+use chartcache::fingerprint::CacheKey;
+use chartcache::metrics::Metrics;
+use chartcache::store::breaker::BreakerState;
+use chartcache::store::redis::{RedisConfig, RedisStore};
+use chartcache::store::{Entry, Meta, Purge, Store, StoreError};
+use redis_support::*;
+
+fn clock() -> SharedClock {
+    Arc::new(SystemClock)
+}
+
+fn now() -> u64 {
+    use chartcache::clock::Clock;
+    SystemClock.now_ms()
+}
+
+fn entry(tags: &[&str], fresh_ms: u64, stale_ms: u64) -> Arc<Entry> {
+    let now = now();
+    let body = format!("{{\"result\": [{{\"data\": \"{}\"}}]}}", "x".repeat(200));
+    let meta = Meta {
+        status: 200,
+        headers: vec![(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        )],
+        stored_at: now,
+        fresh_until: now + fresh_ms,
+        stale_until: now + fresh_ms + stale_ms,
+        upstream_ms: 12,
+        raw_len: body.len() as u32,
+        tags: tags.iter().map(|s| s.to_string()).collect(),
+    };
+    Arc::new(Entry::build(meta, body.as_bytes(), 3, false).unwrap())
+}
+
+fn key(i: u8) -> CacheKey {
+    CacheKey([i; 32])
+}
+
+fn cfg(url: String) -> RedisConfig {
+    RedisConfig {
+        url: Some(url),
+        ..RedisConfig::default()
+    }
+}
+
+fn store(cfg: RedisConfig) -> Arc<RedisStore> {
+    RedisStore::new(cfg, Arc::new(Metrics::new()), clock()).unwrap()
+}
+
+#[tokio::test]
+async fn get_put_purge_with_key_layout_and_ttls() {
+    let r = RedisProc::server(&[]);
+    let s = store(RedisConfig {
+        prefix: "cc1".into(),
+        ..cfg(r.url())
+    });
+    s.check().await.unwrap();
+    let e1 = entry(&["chart:1", "dataset:7__table"], 60_000, 60_000);
+    s.put(&key(1), e1.clone()).await.unwrap();
+    s.put(&key(2), entry(&["chart:2", "dataset:7__table"], 60_000, 600_000))
+        .await
+        .unwrap();
+    s.put(&key(3), entry(&["chart:3"], 60_000, 0)).await.unwrap();
+
+    // Round trip: the same meta and body.
+    let got = s.get(&key(1)).await.unwrap().unwrap();
+    assert_eq!(got.meta, e1.meta);
+    assert_eq!(got.decompress().unwrap(), e1.decompress().unwrap());
+    assert!(s.get(&key(9)).await.unwrap().is_none());
+
+    // Layout: entry under {prefix}:e:{hex} with PX TTL = stale_until - now.
+    let mut c = client(&r.url()).await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("cc1:e:{}", key(1).to_hex()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!((110_000..=120_000).contains(&pttl), "{pttl}");
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg("cc1:t:dataset:7__table")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(members.len(), 2);
+    // The tag set lives as long as its longest-lived member.
+    let tag_ttl: i64 = redis::cmd("PTTL")
+        .arg("cc1:t:dataset:7__table")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!((650_000..=660_000).contains(&tag_ttl), "{tag_ttl}");
+
+    // Purges.
+    assert_eq!(
+        s.purge(&Purge::Tags(vec!["dataset:7__table".into()]))
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(s.get(&key(1)).await.unwrap().is_none());
+    assert!(s.get(&key(2)).await.unwrap().is_none());
+    assert!(s.get(&key(3)).await.unwrap().is_some());
+    assert_eq!(s.purge(&Purge::Keys(vec![key(3), key(4)])).await.unwrap(), 1);
+
+    // Purge all touches only this prefix.
+    let other = store(RedisConfig {
+        prefix: "cc2".into(),
+        ..cfg(r.url())
+    });
+    other.put(&key(5), entry(&["chart:5"], 60_000, 0)).await.unwrap();
+    for i in 10..20 {
+        s.put(&key(i), entry(&["chart:x"], 60_000, 0)).await.unwrap();
+    }
+    assert_eq!(s.purge(&Purge::All).await.unwrap(), 10);
+    assert!(s.get(&key(10)).await.unwrap().is_none());
+    assert!(other.get(&key(5)).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn entries_expire_at_stale_until() {
+    let r = RedisProc::server(&[]);
+    let s = store(cfg(r.url()));
+    s.put(&key(1), entry(&[], 100, 200)).await.unwrap();
+    assert!(s.get(&key(1)).await.unwrap().is_some());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if s.get(&key(1)).await.unwrap().is_none() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "entry outlived stale_until");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Already expired: not written at all.
+    let mut past = (*entry(&[], 0, 0)).clone();
+    past.meta.stale_until = now() - 1;
+    s.put(&key(2), Arc::new(past)).await.unwrap();
+    assert!(s.get(&key(2)).await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn garbage_under_an_entry_key_is_a_miss() {
+    let r = RedisProc::server(&[]);
+    let s = store(cfg(r.url()));
+    let mut c = client(&r.url()).await;
+    let _: () = redis::cmd("SET")
+        .arg(format!("chartcache:e:{}", key(1).to_hex()))
+        .arg("not an entry")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(s.get(&key(1)).await.unwrap().is_none());
+    assert_eq!(s.breaker().state(), BreakerState::Closed);
+}
+
+#[tokio::test]
+async fn breaker_opens_when_redis_stops_and_closes_when_it_returns() {
+    let mut r = RedisProc::server(&[]);
+    let s = store(RedisConfig {
+        breaker_failures: 3,
+        breaker_cooldown_ms: 200,
+        ..cfg(r.url())
+    });
+    s.put(&key(1), entry(&[], 60_000, 0)).await.unwrap();
+    r.kill();
+    let timeout = Duration::from_millis(s.config().timeout_ms);
+    for _ in 0..3 {
+        let t = Instant::now();
+        assert!(s.get(&key(1)).await.is_err());
+        assert!(t.elapsed() < timeout + Duration::from_millis(100), "{:?}", t.elapsed());
+    }
+    assert_eq!(s.breaker().state(), BreakerState::Open);
+    // Open: no Redis wait at all.
+    let t = Instant::now();
+    for _ in 0..100 {
+        assert!(matches!(s.get(&key(1)).await, Err(StoreError::Unavailable(_))));
+    }
+    assert!(t.elapsed() < Duration::from_millis(20), "{:?}", t.elapsed());
+
+    r.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if s.put(&key(2), entry(&[], 60_000, 0)).await.is_ok() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "breaker never closed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(s.breaker().state(), BreakerState::Closed);
+    assert!(s.get(&key(2)).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn slow_redis_costs_at_most_the_timeout() {
+    let r = RedisProc::server(&["enable-debug-command yes"]);
+    let s = store(RedisConfig {
+        breaker_failures: 1000,
+        ..cfg(r.url())
+    });
+    s.put(&key(1), entry(&[], 60_000, 0)).await.unwrap();
+    // Block the server for 1 s, then time a get.
+    let blocker = tokio::spawn({
+        let url = r.url();
+        async move {
+            let mut c = client(&url).await;
+            let _: redis::RedisResult<()> = redis::cmd("DEBUG")
+                .arg("SLEEP")
+                .arg("1")
+                .query_async(&mut c)
+                .await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let res = s.get(&key(1)).await;
+    assert!(matches!(res, Err(StoreError::Timeout)), "{res:?}");
+    let took = t.elapsed();
+    assert!(took >= Duration::from_millis(45) && took < Duration::from_millis(150), "{took:?}");
+    blocker.await.unwrap();
+}
+
+#[tokio::test]
+async fn password_and_acl_user() {
+    let r = RedisProc::server(&[
+        "requirepass defaultpw",
+        "user app on >apppw ~chartcache:* &* +@all",
+    ]);
+    // Default user with a password in the URL.
+    let s = store(cfg(format!("redis://:defaultpw@{}", r.addr())));
+    s.check().await.unwrap();
+    s.put(&key(1), entry(&["chart:1"], 60_000, 0)).await.unwrap();
+    // ACL user from config (not the URL): sees the same entry.
+    let s2 = store(RedisConfig {
+        username: Some("app".into()),
+        password: Some("apppw".into()),
+        ..cfg(r.url())
+    });
+    s2.check().await.unwrap();
+    assert!(s2.get(&key(1)).await.unwrap().is_some());
+    // The ACL user may not touch keys outside its prefix.
+    let s3 = store(RedisConfig {
+        prefix: "other".into(),
+        username: Some("app".into()),
+        password: Some("apppw".into()),
+        breaker_failures: 1000,
+        ..cfg(r.url())
+    });
+    assert!(s3.put(&key(1), entry(&[], 60_000, 0)).await.is_err());
+}
+
+#[tokio::test]
+async fn wrong_password_is_a_clear_error() {
+    let r = RedisProc::server(&["requirepass rightpw"]);
+    let s = store(cfg(format!("redis://:wrongpw@{}", r.addr())));
+    let msg = s.check().await.unwrap_err().to_string();
+    assert!(msg.contains("refused the credentials"), "{msg}");
+    assert!(msg.contains("redis.password"), "{msg}");
+    assert!(!msg.contains("wrongpw"), "password leaked: {msg}");
+    // No password at all against a protected server: same kind of message.
+    let s = store(cfg(r.url()));
+    let msg = s.check().await.unwrap_err().to_string();
+    assert!(msg.contains("refused the credentials"), "{msg}");
+}
+
+#[tokio::test]
+async fn nothing_listening_is_a_clear_error() {
+    let port = free_port();
+    let s = store(cfg(format!("redis://127.0.0.1:{port}")));
+    let msg = s.check().await.unwrap_err().to_string();
+    assert!(msg.contains("unavailable") || msg.contains("did not answer"), "{msg}");
+}
+
+#[tokio::test]
+async fn fetch_lock_is_exclusive_and_released_by_token() {
+    let r = RedisProc::server(&[]);
+    let s = store(RedisConfig {
+        lock_ttl_ms: 300,
+        ..cfg(r.url())
+    });
+    assert!(s.try_lock(&key(1), "a").await.unwrap());
+    assert!(!s.try_lock(&key(1), "b").await.unwrap());
+    // Not ours: stays.
+    assert!(!s.unlock(&key(1), "b").await.unwrap());
+    assert!(!s.try_lock(&key(1), "b").await.unwrap());
+    assert!(s.unlock(&key(1), "a").await.unwrap());
+    assert!(s.try_lock(&key(1), "b").await.unwrap());
+    // It expires by itself (lock_ttl_ms), so a dead holder cannot wedge a key.
+    let mut c = client(&r.url()).await;
+    let pttl: i64 = redis::cmd("PTTL")
+        .arg(format!("chartcache:l:{}", key(1).to_hex()))
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!((1..=300).contains(&pttl), "{pttl}");
+}
