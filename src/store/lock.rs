@@ -64,7 +64,7 @@ impl RedisStore {
                 .arg("NX")
                 .arg("PX")
                 .arg(ttl)
-                .query_async::<Option<String>>(&mut *c)
+                .query_async::<Option<String>>(&mut c)
                 .await
         })
         .await
@@ -76,7 +76,7 @@ impl RedisStore {
         let mut inv = self.unlock_script.prepare_invoke();
         inv.key(self.lock_key(key)).arg(token);
         self.run("unlock", self.config().timeout(), |mut c| async move {
-            inv.invoke_async::<i64>(&mut *c).await
+            inv.invoke_async::<i64>(&mut c).await
         })
         .await
         .map(|n| n == 1)

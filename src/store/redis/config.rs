@@ -41,8 +41,8 @@ pub struct RedisConfig {
     pub purge_timeout_ms: u64,
     /// Connection attempts at startup and in background tasks give up after this (ms).
     pub connect_timeout_ms: u64,
-    /// Pooled connections per process.
-    pub pool_size: usize,
+    /// Multiplexed connections per process (each carries many concurrent commands).
+    pub connections: usize,
     /// Consecutive failures that open the circuit breaker.
     pub breaker_failures: u32,
     /// How long the breaker stays open before a probe is let through (ms).
@@ -79,7 +79,7 @@ impl Default for RedisConfig {
             timeout_ms: 50,
             purge_timeout_ms: 5_000,
             connect_timeout_ms: 1_000,
-            pool_size: 32,
+            connections: 4,
             breaker_failures: 5,
             breaker_cooldown_ms: 1_000,
             tiered: true,
@@ -146,7 +146,7 @@ impl RedisConfig {
             ("timeout_ms", self.timeout_ms),
             ("purge_timeout_ms", self.purge_timeout_ms),
             ("connect_timeout_ms", self.connect_timeout_ms),
-            ("pool_size", self.pool_size as u64),
+            ("connections", self.connections as u64),
             ("breaker_failures", self.breaker_failures as u64),
             ("lock_ttl_ms", self.lock_ttl_ms),
             ("lock_poll_ms", self.lock_poll_ms),

@@ -1,22 +1,29 @@
-//! Connections to the current Redis master: a deadpool pool, rebuilt when the
-//! master changes.
+//! Connections to the current Redis master: a small fixed set of multiplexed
+//! connections (each carries many concurrent, pipelined commands), opened
+//! together and replaced together.
 //!
-//! Standalone: one pool for the configured URL. Sentinel: the master address is
+//! Why not a checkout pool: a pool that PINGs on every checkout doubles the
+//! round trips of a cache hit, and under a burst of misses it opens
+//! connections one request at a time, each handshake eating into the 50 ms
+//! operation budget. A multiplexed connection needs neither.
+//!
+//! Standalone: the configured URL. Sentinel: the master address is
 //! asked from the sentinels (first that answers) and confirmed with `ROLE`.
 //! Pooled connections to a demoted master stay open and answer `READONLY` (or
 //! accept writes that are then lost), so on connection errors, `READONLY`, or a
-//! `+switch-master` event the pool is dropped and the master resolved again.
+//! `+switch-master` event the connections are dropped and the master resolved
+//! again (standalone: reconnected on connection errors).
 //! Resolution runs in a spawned task: a caller waits for it only up to its own
 //! operation timeout, and a slow sentinel never makes resolution restart.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
-use deadpool_redis::{Manager, Pool, Runtime};
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
-use redis::aio::ConnectionLike;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
     RedisResult,
@@ -29,8 +36,6 @@ use super::config::{RedisConfig, RedisConfigError, redact, split_host_port};
 pub enum ConnError {
     #[error("{0}")]
     Redis(Arc<RedisError>),
-    #[error("connection pool: {0}")]
-    Pool(String),
     #[error("no master: {0}")]
     NoMaster(String),
 }
@@ -43,7 +48,8 @@ impl From<RedisError> for ConnError {
 
 /// The master currently in use.
 pub struct Current {
-    pub pool: Pool,
+    conns: Vec<MultiplexedConnection>,
+    next: AtomicUsize,
     pub info: ConnectionInfo,
     /// `host:port`, for logs and tests.
     pub addr: String,
@@ -62,12 +68,12 @@ enum Mode {
 
 type Resolving = Shared<BoxFuture<'static, Result<Arc<Current>, ConnError>>>;
 
-/// Hands out pooled connections to the current master.
+/// Hands out connections to the current master.
 pub struct Connector {
     mode: Mode,
     current: ArcSwapOption<Current>,
     resolving: Mutex<Option<Resolving>>,
-    pool_size: usize,
+    connections: usize,
     connect_timeout: Duration,
 }
 
@@ -122,7 +128,7 @@ impl Connector {
             mode,
             current: ArcSwapOption::empty(),
             resolving: Mutex::new(None),
-            pool_size: cfg.pool_size,
+            connections: cfg.connections,
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
         }))
     }
@@ -144,13 +150,11 @@ impl Connector {
         }
     }
 
-    /// A pooled connection to the current master.
-    pub async fn get(self: &Arc<Self>) -> Result<deadpool_redis::Connection, ConnError> {
+    /// A connection to the current master (a cheap clone of a shared one).
+    pub async fn get(self: &Arc<Self>) -> Result<MultiplexedConnection, ConnError> {
         let cur = self.current().await?;
-        cur.pool.get().await.map_err(|e| match e {
-            deadpool_redis::PoolError::Backend(e) => ConnError::from(e),
-            other => ConnError::Pool(other.to_string()),
-        })
+        let i = cur.next.fetch_add(1, Ordering::Relaxed) % cur.conns.len();
+        Ok(cur.conns[i].clone())
     }
 
     /// The current master, resolving it if needed.
@@ -191,19 +195,15 @@ impl Connector {
         self.current.load().as_ref().map(|c| c.addr.clone())
     }
 
-    /// Drop the pool so the next operation resolves the master again.
+    /// Drop the connections so the next operation resolves the master again.
     pub fn reset(&self, why: &str) {
         if let Some(old) = self.current.swap(None) {
             tracing::info!(master = %old.addr, why, "dropping redis connections; resolving master again");
-            old.pool.close();
         }
     }
 
     /// Called with every failed operation's error.
     pub fn on_error(&self, e: &ConnError) {
-        if !self.is_sentinel() {
-            return; // deadpool drops broken connections itself (PING on recycle).
-        }
         if let ConnError::Redis(e) = e {
             let readonly = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
                 || e.code() == Some("READONLY");
@@ -233,21 +233,14 @@ impl Connector {
                 (info, format!("{host}:{port}"))
             }
         };
-        let manager = Manager::new_with_config(
-            info.clone(),
-            AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout)),
-        )?;
-        let pool = Pool::builder(manager)
-            .max_size(self.pool_size)
-            .runtime(Runtime::Tokio1)
-            .create_timeout(Some(self.connect_timeout))
-            .wait_timeout(Some(self.connect_timeout))
-            .recycle_timeout(Some(self.connect_timeout))
-            .build()
-            .map_err(|e| ConnError::Pool(e.to_string()))?;
+        let conns = futures_util::future::try_join_all(
+            (0..self.connections).map(|_| self.connect(info.clone())),
+        )
+        .await?;
         tracing::debug!(master = %addr_s, "redis master resolved");
         Ok(Arc::new(Current {
-            pool,
+            conns,
+            next: AtomicUsize::new(0),
             info,
             addr: addr_s,
         }))
@@ -297,7 +290,7 @@ impl Connector {
         Ok(())
     }
 
-    async fn connect(&self, info: ConnectionInfo) -> RedisResult<redis::aio::MultiplexedConnection> {
+    async fn connect(&self, info: ConnectionInfo) -> RedisResult<MultiplexedConnection> {
         redis::Client::open(info)?
             .get_multiplexed_async_connection_with_config(
                 &AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout)),

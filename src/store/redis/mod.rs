@@ -137,7 +137,7 @@ impl RedisStore {
         let res = tokio::time::timeout(t, async {
             let mut c = self.conn.get().await?;
             redis::cmd("PING")
-                .query_async::<String>(&mut *c)
+                .query_async::<String>(&mut c)
                 .await
                 .map_err(ConnError::from)
         })
@@ -194,7 +194,7 @@ impl RedisStore {
         f: F,
     ) -> Result<T, StoreError>
     where
-        F: FnOnce(deadpool_redis::Connection) -> Fut,
+        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         if !self.breaker.allow() {
@@ -245,7 +245,7 @@ impl RedisStore {
             redis::cmd("PUBLISH")
                 .arg(ch)
                 .arg(payload)
-                .query_async::<i64>(&mut *c)
+                .query_async::<i64>(&mut c)
                 .await
         })
         .await
@@ -331,10 +331,10 @@ impl RedisStore {
                         .arg(&pattern)
                         .arg("COUNT")
                         .arg(1000)
-                        .query_async(&mut *c)
+                        .query_async(&mut c)
                         .await?;
                     if !keys.is_empty() {
-                        let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut *c).await?;
+                        let n: u64 = redis::cmd("UNLINK").arg(&keys).query_async(&mut c).await?;
                         if pattern.ends_with(":e:*") {
                             removed += n;
                         }
@@ -363,7 +363,7 @@ impl Store for RedisStore {
             .run("get", self.cfg.timeout(), |mut c| async move {
                 redis::cmd("GET")
                     .arg(k)
-                    .query_async::<Option<Vec<u8>>>(&mut *c)
+                    .query_async::<Option<Vec<u8>>>(&mut c)
                     .await
             })
             .await?;
@@ -398,7 +398,7 @@ impl Store for RedisStore {
         }
         inv.arg(value.as_ref()).arg(ttl).arg(key.to_hex());
         self.run("put", self.cfg.timeout(), |mut c| async move {
-            inv.invoke_async::<i64>(&mut *c).await
+            inv.invoke_async::<i64>(&mut c).await
         })
         .await?;
         self.count("put", "ok");
@@ -413,7 +413,7 @@ impl Store for RedisStore {
             Purge::Keys(keys) => {
                 let ks: Vec<String> = keys.iter().map(|k| self.entry_key(k)).collect();
                 self.run("purge", t, |mut c| async move {
-                    redis::cmd("DEL").arg(ks).query_async::<u64>(&mut *c).await
+                    redis::cmd("DEL").arg(ks).query_async::<u64>(&mut c).await
                 })
                 .await?
             }
@@ -425,7 +425,7 @@ impl Store for RedisStore {
                 }
                 inv.arg(format!("{}:e:", self.cfg.prefix));
                 self.run("purge", t, |mut c| async move {
-                    inv.invoke_async::<u64>(&mut *c).await
+                    inv.invoke_async::<u64>(&mut c).await
                 })
                 .await?
             }
@@ -446,7 +446,7 @@ fn is_auth_error(e: &redis::RedisError) -> bool {
 }
 
 /// Sentinel mode: subscribe to `+switch-master` on every sentinel and drop the
-/// pool as soon as one reports a new master for ours.
+/// connections as soon as one reports a new master for ours.
 async fn watch_switch_master(store: std::sync::Weak<RedisStore>, stop: CancellationToken) {
     let Some(me) = store.upgrade() else { return };
     let (sentinels, name) = me.conn.sentinels();

@@ -1,0 +1,261 @@
+//! Several chartcache instances sharing one real Redis: cross-replica
+//! coalescing, L2 hits, purges reaching every replica's L1, and serving
+//! through a Redis outage.
+
+mod support;
+#[path = "support/redis.rs"]
+mod redis_support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chartcache::app::App;
+use chartcache::clock::{SharedClock, SystemClock};
+use chartcache::metrics::Metrics;
+use chartcache::store::redis::RedisConfig;
+use chartcache::store::setup;
+use http::Method;
+use redis_support::*;
+use support::*;
+
+const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
+
+/// A chartcache instance on the store `setup::build` picks for `redis`.
+async fn start(up: &Upstream, redis: RedisConfig) -> Proxy {
+    let mut cfg = test_config(&up.url());
+    cfg.redis = redis;
+    let metrics = Arc::new(Metrics::new());
+    let clock: SharedClock = Arc::new(SystemClock);
+    let built = setup::build(&cfg, metrics.clone(), clock.clone())
+        .await
+        .unwrap();
+    Proxy::start_app(App::new(cfg, built.store, built.memory, metrics, clock).unwrap()).await
+}
+
+fn redis_cfg(url: String, tiered: bool) -> RedisConfig {
+    RedisConfig {
+        url: Some(url),
+        tiered,
+        ..RedisConfig::default()
+    }
+}
+
+/// The fixture body with a distinct row limit: a distinct cache key per `i`.
+fn body(i: u64) -> serde_json::Value {
+    let mut b = chart_body(BIGNUMBER);
+    b["queries"][0]["row_limit"] = serde_json::json!(1000 + i);
+    b
+}
+
+fn metric(p: &Proxy, name: &str, labels: &str) -> f64 {
+    let text = String::from_utf8(p.app.metrics.render()).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_times_100_identical_misses_make_one_upstream_query() {
+    let r = RedisProc::server(&[]);
+    let up = Upstream::start().await;
+    // Slow enough that all 300 requests arrive while the first fetch runs.
+    up.set_delay(Duration::from_millis(500));
+    let mut proxies = Vec::new();
+    for _ in 0..3 {
+        proxies.push(start(&up, redis_cfg(r.url(), true)).await);
+    }
+    let c = TestClient::new();
+    let b = body(1);
+    // Warm identity on each replica so the requests meet at the cache, not at /me.
+    for p in &proxies {
+        let r = c.chart(p, "admin-token", &body(999)).await;
+        assert_eq!(r.status, 200);
+    }
+    let before = up.chart_queries();
+    let mut tasks = Vec::new();
+    for p in &proxies {
+        for _ in 0..100 {
+            let (c, url, b) = (c.clone(), p.url("/api/v1/chart/data"), b.clone());
+            tasks.push(tokio::spawn(async move {
+                c.send(
+                    Method::POST,
+                    &url,
+                    &[
+                        ("authorization", "Bearer admin-token"),
+                        ("content-type", "application/json"),
+                    ],
+                    serde_json::to_vec(&b).unwrap(),
+                )
+                .await
+            }));
+        }
+    }
+    let mut bodies = Vec::new();
+    for t in tasks {
+        let resp = t.await.unwrap();
+        assert_eq!(resp.status, 200, "{:?}", resp.body);
+        bodies.push(resp.json());
+    }
+    let diag: Vec<String> = proxies
+        .iter()
+        .map(|p| {
+            String::from_utf8(p.app.metrics.render())
+                .unwrap()
+                .lines()
+                .filter(|l| l.starts_with("chartcache_store_") || l.starts_with("chartcache_coalesced"))
+                .filter(|l| !l.contains("_bucket"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect();
+    assert_eq!(
+        up.chart_queries() - before,
+        1,
+        "one Superset query for 300 requests; store metrics:\n{}",
+        diag.join("\n---\n")
+    );
+    assert!(bodies.iter().all(|b| b == &bodies[0]));
+    let distributed: f64 = proxies
+        .iter()
+        .map(|p| metric(p, "chartcache_coalesced_total", "where=\"distributed\""))
+        .sum();
+    assert_eq!(distributed, 2.0, "the two other replicas' leaders waited for the first");
+
+    // An entry one replica wrote is a hit on the others (fresh instance: empty L1).
+    let fourth = start(&up, redis_cfg(r.url(), true)).await;
+    c.chart(&fourth, "admin-token", &body(999)).await;
+    let before = up.chart_queries();
+    let hit = c.chart(&fourth, "admin-token", &b).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    assert_eq!(hit.json(), bodies[0]);
+    assert_eq!(up.chart_queries(), before);
+}
+
+#[tokio::test]
+async fn purge_on_one_replica_evicts_l1_on_the_others() {
+    let r = RedisProc::server(&[]);
+    let up = Upstream::start().await;
+    let a = start(&up, redis_cfg(r.url(), true)).await;
+    let b = start(&up, redis_cfg(r.url(), true)).await;
+    let c = TestClient::new();
+    let miss = c.chart(&a, "admin-token", &body(1)).await;
+    assert!(miss.cache_status().contains("stored"), "{}", miss.cache_status());
+    // b reads it from Redis and keeps it in its L1.
+    let hit = c.chart(&b, "admin-token", &body(1)).await;
+    assert!(hit.cache_status().contains("hit"));
+    let l1_b = b.app.memory.clone().unwrap();
+    l1_b.sync();
+    assert_eq!(l1_b.usage().0, 1);
+    let queries = up.chart_queries();
+
+    // Purge the chart's tag through a's admin API.
+    let resp = c
+        .send(
+            Method::POST,
+            &a.admin_url("/purge"),
+            &[
+                ("authorization", "Bearer test-admin-token"),
+                ("content-type", "application/json"),
+            ],
+            r#"{"tags": ["chart:1"]}"#,
+        )
+        .await;
+    assert_eq!(resp.status, 200, "{:?}", resp.body);
+
+    // b's L1 copy goes away through the invalidation channel.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        l1_b.sync();
+        if l1_b.usage().0 == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "b kept its L1 copy after the purge");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let again = c.chart(&b, "admin-token", &body(1)).await;
+    assert!(again.cache_status().contains("fwd=miss"), "{}", again.cache_status());
+    assert_eq!(up.chart_queries(), queries + 1);
+}
+
+#[tokio::test]
+async fn l1_resyncs_after_the_subscription_reconnects() {
+    let mut r = RedisProc::server(&[]);
+    let up = Upstream::start().await;
+    let a = start(
+        &up,
+        RedisConfig {
+            breaker_cooldown_ms: 100,
+            ..redis_cfg(r.url(), true)
+        },
+    )
+    .await;
+    let c = TestClient::new();
+    c.chart(&a, "admin-token", &body(1)).await;
+    let l1 = a.app.memory.clone().unwrap();
+    l1.sync();
+    assert_eq!(l1.usage().0, 1);
+    // While disconnected, purges by others could have been missed: on
+    // resubscribe the replica drops its L1.
+    r.restart();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        l1.sync();
+        if l1.usage().0 == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "L1 not cleared after resubscribe");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_requests_succeed_with_bounded_latency_and_caching_resumes() {
+    let mut r = RedisProc::server(&[]);
+    let up = Upstream::start().await;
+    // Redis only (no L1), so every cache hit below comes from Redis.
+    let p = start(
+        &up,
+        RedisConfig {
+            breaker_failures: 3,
+            breaker_cooldown_ms: 200,
+            ..redis_cfg(r.url(), false)
+        },
+    )
+    .await;
+    let c = TestClient::new();
+    c.chart(&p, "admin-token", &body(1)).await;
+    assert!(c.chart(&p, "admin-token", &body(1)).await.cache_status().contains("hit"));
+
+    r.kill();
+    // Baseline: what a request costs without Redis trouble is tiny on loopback;
+    // with Redis down, each request may pay at most the store timeouts
+    // (get + lock + put = 3 × 50 ms) until the breaker opens, then nothing.
+    let mut worst = Duration::ZERO;
+    for i in 0..40 {
+        let t = Instant::now();
+        let resp = c.chart(&p, "admin-token", &body(100 + i)).await;
+        worst = worst.max(t.elapsed());
+        assert_eq!(resp.status, 200, "request {i} failed: {:?}", resp.body);
+        assert_eq!(resp.json()["result"][0]["user"], "admin");
+    }
+    assert!(worst < Duration::from_millis(400), "worst latency {worst:?}");
+    assert_eq!(metric(&p, "chartcache_store_breaker_open", "store=\"redis\""), 1.0);
+
+    r.restart();
+    // Caching resumes by itself: a stored miss followed by a hit.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 1000;
+    loop {
+        i += 1;
+        let first = c.chart(&p, "admin-token", &body(i)).await;
+        assert_eq!(first.status, 200);
+        let second = c.chart(&p, "admin-token", &body(i)).await;
+        if second.cache_status().contains("hit") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "caching did not resume");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&p, "chartcache_store_breaker_open", "store=\"redis\""), 0.0);
+}
