@@ -151,3 +151,74 @@ async fn master_killed_mid_traffic_no_request_fails_and_new_master_takes_over() 
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
     assert_eq!(hit.json(), miss.json());
 }
+
+/// A manual failover leaves the old master running as a replica: pooled
+/// connections to it would answer READONLY (the known gap). chartcache must
+/// move to the new master without any failed request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demoted_master_is_left_for_the_new_one() {
+    let set = SentinelSet::start().await;
+    let up = Upstream::start().await;
+    let (proxy, store) = start(
+        &up,
+        RedisConfig {
+            sentinels: set.sentinel_addrs(),
+            master_name: "mymaster".into(),
+            tiered: false,
+            breaker_cooldown_ms: 200,
+            ..RedisConfig::default()
+        },
+    )
+    .await;
+    let old_master = set.master.addr();
+    let c = TestClient::new();
+    assert!(c.chart(&proxy, "bob-token", &body(1)).await.cache_status().contains("stored"));
+
+    let _: String = redis::cmd("SENTINEL")
+        .arg("failover")
+        .arg("mymaster")
+        .query_async(&mut client(&set.sentinels[0].url()).await)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let new_master = loop {
+        let reported = set.reported_master().await.map(|(h, p)| format!("{h}:{p}"));
+        if let Some(a) = reported.filter(|a| *a != old_master) {
+            if role(&format!("redis://{a}")).await == "master" {
+                break a;
+            }
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "no failover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Keep sending new keys until one lands on the new master; every request succeeds.
+    let url = format!("redis://{new_master}");
+    let mut i = 100;
+    loop {
+        i += 1;
+        let r = c.chart(&proxy, "bob-token", &body(i)).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["result"][0]["user"], "bob");
+        let key_on_new: Vec<String> = redis::cmd("KEYS")
+            .arg("chartcache:e:*")
+            .query_async(&mut client(&url).await)
+            .await
+            .unwrap();
+        if r.cache_status().contains("stored") && store.master_addr().as_deref() == Some(new_master.as_str()) && key_on_new.len() >= 2 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(40), "writes never reached the new master");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let hit = c.chart(&proxy, "bob-token", &body(i)).await;
+    assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
+    // Sentinels turn the old master into a replica; chartcache stays on the new one.
+    while role(&format!("redis://{old_master}")).await != "slave" {
+        assert!(started.elapsed() < Duration::from_secs(40), "old master never demoted");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = c.chart(&proxy, "bob-token", &body(9999)).await;
+    assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
+    assert_eq!(store.master_addr().as_deref(), Some(new_master.as_str()));
+    assert!(c.chart(&proxy, "bob-token", &body(9999)).await.cache_status().contains("hit"));
+}
