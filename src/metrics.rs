@@ -42,7 +42,7 @@ pub struct Metrics {
     pub upstream_duration: HistogramVec,
     /// where (local|distributed)
     pub coalesced: IntCounterVec,
-    /// store, op, result (hit|miss|ok|error)
+    /// store, op, result (hit|miss|ok|error|skipped: breaker open)
     pub store_ops: IntCounterVec,
     /// store, op
     pub store_errors: IntCounterVec,

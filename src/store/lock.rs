@@ -123,3 +123,20 @@ pub async fn coordinate(store: &dyn Store, key: &CacheKey, clock: &SharedClock) 
     tracing::debug!(key = %key.short(), "cross-replica lock wait timed out; fetching");
     Remote::Fetch(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn stores_without_redis_always_fetch() {
+        let clock: SharedClock = Arc::new(SystemClock);
+        let mem = MemoryStore::new(1 << 20, clock.clone());
+        assert!(matches!(
+            coordinate(&mem, &CacheKey([1; 32]), &clock).await,
+            Remote::Fetch(None)
+        ));
+    }
+}

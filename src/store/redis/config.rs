@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 pub struct RedisConfig {
     /// Standalone Redis: `redis://[user[:password]@]host:port[/db]` or `rediss://…`
     /// (TLS with rustls). Also `--redis-url` / `CHARTCACHE_REDIS_URL`.
+    #[serde(serialize_with = "ser_redacted_url")]
     pub url: Option<String>,
     /// Sentinel mode: sentinel addresses (`host:port`). Set instead of `url`.
     pub sentinels: Vec<String>,
@@ -22,6 +23,7 @@ pub struct RedisConfig {
     pub username: Option<String>,
     /// Password for data connections (overrides the URL's). Prefer
     /// `CHARTCACHE_REDIS__PASSWORD` or `password_file`.
+    #[serde(serialize_with = "ser_secret")]
     pub password: Option<String>,
     /// File holding the data password (e.g. a mounted Kubernetes Secret).
     pub password_file: Option<String>,
@@ -30,6 +32,7 @@ pub struct RedisConfig {
     /// ACL user for sentinel connections.
     pub sentinel_username: Option<String>,
     /// Password for sentinel connections (`requirepass` of the sentinels).
+    #[serde(serialize_with = "ser_secret")]
     pub sentinel_password: Option<String>,
     /// File holding the sentinel password.
     pub sentinel_password_file: Option<String>,
@@ -88,6 +91,21 @@ impl Default for RedisConfig {
             lock_wait_ms: 60_000,
             lock_poll_ms: 20,
         }
+    }
+}
+
+// Printed configs (`check-config`) never show secrets.
+fn ser_secret<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(_) => s.serialize_some("***"),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_redacted_url<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
+    match v {
+        Some(u) => s.serialize_some(&redact(u)),
+        None => s.serialize_none(),
     }
 }
 
@@ -254,6 +272,25 @@ mod tests {
             "redis://app:***@h:6379/2"
         );
         assert_eq!(redact("redis://h:6379"), "redis://h:6379");
+    }
+
+    #[test]
+    fn shipped_config_documents_the_defaults() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/chartcache.toml");
+        let c = crate::config::Config::load(Some(&path)).unwrap();
+        assert_eq!(c.redis, RedisConfig::default());
+    }
+
+    #[test]
+    fn printed_config_hides_secrets() {
+        let c = RedisConfig {
+            url: Some("redis://u:pw1@h:1".into()),
+            password: Some("pw2".into()),
+            sentinel_password: Some("pw3".into()),
+            ..Default::default()
+        };
+        let out = serde_json::to_string(&c).unwrap();
+        assert!(!out.contains("pw1") && !out.contains("pw2") && !out.contains("pw3"), "{out}");
     }
 
     #[test]

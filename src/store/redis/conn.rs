@@ -150,11 +150,14 @@ impl Connector {
         }
     }
 
-    /// A connection to the current master (a cheap clone of a shared one).
-    pub async fn get(self: &Arc<Self>) -> Result<MultiplexedConnection, ConnError> {
+    /// A connection to the current master (a cheap clone of a shared one),
+    /// with the set it came from (to report errors against).
+    pub async fn get(
+        self: &Arc<Self>,
+    ) -> Result<(MultiplexedConnection, Arc<Current>), ConnError> {
         let cur = self.current().await?;
         let i = cur.next.fetch_add(1, Ordering::Relaxed) % cur.conns.len();
-        Ok(cur.conns[i].clone())
+        Ok((cur.conns[i].clone(), cur))
     }
 
     /// The current master, resolving it if needed.
@@ -197,22 +200,33 @@ impl Connector {
 
     /// Drop the connections so the next operation resolves the master again.
     pub fn reset(&self, why: &str) {
+        self.reset_if(why, None);
+    }
+
+    /// Reset only if `used` is still the current set: an operation that failed
+    /// on an old set must not drop the fresh one.
+    fn reset_if(&self, why: &str, used: Option<&Arc<Current>>) {
+        if let (Some(used), Some(cur)) = (used, self.current.load_full()) {
+            if !Arc::ptr_eq(used, &cur) {
+                return;
+            }
+        }
         if let Some(old) = self.current.swap(None) {
             tracing::info!(master = %old.addr, why, "dropping redis connections; resolving master again");
         }
     }
 
-    /// Called with every failed operation's error.
-    pub fn on_error(&self, e: &ConnError) {
+    /// Called with every failed operation's error and the set it used.
+    pub fn on_error(&self, e: &ConnError, used: Option<&Arc<Current>>) {
         if let ConnError::Redis(e) = e {
             let readonly = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
                 || e.code() == Some("READONLY");
             if readonly || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
             {
-                self.reset(if readonly { "READONLY" } else { "connection error" });
+                self.reset_if(if readonly { "READONLY" } else { "connection error" }, used);
             }
         } else {
-            self.reset("no connection");
+            self.reset_if("no connection", used);
         }
     }
 

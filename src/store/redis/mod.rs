@@ -135,7 +135,7 @@ impl RedisStore {
     pub async fn check(&self) -> Result<(), StartupError> {
         let t = Duration::from_millis(self.cfg.connect_timeout_ms);
         let res = tokio::time::timeout(t, async {
-            let mut c = self.conn.get().await?;
+            let (mut c, _) = self.conn.get().await?;
             redis::cmd("PING")
                 .query_async::<String>(&mut c)
                 .await
@@ -203,8 +203,8 @@ impl RedisStore {
         }
         let started = Instant::now();
         let res = tokio::time::timeout(timeout, async {
-            let c = self.conn.get().await?;
-            f(c).await.map_err(ConnError::from)
+            let (c, used) = self.conn.get().await.map_err(|e| (e, None))?;
+            f(c).await.map_err(|e| (ConnError::from(e), Some(used)))
         })
         .await;
         self.metrics
@@ -217,8 +217,8 @@ impl RedisStore {
                 return Ok(v);
             }
             Err(_) => StoreError::Timeout,
-            Ok(Err(e)) => {
-                self.conn.on_error(&e);
+            Ok(Err((e, used))) => {
+                self.conn.on_error(&e, used.as_ref());
                 StoreError::Unavailable(e.to_string())
             }
         };
@@ -301,7 +301,7 @@ impl RedisStore {
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "redis subscribe failed");
-                        conn.on_error(&e);
+                        conn.on_error(&e, None);
                     }
                     Err(_) => tracing::debug!("redis subscribe timed out"),
                 }
@@ -491,5 +491,44 @@ async fn watch_switch_master(store: std::sync::Weak<RedisStore>, stop: Cancellat
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::SystemClock;
+
+    fn store(prefix: &str) -> Arc<RedisStore> {
+        // Nothing listens on port 1; the store connects lazily.
+        let cfg = RedisConfig {
+            url: Some("redis://127.0.0.1:1".into()),
+            prefix: prefix.into(),
+            breaker_failures: 2,
+            ..RedisConfig::default()
+        };
+        RedisStore::new(cfg, Arc::new(Metrics::new()), Arc::new(SystemClock)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn key_layout() {
+        let s = store("ss1");
+        let k = CacheKey([0xab; 32]);
+        assert_eq!(s.entry_key(&k), format!("ss1:e:{}", "ab".repeat(32)));
+        assert_eq!(s.lock_key(&k), format!("ss1:l:{}", "ab".repeat(32)));
+        assert_eq!(s.tag_key("chart:7"), "ss1:t:chart:7");
+        assert_eq!(s.channel(), "ss1:inv");
+    }
+
+    #[tokio::test]
+    async fn unreachable_redis_fails_fast_then_skips() {
+        let s = store("x");
+        let k = CacheKey([1; 32]);
+        assert!(s.get(&k).await.is_err());
+        assert!(s.get(&k).await.is_err());
+        assert_eq!(s.breaker().state(), super::super::breaker::BreakerState::Open);
+        let text = String::from_utf8(s.metrics.render()).unwrap();
+        assert!(text.contains("chartcache_store_breaker_open{store=\"redis\"} 1"), "{text}");
+        assert!(matches!(s.get(&k).await, Err(StoreError::Unavailable(m)) if m.contains("breaker")));
     }
 }
