@@ -36,7 +36,12 @@ struct Cli {
     /// Shared Redis cache, e.g. redis://:PASSWORD@redis:6379/0 (tiered behind
     /// the memory store unless `redis.tiered = false`). Sentinel mode is set in
     /// the `[redis]` config section.
-    #[arg(long, global = true, env = "CHARTCACHE_REDIS_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "CHARTCACHE_REDIS_URL",
+        hide_env_values = true
+    )]
     redis_url: Option<String>,
     #[command(subcommand)]
     cmd: Option<Cmd>,

@@ -2,9 +2,9 @@
 //! coalescing, L2 hits, purges reaching every replica's L1, and serving
 //! through a Redis outage.
 
-mod support;
 #[path = "support/redis.rs"]
 mod redis_support;
+mod support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -103,7 +103,9 @@ async fn three_replicas_times_100_identical_misses_make_one_upstream_query() {
             String::from_utf8(p.app.metrics.render())
                 .unwrap()
                 .lines()
-                .filter(|l| l.starts_with("chartcache_store_") || l.starts_with("chartcache_coalesced"))
+                .filter(|l| {
+                    l.starts_with("chartcache_store_") || l.starts_with("chartcache_coalesced")
+                })
                 .filter(|l| !l.contains("_bucket"))
                 .collect::<Vec<_>>()
                 .join("\n")
@@ -120,7 +122,10 @@ async fn three_replicas_times_100_identical_misses_make_one_upstream_query() {
         .iter()
         .map(|p| metric(p, "chartcache_coalesced_total", "where=\"distributed\""))
         .sum();
-    assert_eq!(distributed, 2.0, "the two other replicas' leaders waited for the first");
+    assert_eq!(
+        distributed, 2.0,
+        "the two other replicas' leaders waited for the first"
+    );
 
     // An entry one replica wrote is a hit on the others (fresh instance: empty L1).
     let fourth = start(&up, redis_cfg(r.url(), true)).await;
@@ -140,7 +145,11 @@ async fn purge_on_one_replica_evicts_l1_on_the_others() {
     let b = start(&up, redis_cfg(r.url(), true)).await;
     let c = TestClient::new();
     let miss = c.chart(&a, "admin-token", &body(1)).await;
-    assert!(miss.cache_status().contains("stored"), "{}", miss.cache_status());
+    assert!(
+        miss.cache_status().contains("stored"),
+        "{}",
+        miss.cache_status()
+    );
     // b reads it from Redis and keeps it in its L1.
     let hit = c.chart(&b, "admin-token", &body(1)).await;
     assert!(hit.cache_status().contains("hit"));
@@ -170,11 +179,18 @@ async fn purge_on_one_replica_evicts_l1_on_the_others() {
         if l1_b.usage().0 == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "b kept its L1 copy after the purge");
+        assert!(
+            Instant::now() < deadline,
+            "b kept its L1 copy after the purge"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let again = c.chart(&b, "admin-token", &body(1)).await;
-    assert!(again.cache_status().contains("fwd=miss"), "{}", again.cache_status());
+    assert!(
+        again.cache_status().contains("fwd=miss"),
+        "{}",
+        again.cache_status()
+    );
     assert_eq!(up.chart_queries(), queries + 1);
 }
 
@@ -204,7 +220,10 @@ async fn l1_resyncs_after_the_subscription_reconnects() {
         if l1.usage().0 == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "L1 not cleared after resubscribe");
+        assert!(
+            Instant::now() < deadline,
+            "L1 not cleared after resubscribe"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -225,7 +244,12 @@ async fn redis_down_requests_succeed_with_bounded_latency_and_caching_resumes() 
     .await;
     let c = TestClient::new();
     c.chart(&p, "admin-token", &body(1)).await;
-    assert!(c.chart(&p, "admin-token", &body(1)).await.cache_status().contains("hit"));
+    assert!(
+        c.chart(&p, "admin-token", &body(1))
+            .await
+            .cache_status()
+            .contains("hit")
+    );
 
     r.kill();
     // Baseline: what a request costs without Redis trouble is tiny on loopback;
@@ -239,8 +263,14 @@ async fn redis_down_requests_succeed_with_bounded_latency_and_caching_resumes() 
         assert_eq!(resp.status, 200, "request {i} failed: {:?}", resp.body);
         assert_eq!(resp.json()["result"][0]["user"], "admin");
     }
-    assert!(worst < Duration::from_millis(400), "worst latency {worst:?}");
-    assert_eq!(metric(&p, "chartcache_store_breaker_open", "store=\"redis\""), 1.0);
+    assert!(
+        worst < Duration::from_millis(400),
+        "worst latency {worst:?}"
+    );
+    assert_eq!(
+        metric(&p, "chartcache_store_breaker_open", "store=\"redis\""),
+        1.0
+    );
 
     r.restart();
     // Caching resumes by itself: a stored miss followed by a hit.
@@ -257,5 +287,8 @@ async fn redis_down_requests_succeed_with_bounded_latency_and_caching_resumes() 
         assert!(Instant::now() < deadline, "caching did not resume");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(metric(&p, "chartcache_store_breaker_open", "store=\"redis\""), 0.0);
+    assert_eq!(
+        metric(&p, "chartcache_store_breaker_open", "store=\"redis\""),
+        0.0
+    );
 }

@@ -3,9 +3,9 @@
 //! chartcache; no request fails, and afterwards entries are written to and
 //! read from the new master.
 
-mod support;
 #[path = "support/redis.rs"]
 mod redis_support;
+mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -123,21 +123,33 @@ async fn master_killed_mid_traffic_no_request_fails_and_new_master_takes_over() 
         if store.master_addr().as_deref() == Some(new_master.as_str()) {
             break;
         }
-        assert!(killed_at.elapsed() < Duration::from_secs(40), "chartcache kept the old master");
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(40),
+            "chartcache kept the old master"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // More traffic after the switch, then stop the loop.
     let after = sent.load(Ordering::SeqCst);
     let deadline = Instant::now() + Duration::from_secs(20);
     while sent.load(Ordering::SeqCst) < after + 50 {
-        assert!(Instant::now() < deadline, "client loop stalled after failover");
+        assert!(
+            Instant::now() < deadline,
+            "client loop stalled after failover"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     stop.store(true, Ordering::SeqCst);
     let failures = looper.await.unwrap();
     let total = sent.load(Ordering::SeqCst);
-    assert!(failures.is_empty(), "{} of {total} requests failed: {failures:?}", failures.len());
-    eprintln!("failover: {total} requests, none failed; sentinels promoted after {failover_took:?}");
+    assert!(
+        failures.is_empty(),
+        "{} of {total} requests failed: {failures:?}",
+        failures.len()
+    );
+    eprintln!(
+        "failover: {total} requests, none failed; sentinels promoted after {failover_took:?}"
+    );
 
     // New entries land on the new master, and are read back from it.
     let url = format!("redis://{new_master}");
@@ -145,7 +157,11 @@ async fn master_killed_mid_traffic_no_request_fails_and_new_master_takes_over() 
     let before = entry_keys(&url).await;
     let c = TestClient::new();
     let miss = c.chart(&proxy, "alice-token", &body(5000)).await;
-    assert!(miss.cache_status().contains("stored"), "{}", miss.cache_status());
+    assert!(
+        miss.cache_status().contains("stored"),
+        "{}",
+        miss.cache_status()
+    );
     assert_eq!(entry_keys(&url).await, before + 1);
     let hit = c.chart(&proxy, "alice-token", &body(5000)).await;
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
@@ -172,7 +188,12 @@ async fn demoted_master_is_left_for_the_new_one() {
     .await;
     let old_master = set.master.addr();
     let c = TestClient::new();
-    assert!(c.chart(&proxy, "bob-token", &body(1)).await.cache_status().contains("stored"));
+    assert!(
+        c.chart(&proxy, "bob-token", &body(1))
+            .await
+            .cache_status()
+            .contains("stored")
+    );
 
     let _: String = redis::cmd("SENTINEL")
         .arg("failover")
@@ -204,21 +225,35 @@ async fn demoted_master_is_left_for_the_new_one() {
             .query_async(&mut client(&url).await)
             .await
             .unwrap();
-        if r.cache_status().contains("stored") && store.master_addr().as_deref() == Some(new_master.as_str()) && key_on_new.len() >= 2 {
+        if r.cache_status().contains("stored")
+            && store.master_addr().as_deref() == Some(new_master.as_str())
+            && key_on_new.len() >= 2
+        {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(40), "writes never reached the new master");
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "writes never reached the new master"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let hit = c.chart(&proxy, "bob-token", &body(i)).await;
     assert!(hit.cache_status().contains("hit"), "{}", hit.cache_status());
     // Sentinels turn the old master into a replica; chartcache stays on the new one.
     while role(&format!("redis://{old_master}")).await != "slave" {
-        assert!(started.elapsed() < Duration::from_secs(40), "old master never demoted");
+        assert!(
+            started.elapsed() < Duration::from_secs(40),
+            "old master never demoted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let r = c.chart(&proxy, "bob-token", &body(9999)).await;
     assert!(r.cache_status().contains("stored"), "{}", r.cache_status());
     assert_eq!(store.master_addr().as_deref(), Some(new_master.as_str()));
-    assert!(c.chart(&proxy, "bob-token", &body(9999)).await.cache_status().contains("hit"));
+    assert!(
+        c.chart(&proxy, "bob-token", &body(9999))
+            .await
+            .cache_status()
+            .contains("hit")
+    );
 }

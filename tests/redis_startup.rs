@@ -1,9 +1,9 @@
 //! The real binary with a Redis that refuses its credentials: a clear error
 //! at startup, no panic, and the proxy keeps serving.
 
-mod support;
 #[path = "support/redis.rs"]
 mod redis_support;
+mod support;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -38,7 +38,10 @@ async fn wrong_password_logs_a_clear_error_and_still_serves() {
         .args(["--listen", &format!("127.0.0.1:{listen}")])
         .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
         // The password comes from the environment, as in production.
-        .env("CHARTCACHE_REDIS_URL", format!("redis://:wrongpw@{}", r.addr()))
+        .env(
+            "CHARTCACHE_REDIS_URL",
+            format!("redis://:wrongpw@{}", r.addr()),
+        )
         .env("CHARTCACHE_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -52,7 +55,13 @@ async fn wrong_password_logs_a_clear_error_and_still_serves() {
     while std::net::TcpStream::connect(("127.0.0.1", listen)).is_err() {
         if let Ok(Some(st)) = running.0.try_wait() {
             let mut err = String::new();
-            running.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            running
+                .0
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
             panic!("chartcache exited with {st}: {err}");
         }
         assert!(Instant::now() < deadline, "chartcache did not start");
@@ -71,8 +80,7 @@ async fn wrong_password_logs_a_clear_error_and_still_serves() {
                     ("authorization", "Bearer admin-token"),
                     ("content-type", "application/json"),
                 ],
-                serde_json::to_vec(&chart_body("16-chart-data-bignumber-admin-miss.json"))
-                    .unwrap(),
+                serde_json::to_vec(&chart_body("16-chart-data-bignumber-admin-miss.json")).unwrap(),
             )
             .await;
         assert_eq!(resp.status, 200);
@@ -92,7 +100,13 @@ async fn wrong_password_logs_a_clear_error_and_still_serves() {
     let _ = running.0.kill();
     let _ = running.0.wait();
     let mut err = String::new();
-    running.0.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    running
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     assert!(err.contains("refused the credentials"), "{err}");
     assert!(err.contains("serving without the shared cache"), "{err}");
     assert!(!err.contains("wrongpw"), "password in the log: {err}");

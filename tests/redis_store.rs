@@ -68,10 +68,15 @@ async fn get_put_purge_with_key_layout_and_ttls() {
     s.check().await.unwrap();
     let e1 = entry(&["chart:1", "dataset:7__table"], 60_000, 60_000);
     s.put(&key(1), e1.clone()).await.unwrap();
-    s.put(&key(2), entry(&["chart:2", "dataset:7__table"], 60_000, 600_000))
+    s.put(
+        &key(2),
+        entry(&["chart:2", "dataset:7__table"], 60_000, 600_000),
+    )
+    .await
+    .unwrap();
+    s.put(&key(3), entry(&["chart:3"], 60_000, 0))
         .await
         .unwrap();
-    s.put(&key(3), entry(&["chart:3"], 60_000, 0)).await.unwrap();
 
     // Round trip: the same meta and body.
     let got = s.get(&key(1)).await.unwrap().unwrap();
@@ -111,16 +116,24 @@ async fn get_put_purge_with_key_layout_and_ttls() {
     assert!(s.get(&key(1)).await.unwrap().is_none());
     assert!(s.get(&key(2)).await.unwrap().is_none());
     assert!(s.get(&key(3)).await.unwrap().is_some());
-    assert_eq!(s.purge(&Purge::Keys(vec![key(3), key(4)])).await.unwrap(), 1);
+    assert_eq!(
+        s.purge(&Purge::Keys(vec![key(3), key(4)])).await.unwrap(),
+        1
+    );
 
     // Purge all touches only this prefix.
     let other = store(RedisConfig {
         prefix: "cc2".into(),
         ..cfg(r.url())
     });
-    other.put(&key(5), entry(&["chart:5"], 60_000, 0)).await.unwrap();
+    other
+        .put(&key(5), entry(&["chart:5"], 60_000, 0))
+        .await
+        .unwrap();
     for i in 10..20 {
-        s.put(&key(i), entry(&["chart:x"], 60_000, 0)).await.unwrap();
+        s.put(&key(i), entry(&["chart:x"], 60_000, 0))
+            .await
+            .unwrap();
     }
     assert_eq!(s.purge(&Purge::All).await.unwrap(), 10);
     assert!(s.get(&key(10)).await.unwrap().is_none());
@@ -177,13 +190,20 @@ async fn breaker_opens_when_redis_stops_and_closes_when_it_returns() {
     for _ in 0..3 {
         let t = Instant::now();
         assert!(s.get(&key(1)).await.is_err());
-        assert!(t.elapsed() < timeout + Duration::from_millis(100), "{:?}", t.elapsed());
+        assert!(
+            t.elapsed() < timeout + Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
     }
     assert_eq!(s.breaker().state(), BreakerState::Open);
     // Open: no Redis wait at all.
     let t = Instant::now();
     for _ in 0..100 {
-        assert!(matches!(s.get(&key(1)).await, Err(StoreError::Unavailable(_))));
+        assert!(matches!(
+            s.get(&key(1)).await,
+            Err(StoreError::Unavailable(_))
+        ));
     }
     assert!(t.elapsed() < Duration::from_millis(20), "{:?}", t.elapsed());
 
@@ -225,7 +245,10 @@ async fn slow_redis_costs_at_most_the_timeout() {
     let res = s.get(&key(1)).await;
     assert!(matches!(res, Err(StoreError::Timeout)), "{res:?}");
     let took = t.elapsed();
-    assert!(took >= Duration::from_millis(45) && took < Duration::from_millis(150), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(45) && took < Duration::from_millis(150),
+        "{took:?}"
+    );
     blocker.await.unwrap();
 }
 
@@ -238,7 +261,9 @@ async fn password_and_acl_user() {
     // Default user with a password in the URL.
     let s = store(cfg(format!("redis://:defaultpw@{}", r.addr())));
     s.check().await.unwrap();
-    s.put(&key(1), entry(&["chart:1"], 60_000, 0)).await.unwrap();
+    s.put(&key(1), entry(&["chart:1"], 60_000, 0))
+        .await
+        .unwrap();
     // ACL user from config (not the URL): sees the same entry.
     let s2 = store(RedisConfig {
         username: Some("app".into()),
@@ -277,7 +302,10 @@ async fn nothing_listening_is_a_clear_error() {
     let port = free_port();
     let s = store(cfg(format!("redis://127.0.0.1:{port}")));
     let msg = s.check().await.unwrap_err().to_string();
-    assert!(msg.contains("unavailable") || msg.contains("did not answer"), "{msg}");
+    assert!(
+        msg.contains("unavailable") || msg.contains("did not answer"),
+        "{msg}"
+    );
 }
 
 #[tokio::test]

@@ -198,7 +198,10 @@ pub(super) async fn handle(
             let _remote_lock = match remote_leader(app, &key, canon.force).await {
                 Ok(lock) => lock,
                 Err(fetched) => {
-                    app.metrics.coalesced.with_label_values(&["distributed"]).inc();
+                    app.metrics
+                        .coalesced
+                        .with_label_values(&["distributed"])
+                        .inc();
                     ctx.outcome = Outcome::Coalesced;
                     guard.publish(fetched.clone());
                     return serve_fetched(&fetched, accept, app.clock.now_ms());

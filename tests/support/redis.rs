@@ -242,7 +242,9 @@ pub struct SentinelSet {
 impl SentinelSet {
     pub async fn start() -> SentinelSet {
         let master = RedisProc::server(&[]);
-        let replicas: Vec<RedisProc> = (0..2).map(|_| RedisProc::replica(master.port, &[])).collect();
+        let replicas: Vec<RedisProc> = (0..2)
+            .map(|_| RedisProc::replica(master.port, &[]))
+            .collect();
         let sentinels: Vec<RedisProc> = (0..3).map(|_| RedisProc::sentinel(master.port)).collect();
         let set = SentinelSet {
             master,
@@ -272,7 +274,10 @@ impl SentinelSet {
             if ok {
                 return set;
             }
-            assert!(Instant::now() < deadline, "sentinels did not discover the set");
+            assert!(
+                Instant::now() < deadline,
+                "sentinels did not discover the set"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -290,7 +290,10 @@ mod tests {
             ..Default::default()
         };
         let out = serde_json::to_string(&c).unwrap();
-        assert!(!out.contains("pw1") && !out.contains("pw2") && !out.contains("pw3"), "{out}");
+        assert!(
+            !out.contains("pw1") && !out.contains("pw2") && !out.contains("pw3"),
+            "{out}"
+        );
     }
 
     #[test]
@@ -307,7 +310,10 @@ mod tests {
 
     #[test]
     fn host_port() {
-        assert_eq!(split_host_port("127.0.0.1:26379"), Some(("127.0.0.1".into(), 26379)));
+        assert_eq!(
+            split_host_port("127.0.0.1:26379"),
+            Some(("127.0.0.1".into(), 26379))
+        );
         assert_eq!(split_host_port("[::1]:1"), Some(("::1".into(), 1)));
         assert_eq!(split_host_port(":1"), None);
     }

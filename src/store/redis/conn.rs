@@ -84,9 +84,10 @@ impl Connector {
         let password = cfg.resolve_password()?;
         let bad = |e: RedisError| RedisConfigError::Invalid(e.to_string());
         let mode = if let Some(url) = &cfg.url {
-            let info = url.as_str().into_connection_info().map_err(|e| {
-                RedisConfigError::Invalid(format!("url {}: {e}", redact(url)))
-            })?;
+            let info = url
+                .as_str()
+                .into_connection_info()
+                .map_err(|e| RedisConfigError::Invalid(format!("url {}: {e}", redact(url))))?;
             let mut settings = info.redis_settings().clone();
             if let Some(u) = &cfg.username {
                 settings = settings.set_username(u);
@@ -107,7 +108,9 @@ impl Connector {
                 if let Some(p) = &sentinel_password {
                     settings = settings.set_password(p);
                 }
-                let info = addr(host, port, cfg.tls).into_connection_info().map_err(bad)?;
+                let info = addr(host, port, cfg.tls)
+                    .into_connection_info()
+                    .map_err(bad)?;
                 sentinels.push(info.set_redis_settings(settings));
             }
             let mut data = redis::RedisConnectionInfo::default().set_db(cfg.db);
@@ -152,9 +155,7 @@ impl Connector {
 
     /// A connection to the current master (a cheap clone of a shared one),
     /// with the set it came from (to report errors against).
-    pub async fn get(
-        self: &Arc<Self>,
-    ) -> Result<(MultiplexedConnection, Arc<Current>), ConnError> {
+    pub async fn get(self: &Arc<Self>) -> Result<(MultiplexedConnection, Arc<Current>), ConnError> {
         let cur = self.current().await?;
         let i = cur.next.fetch_add(1, Ordering::Relaxed) % cur.conns.len();
         Ok((cur.conns[i].clone(), cur))
@@ -223,7 +224,14 @@ impl Connector {
                 || e.code() == Some("READONLY");
             if readonly || e.is_io_error() || e.is_connection_dropped() || e.is_connection_refusal()
             {
-                self.reset_if(if readonly { "READONLY" } else { "connection error" }, used);
+                self.reset_if(
+                    if readonly {
+                        "READONLY"
+                    } else {
+                        "connection error"
+                    },
+                    used,
+                );
             }
         } else {
             self.reset_if("no connection", used);

@@ -156,7 +156,9 @@ impl RedisStore {
                 "redis at {target} refused the credentials ({e}); check redis.username / \
                  redis.password (CHARTCACHE_REDIS__PASSWORD or redis.password_file)"
             ))),
-            Ok(Err(e)) => Err(StartupError(format!("redis at {target} is unavailable: {e}"))),
+            Ok(Err(e)) => Err(StartupError(format!(
+                "redis at {target} is unavailable: {e}"
+            ))),
         }
     }
 
@@ -441,7 +443,10 @@ impl Store for RedisStore {
 
 fn is_auth_error(e: &redis::RedisError) -> bool {
     e.kind() == redis::ErrorKind::AuthenticationFailed
-        || matches!(e.code(), Some("WRONGPASS") | Some("NOAUTH") | Some("NOPERM"))
+        || matches!(
+            e.code(),
+            Some("WRONGPASS") | Some("NOAUTH") | Some("NOPERM")
+        )
         || e.to_string().contains("WRONGPASS")
 }
 
@@ -526,9 +531,17 @@ mod tests {
         let k = CacheKey([1; 32]);
         assert!(s.get(&k).await.is_err());
         assert!(s.get(&k).await.is_err());
-        assert_eq!(s.breaker().state(), super::super::breaker::BreakerState::Open);
+        assert_eq!(
+            s.breaker().state(),
+            super::super::breaker::BreakerState::Open
+        );
         let text = String::from_utf8(s.metrics.render()).unwrap();
-        assert!(text.contains("chartcache_store_breaker_open{store=\"redis\"} 1"), "{text}");
-        assert!(matches!(s.get(&k).await, Err(StoreError::Unavailable(m)) if m.contains("breaker")));
+        assert!(
+            text.contains("chartcache_store_breaker_open{store=\"redis\"} 1"),
+            "{text}"
+        );
+        assert!(
+            matches!(s.get(&k).await, Err(StoreError::Unavailable(m)) if m.contains("breaker"))
+        );
     }
 }
