@@ -61,7 +61,7 @@ pub async fn build(
     };
     if cfg.redis.tiered {
         let mem = Arc::new(MemoryStore::new(cfg.memory.max_bytes, clock.clone()));
-        let store = TieredStore::new(mem.clone(), redis.clone(), clock);
+        let store = TieredStore::new(mem.clone(), redis.clone(), clock, cfg.cache.store_gzip);
         Ok(Built {
             store,
             memory: Some(mem),

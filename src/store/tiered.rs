@@ -72,11 +72,19 @@ pub struct TieredStore {
     clock: SharedClock,
     origin: String,
     l1_max_ttl_ms: u64,
+    /// Add the gzip copy to entries read from L2 (`cache.store_gzip`): Redis
+    /// holds only zstd, and gzip-only clients should not cost a decompression per hit.
+    gzip: bool,
 }
 
 impl TieredStore {
     /// Build and subscribe to the invalidation channel.
-    pub fn new(l1: Arc<MemoryStore>, l2: Arc<RedisStore>, clock: SharedClock) -> Arc<TieredStore> {
+    pub fn new(
+        l1: Arc<MemoryStore>,
+        l2: Arc<RedisStore>,
+        clock: SharedClock,
+        gzip: bool,
+    ) -> Arc<TieredStore> {
         let origin = format!("{:016x}", rand::random::<u64>());
         let l1_max_ttl_ms = l2.config().l1_max_ttl_secs * 1000;
         let (mem, me) = (l1.clone(), origin.clone());
@@ -105,6 +113,7 @@ impl TieredStore {
             clock,
             origin,
             l1_max_ttl_ms,
+            gzip,
         })
     }
 
@@ -142,6 +151,14 @@ impl Store for TieredStore {
         }
         match self.l2.get(key).await {
             Ok(Some(e)) => {
+                let e = if self.gzip {
+                    match (*e).clone().with_gzip() {
+                        Ok(g) => Arc::new(g),
+                        Err(_) => e,
+                    }
+                } else {
+                    e
+                };
                 self.l1.put(key, self.l1_copy(&e)).await?;
                 Ok(Some(e))
             }
