@@ -26,9 +26,17 @@ async fn start(up: &Upstream, redis: RedisConfig) -> Proxy {
     cfg.redis = redis;
     let metrics = Arc::new(Metrics::new());
     let clock: SharedClock = Arc::new(SystemClock);
+    let tiered = cfg.redis.tiered;
     let built = setup::build(&cfg, metrics.clone(), clock.clone())
         .await
         .unwrap();
+    // A tiered replica clears its L1 when its invalidation subscription is
+    // made: wait for that before filling it.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tiered && built.redis.as_ref().unwrap().subscriptions() == 0 {
+        assert!(Instant::now() < deadline, "no invalidation subscription");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     Proxy::start_app(App::new(cfg, built.store, built.memory, metrics, clock).unwrap()).await
 }
 

@@ -2,8 +2,8 @@
 //!
 //! Reads try L1, then L2; L2 hits fill L1. Writes go to both. Purges go to
 //! both and are published on `{prefix}:inv` so every other replica drops its
-//! L1 copies. A replica that was disconnected from the channel may have missed
-//! messages, so it clears its L1 on resubscribe; and L1 copies never outlive
+//! L1 copies. A replica that was not subscribed may have missed messages, so
+//! it clears its L1 whenever it (re)subscribes; and L1 copies never outlive
 //! `l1_max_ttl_secs`, which bounds staleness if a message is lost anyway.
 //! L2 trouble never fails an operation: L1 keeps serving.
 

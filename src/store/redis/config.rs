@@ -59,6 +59,8 @@ pub struct RedisConfig {
     /// Keep it above the slowest chart query you expect.
     pub lock_ttl_ms: u64,
     /// How long a replica waits for another replica's fetch before fetching itself (ms).
+    /// Keep it below `cache.coalesce_wait_ms`, so this replica's own waiting
+    /// requests still get the result instead of timing out and fetching each.
     pub lock_wait_ms: u64,
     /// How often a waiting replica checks for the entry (ms).
     pub lock_poll_ms: u64,
@@ -88,7 +90,7 @@ impl Default for RedisConfig {
             tiered: true,
             l1_max_ttl_secs: 30,
             lock_ttl_ms: 60_000,
-            lock_wait_ms: 60_000,
+            lock_wait_ms: 50_000,
             lock_poll_ms: 20,
         }
     }

@@ -69,6 +69,8 @@ pub struct RedisStore {
     /// Stops background tasks (sentinel watcher, subscribers) when dropped.
     stop: CancellationToken,
     me: std::sync::Weak<RedisStore>,
+    /// Successful subscriptions to the invalidation channel so far.
+    subscriptions: Arc<std::sync::atomic::AtomicU64>,
     _stop_guard: DropGuard,
 }
 
@@ -95,6 +97,7 @@ impl RedisStore {
         let stop = CancellationToken::new();
         let store = Arc::new_cyclic(|me| RedisStore {
             me: me.clone(),
+            subscriptions: Arc::default(),
             conn,
             breaker,
             metrics,
@@ -240,6 +243,11 @@ impl RedisStore {
             .inc();
     }
 
+    /// How many times the invalidation subscription has been made (tests, health).
+    pub fn subscriptions(&self) -> u64 {
+        self.subscriptions.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Publish a message on the invalidation channel.
     pub async fn publish(&self, payload: Vec<u8>) -> Result<(), StoreError> {
         let ch = self.channel();
@@ -255,17 +263,18 @@ impl RedisStore {
     }
 
     /// Deliver every message on the invalidation channel to `on_message`, for
-    /// as long as the store lives. After a reconnect, `on_resubscribe` runs
-    /// first: messages may have been lost while disconnected.
+    /// as long as the store lives. Each time the subscription is (re)made,
+    /// `on_subscribed` runs first: messages may have been missed while this
+    /// process was not subscribed (including before the first subscription).
     pub fn subscribe(
         self: &Arc<Self>,
         on_message: impl Fn(&[u8]) + Send + Sync + 'static,
-        on_resubscribe: impl Fn() + Send + Sync + 'static,
+        on_subscribed: impl Fn() + Send + Sync + 'static,
     ) {
         let weak = Arc::downgrade(self);
         let stop = self.stop.clone();
+        let count = self.subscriptions.clone();
         tokio::spawn(async move {
-            let mut first = true;
             let mut backoff = Duration::from_millis(50);
             while !stop.is_cancelled() {
                 let Some(me) = weak.upgrade() else { return };
@@ -284,10 +293,8 @@ impl RedisStore {
                 .await;
                 match sub {
                     Ok(Ok(ps)) => {
-                        if !first {
-                            on_resubscribe();
-                        }
-                        first = false;
+                        on_subscribed();
+                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         backoff = Duration::from_millis(50);
                         let mut stream = ps.into_on_message();
                         loop {
