@@ -168,6 +168,10 @@ impl Connector {
         }
         let fut = {
             let mut slot = self.resolving.lock().unwrap_or_else(|p| p.into_inner());
+            // A resolution may have finished since the check above.
+            if let Some(c) = self.current.load_full() {
+                return Ok(c);
+            }
             match &*slot {
                 Some(f) => f.clone(),
                 None => {
