@@ -13,7 +13,11 @@ fn deploy_manifests_render_and_validate() {
         .current_dir(root)
         .output()
         .expect("bash runs");
-    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(out.status.success(), "deploy/validate.sh failed:\n{text}");
     assert!(text.contains(" 0 failed"), "{text}");
 }
