@@ -108,6 +108,27 @@ pub struct IdentityConfig {
     pub me_path: String,
     /// Maximum number of cached credential mappings.
     pub max_entries: u64,
+    /// Superset endpoint that lists the roles of a credential (for `scope = "roles"`).
+    pub roles_path: String,
+    /// Name of the environment variable holding Superset's JWT signing key
+    /// (`JWT_SECRET_KEY`, which defaults to `SECRET_KEY`). When set (or
+    /// `jwt_secret_file`), Bearer access tokens are verified locally (HS256,
+    /// signature, `exp`, `nbf`, `type == "access"`) and `sub` is the user,
+    /// skipping `/api/v1/me/`. Only used when no session cookie is present.
+    pub jwt_secret_env: Option<String>,
+    /// File holding Superset's JWT signing key (alternative to `jwt_secret_env`).
+    pub jwt_secret_file: Option<String>,
+    /// Name of the environment variable holding Superset's
+    /// `GUEST_TOKEN_JWT_SECRET`. When set (or `guest_token_secret_file`), guest
+    /// tokens are verified and their grant (`user`, `resources`, `rls_rules`)
+    /// is the scope; without it the scope is the token itself.
+    pub guest_token_secret_env: Option<String>,
+    /// File holding the guest-token secret.
+    pub guest_token_secret_file: Option<String>,
+    /// Expected `aud` of guest tokens: Superset's `GUEST_TOKEN_JWT_AUDIENCE`
+    /// (when unset there, the base URL Superset generated the token under).
+    /// Required with a guest-token secret.
+    pub guest_token_audience: Option<String>,
 }
 
 impl Default for IdentityConfig {
@@ -119,6 +140,12 @@ impl Default for IdentityConfig {
             guest_token_header: "X-GuestToken".into(),
             me_path: "/api/v1/me/".into(),
             max_entries: 100_000,
+            roles_path: "/api/v1/me/roles/".into(),
+            jwt_secret_env: None,
+            jwt_secret_file: None,
+            guest_token_secret_env: None,
+            guest_token_secret_file: None,
+            guest_token_audience: None,
         }
     }
 }
@@ -366,6 +393,14 @@ impl Config {
         }
         http::HeaderName::from_bytes(self.identity.guest_token_header.as_bytes())
             .map_err(|_| anyhow::anyhow!("identity.guest_token_header is not a header name"))?;
+        let guest_secret = self.identity.guest_token_secret_env.is_some()
+            || self.identity.guest_token_secret_file.is_some();
+        if guest_secret && self.identity.guest_token_audience.as_deref().is_none_or(str::is_empty) {
+            bail!(
+                "identity.guest_token_audience is required with a guest-token secret \
+                 (Superset's GUEST_TOKEN_JWT_AUDIENCE)"
+            );
+        }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be `text` or `json`");
         }

@@ -39,7 +39,8 @@ pub fn explain(
     let d = policy.decide(r, path, &canon.facts, now_ms);
     let scope = match d.scope {
         crate::policy::ScopeKind::Public => "public".to_string(),
-        crate::policy::ScopeKind::User => scope.to_string(),
+        // The caller names the scope (`user:2`, `roles:["Gamma"]`, `guest-grant:…`).
+        crate::policy::ScopeKind::User | crate::policy::ScopeKind::Roles => scope.to_string(),
     };
     let key = fingerprint::build_key(r, path, &canon.query, &scope, &canon.body);
     json!({

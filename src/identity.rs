@@ -6,6 +6,18 @@
 //! concurrent lookups for the same credential set are coalesced.
 //!
 //! Unverified claims (e.g. the `sub` of a JWT nobody checked) are never used.
+//!
+//! Shortcuts that avoid the `/me` round trip, each only where Superset would
+//! reach the same answer:
+//! - a **guest token alone** (no `Authorization`, no session cookie) is its own
+//!   scope: blake3(token), or, with the guest-token secret configured, the
+//!   verified grant (`user`, `resources`, `rls_rules`);
+//! - a **Bearer access token alone** (no session cookie, which would win at
+//!   Superset; no guest token) is verified locally when Superset's JWT secret
+//!   is configured, and its `sub` is the user.
+//!
+//! `roles` scope asks `GET /api/v1/me/roles/` with the whole credential set and
+//! keys on the sorted role names (cached like the user lookup).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,7 +29,9 @@ use http_body_util::BodyExt;
 use crate::body::empty;
 use crate::config::IdentityConfig;
 use crate::error::Error;
+use crate::jwt::{AccessTokenVerifier, GuestTokenVerifier};
 use crate::metrics::Metrics;
+use crate::policy::ScopeKind;
 use crate::upstream::Upstream;
 
 /// The credential-bearing parts of a request.
@@ -135,11 +149,28 @@ pub enum Resolution {
     Denied(u16),
 }
 
-/// The identity scope that becomes part of the cache key.
+/// Roles of a credential set as Superset reported them.
+#[derive(Debug, Clone)]
+pub enum RolesResolution {
+    /// Sorted, deduplicated role names.
+    Roles(Arc<Vec<String>>),
+    /// Superset refused the credential.
+    Denied(u16),
+}
+
+/// The identity scope that becomes part of the cache key. Every variant has
+/// its own prefix in [`Scope::key_part`], so scopes of different kinds never
+/// collide.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Scope {
     /// One Superset user.
     User(u64),
+    /// Everyone holding exactly this set of roles (only via a `roles` rule).
+    Roles(Arc<Vec<String>>),
+    /// One guest token (no guest-token secret configured): blake3(token).
+    GuestToken([u8; 32]),
+    /// One verified guest grant: digest of `user`, `resources`, `rls_rules`.
+    GuestGrant([u8; 32]),
     /// Everyone (only via an explicit `public` rule).
     Public,
 }
@@ -149,6 +180,14 @@ impl Scope {
     pub fn key_part(&self) -> String {
         match self {
             Scope::User(id) => format!("user:{id}"),
+            // A JSON array: role names may contain any character, and JSON
+            // escaping keeps ["a,b"] and ["a","b"] apart.
+            Scope::Roles(r) => format!(
+                "roles:{}",
+                serde_json::to_string(&**r).unwrap_or_default()
+            ),
+            Scope::GuestToken(d) => format!("guest-token:{}", hex::encode(d)),
+            Scope::GuestGrant(d) => format!("guest-grant:{}", hex::encode(d)),
             Scope::Public => "public".to_string(),
         }
     }
@@ -157,14 +196,29 @@ impl Scope {
     pub fn kind(&self) -> &'static str {
         match self {
             Scope::User(_) => "user",
+            Scope::Roles(_) => "roles",
+            Scope::GuestToken(_) | Scope::GuestGrant(_) => "guest",
             Scope::Public => "public",
         }
     }
 }
 
+/// What a credential set may be served under.
+#[derive(Debug, Clone)]
+pub enum ScopeOutcome {
+    /// Serve and store under this scope.
+    Scope(Scope),
+    /// Refused (by Superset, or by local verification): never served from
+    /// cache, forwarded so Superset answers for itself.
+    Denied(&'static str),
+}
+
 /// Resolves credential sets to principals, with a TTL cache and coalesced lookups.
 pub struct IdentityResolver {
     cache: moka::future::Cache<[u8; 32], Resolution>,
+    roles: moka::future::Cache<[u8; 32], RolesResolution>,
+    access: Option<AccessTokenVerifier>,
+    guest: Option<GuestTokenVerifier>,
     cfg: IdentityConfig,
     guest_header: HeaderName,
     metrics: Arc<Metrics>,
@@ -189,18 +243,56 @@ impl moka::Expiry<[u8; 32], Resolution> for ResolutionExpiry {
     }
 }
 
+impl moka::Expiry<[u8; 32], RolesResolution> for ResolutionExpiry {
+    fn expire_after_create(
+        &self,
+        _k: &[u8; 32],
+        v: &RolesResolution,
+        _now: Instant,
+    ) -> Option<Duration> {
+        Some(match v {
+            RolesResolution::Roles(_) => self.ttl,
+            RolesResolution::Denied(_) => self.negative_ttl,
+        })
+    }
+}
+
 impl IdentityResolver {
+    /// Build the resolver, reading the JWT secrets when configured (a secret
+    /// that is configured but cannot be read is a startup error).
     pub fn new(cfg: &IdentityConfig, metrics: Arc<Metrics>) -> anyhow::Result<IdentityResolver> {
         let guest_header = HeaderName::from_bytes(cfg.guest_token_header.as_bytes())?;
+        let expiry = || ResolutionExpiry {
+            ttl: Duration::from_secs(cfg.ttl_secs),
+            negative_ttl: Duration::from_secs(cfg.negative_ttl_secs),
+        };
         let cache = moka::future::Cache::builder()
             .max_capacity(cfg.max_entries)
-            .expire_after(ResolutionExpiry {
-                ttl: Duration::from_secs(cfg.ttl_secs),
-                negative_ttl: Duration::from_secs(cfg.negative_ttl_secs),
-            })
+            .expire_after(expiry())
             .build();
+        let roles = moka::future::Cache::builder()
+            .max_capacity(cfg.max_entries)
+            .expire_after(expiry())
+            .build();
+        let access = crate::jwt::load_secret(
+            cfg.jwt_secret_env.as_deref(),
+            cfg.jwt_secret_file.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("identity.jwt_secret: {e}"))?
+        .map(|s| AccessTokenVerifier::new(&s));
+        let guest = crate::jwt::load_secret(
+            cfg.guest_token_secret_env.as_deref(),
+            cfg.guest_token_secret_file.as_deref(),
+        )
+        .map_err(|e| anyhow::anyhow!("identity.guest_token_secret: {e}"))?
+        .map(|s| {
+            GuestTokenVerifier::new(&s, cfg.guest_token_audience.as_deref().unwrap_or_default())
+        });
         Ok(IdentityResolver {
             cache,
+            roles,
+            access,
+            guest,
             cfg: cfg.clone(),
             guest_header,
             metrics,
@@ -248,12 +340,155 @@ impl IdentityResolver {
     /// Forget every cached mapping (e.g. after a permission change was announced).
     pub fn clear(&self) {
         self.cache.invalidate_all();
+        self.roles.invalidate_all();
     }
 
-    async fn lookup(&self, creds: &Credentials, upstream: &Upstream) -> Result<Resolution, Error> {
+    fn count(&self, label: &str) {
+        self.metrics
+            .identity_lookups
+            .with_label_values(&[label])
+            .inc();
+    }
+
+    /// The scope a credential set is served under for a `user` or `roles` rule.
+    pub async fn scope(
+        &self,
+        creds: &Credentials,
+        kind: ScopeKind,
+        upstream: &Upstream,
+    ) -> Result<ScopeOutcome, Error> {
+        // A guest token alone: Superset has no other credential to prefer.
+        if creds.authorization.is_none() && creds.session.is_none() {
+            if let Some(g) = &creds.guest_token {
+                return Ok(self.guest_scope(g));
+            }
+        }
+        // A Bearer token alone, verified locally. With a session cookie present
+        // Superset would answer as the cookie's user (fixtures 14, 15, 32), and
+        // with a guest token the precedence is Superset's business: both go to
+        // Superset.
+        let mut local_user = None;
+        if let (Some(v), None, None) = (&self.access, &creds.session, &creds.guest_token) {
+            if let Some(token) = bearer(creds) {
+                match v.verify(token) {
+                    Ok(id) => {
+                        self.count("local");
+                        local_user = Some(id);
+                    }
+                    Err(e) => {
+                        self.count("local-denied");
+                        tracing::debug!(error = %e, "bearer token failed local verification");
+                        return Ok(ScopeOutcome::Denied("jwt-invalid"));
+                    }
+                }
+            }
+        }
+        match kind {
+            ScopeKind::Roles => match self.resolve_roles(creds, upstream).await? {
+                RolesResolution::Roles(r) => Ok(ScopeOutcome::Scope(Scope::Roles(r))),
+                RolesResolution::Denied(_) => Ok(ScopeOutcome::Denied("identity-denied")),
+            },
+            ScopeKind::User | ScopeKind::Public => {
+                if let Some(id) = local_user {
+                    return Ok(ScopeOutcome::Scope(Scope::User(id)));
+                }
+                match self.resolve(creds, upstream).await? {
+                    Resolution::Principal(p) => Ok(ScopeOutcome::Scope(Scope::User(p.user_id))),
+                    Resolution::Denied(_) => Ok(ScopeOutcome::Denied("identity-denied")),
+                }
+            }
+        }
+    }
+
+    /// Scope of a guest-only credential. Without a secret the token itself is
+    /// the scope: an entry under it exists only if Superset answered that very
+    /// token with 200, so its `exp` is authentic and is used to stop hits once
+    /// it has passed. With a secret the token must verify.
+    fn guest_scope(&self, token: &HeaderValue) -> ScopeOutcome {
+        let Ok(token) = token.to_str() else {
+            return ScopeOutcome::Denied("guest-invalid");
+        };
+        match &self.guest {
+            Some(v) => match v.verify(token) {
+                Ok(grant) => {
+                    self.count("guest");
+                    ScopeOutcome::Scope(Scope::GuestGrant(grant))
+                }
+                Err(e) => {
+                    self.count("guest-denied");
+                    tracing::debug!(error = %e, "guest token failed verification");
+                    ScopeOutcome::Denied("guest-invalid")
+                }
+            },
+            None => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(u64::MAX);
+                if crate::jwt::unverified_exp(token).is_some_and(|exp| exp <= now) {
+                    self.count("guest-denied");
+                    return ScopeOutcome::Denied("guest-expired");
+                }
+                self.count("guest");
+                let mut h = blake3::Hasher::new();
+                h.update(b"chartcache-guest-token-v1\0");
+                h.update(token.as_bytes());
+                ScopeOutcome::Scope(Scope::GuestToken(*h.finalize().as_bytes()))
+            }
+        }
+    }
+
+    /// Roles of a credential set, cached and coalesced like [`Self::resolve`].
+    pub async fn resolve_roles(
+        &self,
+        creds: &Credentials,
+        upstream: &Upstream,
+    ) -> Result<RolesResolution, Error> {
+        let digest = creds.digest();
+        if let Some(r) = self.roles.get(&digest).await {
+            return Ok(r);
+        }
+        self.roles
+            .try_get_with(digest, async {
+                let r = self.lookup_roles(creds, upstream).await;
+                self.count(match &r {
+                    Ok(RolesResolution::Roles(_)) => "roles",
+                    Ok(RolesResolution::Denied(_)) => "roles-denied",
+                    Err(_) => "roles-error",
+                });
+                r
+            })
+            .await
+            .map_err(|e: Arc<Error>| match &*e {
+                Error::UpstreamTimeout => Error::UpstreamTimeout,
+                Error::UpstreamConnect(m) => Error::UpstreamConnect(m.clone()),
+                other => Error::Upstream(other.to_string()),
+            })
+    }
+
+    async fn lookup_roles(
+        &self,
+        creds: &Credentials,
+        upstream: &Upstream,
+    ) -> Result<RolesResolution, Error> {
+        let (status, body) = self.get_as(creds, upstream, &self.cfg.roles_path).await?;
+        match status {
+            200 => parse_roles(&body).map(|r| RolesResolution::Roles(Arc::new(r))),
+            401 | 403 | 422 => Ok(RolesResolution::Denied(status)),
+            other => Err(Error::Upstream(format!("/me/roles answered {other}"))),
+        }
+    }
+
+    /// `GET path` at Superset with exactly this credential set.
+    async fn get_as(
+        &self,
+        creds: &Credentials,
+        upstream: &Upstream,
+        path: &str,
+    ) -> Result<(u16, bytes::Bytes), Error> {
         let mut req = Request::builder()
             .method(Method::GET)
-            .uri(upstream.uri_for(&self.cfg.me_path))
+            .uri(upstream.uri_for(path))
             .body(empty())
             .map_err(|e| Error::Internal(e.to_string()))?;
         creds.apply(
@@ -269,14 +504,45 @@ impl IdentityResolver {
             .into_body()
             .collect()
             .await
-            .map_err(|e| Error::Upstream(format!("reading /me: {e}")))?
+            .map_err(|e| Error::Upstream(format!("reading {path}: {e}")))?
             .to_bytes();
+        Ok((status, body))
+    }
+
+    async fn lookup(&self, creds: &Credentials, upstream: &Upstream) -> Result<Resolution, Error> {
+        let (status, body) = self.get_as(creds, upstream, &self.cfg.me_path).await?;
         match status {
             200 => parse_me(&body).map(|p| Resolution::Principal(Arc::new(p))),
             401 | 403 | 422 => Ok(Resolution::Denied(status)),
             other => Err(Error::Upstream(format!("/me answered {other}"))),
         }
     }
+}
+
+/// The bearer token of `Authorization: Bearer <token>`, if that is its form.
+fn bearer(creds: &Credentials) -> Option<&str> {
+    creds
+        .authorization
+        .as_ref()?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Sorted role names from `/api/v1/me/roles/`: `result.roles` is an object
+/// keyed by role name (fixture 04).
+fn parse_roles(body: &[u8]) -> Result<Vec<String>, Error> {
+    let v: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| Error::Upstream(format!("/me/roles body: {e}")))?;
+    let roles = v["result"]["roles"]
+        .as_object()
+        .ok_or_else(|| Error::Upstream("/me/roles body has no result.roles".into()))?;
+    let mut names: Vec<String> = roles.keys().cloned().collect();
+    names.sort();
+    names.dedup();
+    Ok(names)
 }
 
 fn parse_me(body: &[u8]) -> Result<Principal, Error> {
@@ -356,6 +622,29 @@ mod tests {
         h.append(header::COOKIE, HeaderValue::from_static("session=s2"));
         assert_eq!(session_cookie(&h, "session").as_deref(), Some("s1\u{0}s2"));
         assert_eq!(session_cookie(&h, "sessionx"), None);
+    }
+
+    #[test]
+    fn parses_superset_roles() {
+        let f = fixture("04-me-roles-alice-bearer.json");
+        let r = parse_roles(&serde_json::to_vec(&f["response"]["body"]).unwrap()).unwrap();
+        assert_eq!(r, vec!["Gamma".to_string(), "sales_north".to_string()]);
+        assert!(parse_roles(br#"{"result": {}}"#).is_err());
+    }
+
+    #[test]
+    fn scope_key_parts_never_collide() {
+        let roles = |v: &[&str]| Scope::Roles(Arc::new(v.iter().map(|s| s.to_string()).collect()));
+        let parts = [
+            Scope::User(1).key_part(),
+            roles(&["a,b"]).key_part(),
+            roles(&["a", "b"]).key_part(),
+            Scope::GuestToken([1; 32]).key_part(),
+            Scope::GuestGrant([1; 32]).key_part(),
+            Scope::Public.key_part(),
+        ];
+        let set: std::collections::HashSet<_> = parts.iter().collect();
+        assert_eq!(set.len(), parts.len());
     }
 
     #[test]

@@ -17,6 +17,7 @@ pub mod explain;
 pub mod fingerprint;
 pub mod identity;
 pub mod invalidate;
+pub mod jwt;
 pub mod layers;
 pub mod metrics;
 pub mod policy;

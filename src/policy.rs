@@ -93,9 +93,17 @@ pub enum ScopeKind {
     /// One entry per Superset user (default, always safe).
     #[default]
     User,
+    /// One entry per set of role names (from `/api/v1/me/roles/`). Safe only
+    /// when results depend on roles alone: Superset's RLS filters attach to
+    /// roles, but Jinja macros such as `current_username()`,
+    /// `current_user_id()` or `current_user_email()` in a dataset, a virtual
+    /// dataset's SQL or a filter make results per user, and users with equal
+    /// roles would then see each other's rows. See SECURITY.md.
+    Roles,
     /// One shared entry for everyone: only for data that is the same for all
     /// viewers (no RLS, no per-user Jinja). Requests without credentials may then
-    /// be served from cache too.
+    /// be served from cache too, so Superset's permission check is skipped for
+    /// hits: anyone who can reach chartcache can read these entries.
     Public,
 }
 
@@ -339,6 +347,9 @@ pub enum Bypass {
     Unkeyable(crate::fingerprint::Unkeyable),
     BodyTooLarge,
     Rule,
+    /// Local verification refused the credential (forged, expired or invalid
+    /// JWT or guest token); the reason is the `Cache-Status` detail.
+    CredentialInvalid(&'static str),
 }
 
 impl Bypass {
@@ -350,6 +361,7 @@ impl Bypass {
             Bypass::Unkeyable(u) => u.as_str(),
             Bypass::BodyTooLarge => "body-too-large",
             Bypass::Rule => "rule",
+            Bypass::CredentialInvalid(why) => why,
         }
     }
 }

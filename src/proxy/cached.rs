@@ -18,7 +18,7 @@ use crate::coalesce::Role;
 use crate::context::{Outcome, RequestContext};
 use crate::error::Error;
 use crate::fingerprint::{self, CacheKey};
-use crate::identity::{Resolution, Scope};
+use crate::identity::{Scope, ScopeOutcome};
 use crate::policy::{self, Bypass, Cacheability, NotStorable, ScopeKind, TierConfig};
 use crate::route::CachedRoute;
 use crate::store::{Entry, Meta};
@@ -105,7 +105,7 @@ pub(super) async fn handle(
     // 4. Identity: never serve one principal's data to another.
     let scope = match decision.scope {
         ScopeKind::Public => Scope::Public,
-        ScopeKind::User => {
+        kind @ (ScopeKind::User | ScopeKind::Roles) => {
             let Some(creds) = app.identity.credentials(&parts.headers) else {
                 return bypass(
                     app,
@@ -117,18 +117,15 @@ pub(super) async fn handle(
                 )
                 .await;
             };
-            match app.identity.resolve(&creds, &app.upstream).await {
-                Ok(Resolution::Principal(p)) => Scope::User(p.user_id),
-                Ok(Resolution::Denied(_)) => {
-                    return bypass(
-                        app,
-                        parts,
-                        body::full(body),
-                        conn,
-                        ctx,
-                        Bypass::IdentityDenied,
-                    )
-                    .await;
+            match app.identity.scope(&creds, kind, &app.upstream).await {
+                Ok(ScopeOutcome::Scope(s)) => s,
+                Ok(ScopeOutcome::Denied(why)) => {
+                    let why = if why == "identity-denied" {
+                        Bypass::IdentityDenied
+                    } else {
+                        Bypass::CredentialInvalid(why)
+                    };
+                    return bypass(app, parts, body::full(body), conn, ctx, why).await;
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "identity lookup failed; forwarding uncached");
