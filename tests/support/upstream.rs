@@ -64,6 +64,11 @@ pub struct UpstreamState {
     pub seen: Mutex<Vec<(String, String, HeaderMap, Bytes)>>,
     /// Chart queries per username.
     pub per_user: Mutex<HashMap<String, usize>>,
+    /// User id → role names, for `/api/v1/me/roles/`.
+    pub roles: Mutex<HashMap<u64, Vec<String>>>,
+    pub roles_queries: AtomicUsize,
+    /// Guest token (`X-GuestToken`) → name the chart data is answered for.
+    pub guests: Mutex<HashMap<String, String>>,
 }
 
 /// A running upstream.
@@ -93,9 +98,17 @@ impl Upstream {
         let addr = listener.local_addr().unwrap();
         let mut bearers = HashMap::new();
         let mut sessions = HashMap::new();
-        for (id, name) in [(1u64, "admin"), (2, "alice"), (3, "bob")] {
+        let mut roles = HashMap::new();
+        // carol has exactly alice's roles (so a `roles` scope shares their entries).
+        for (id, name, r) in [
+            (1u64, "admin", &["Admin"][..]),
+            (2, "alice", &["sales_north", "Gamma"][..]),
+            (3, "bob", &["Gamma", "sales_south"][..]),
+            (4, "carol", &["Gamma", "sales_north"][..]),
+        ] {
             bearers.insert(format!("{name}-token"), (id, name.to_string()));
             sessions.insert(format!("{name}-session"), (id, name.to_string()));
+            roles.insert(id, r.iter().map(|s| s.to_string()).collect());
         }
         let state = Arc::new(UpstreamState {
             bearers: Mutex::new(bearers),
@@ -107,6 +120,9 @@ impl Upstream {
             cache_timeout: AtomicU64::new(86_400),
             seen: Mutex::new(Vec::new()),
             per_user: Mutex::new(HashMap::new()),
+            roles: Mutex::new(roles),
+            roles_queries: AtomicUsize::new(0),
+            guests: Mutex::new(HashMap::new()),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -156,6 +172,19 @@ impl Upstream {
         self.state.bearers.lock().unwrap().remove(token);
     }
 
+    pub fn roles_queries(&self) -> usize {
+        self.state.roles_queries.load(Ordering::SeqCst)
+    }
+
+    /// Accept `token` in `X-GuestToken`, answering chart data as `name`.
+    pub fn allow_guest(&self, token: &str, name: &str) {
+        self.state
+            .guests
+            .lock()
+            .unwrap()
+            .insert(token.to_string(), name.to_string());
+    }
+
     /// The last request seen on `path`.
     pub fn last_seen(&self, path: &str) -> Option<(String, String, HeaderMap, Bytes)> {
         self.state
@@ -181,11 +210,21 @@ fn authenticate(st: &UpstreamState, h: &HeaderMap) -> Option<(u64, String)> {
         }
     }
     let bearer = h
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")?;
-    st.bearers.lock().unwrap().get(bearer).cloned()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    if let Some(b) = bearer {
+        if let Some(u) = st.bearers.lock().unwrap().get(b) {
+            return Some(u.clone());
+        }
+    }
+    // Embedded dashboards: a guest token (no user id; 0 stands for "guest").
+    let guest = h.get("x-guesttoken")?.to_str().ok()?;
+    st.guests
+        .lock()
+        .unwrap()
+        .get(guest)
+        .map(|name| (0, name.clone()))
 }
 
 fn json(status: u16, v: serde_json::Value) -> Response<UBody> {
@@ -302,11 +341,38 @@ async fn serve(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> Response<U
     if path == "/api/v1/me/" {
         st.me_queries.fetch_add(1, Ordering::SeqCst);
         return match authenticate(&st, &headers) {
-            Some((id, name)) => json(
+            // Guests (id 0) are not users: /me refuses them.
+            Some((id, name)) if id > 0 => json(
                 200,
                 serde_json::json!({"result": {"id": id, "username": name, "is_anonymous": false}}),
             ),
-            None => json(
+            _ => json(
+                401,
+                serde_json::json!({"msg": "Missing Authorization Header"}),
+            ),
+        };
+    }
+    if path == "/api/v1/me/roles/" {
+        st.roles_queries.fetch_add(1, Ordering::SeqCst);
+        return match authenticate(&st, &headers) {
+            Some((id, name)) if id > 0 => {
+                let roles: serde_json::Map<String, serde_json::Value> = st
+                    .roles
+                    .lock()
+                    .unwrap()
+                    .get(&id)
+                    .cloned()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|r| (r, serde_json::json!([["can_read", "Chart"]])))
+                    .collect();
+                json(
+                    200,
+                    serde_json::json!({"result": {"username": name, "roles": roles,
+                        "permissions": {"datasource_access": ["[sales_db].[sales](id:1)"]}}}),
+                )
+            }
+            _ => json(
                 401,
                 serde_json::json!({"msg": "Missing Authorization Header"}),
             ),
