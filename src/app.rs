@@ -36,6 +36,10 @@ pub struct App {
     pub accepting: AtomicBool,
     /// Unix ms of the last response received from Superset.
     pub last_upstream_ok_ms: AtomicU64,
+    /// TLS for the proxy listener (`server.tls`), built at startup.
+    pub tls: Option<tokio_rustls::TlsAcceptor>,
+    /// TLS (and client-certificate auth) for the admin listener (`admin.tls`).
+    pub admin_tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl App {
@@ -52,6 +56,15 @@ impl App {
         let upstream = Upstream::new(&cfg)?;
         let identity = IdentityResolver::new(&cfg.identity, metrics.clone())?;
         let guest_header = HeaderName::from_bytes(cfg.identity.guest_token_header.as_bytes())?;
+        // Unreadable certificates are a startup error, not a runtime surprise.
+        let tls = match &cfg.server.tls {
+            Some(t) => Some(crate::tls::acceptor(t).map_err(|e| anyhow::anyhow!("server.tls: {e}"))?),
+            None => None,
+        };
+        let admin_tls = match &cfg.admin.tls {
+            Some(t) => Some(crate::tls::acceptor(t).map_err(|e| anyhow::anyhow!("admin.tls: {e}"))?),
+            None => None,
+        };
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
             policy: ArcSwap::from_pointee(policy),
@@ -65,6 +78,8 @@ impl App {
             guest_header,
             accepting: AtomicBool::new(true),
             last_upstream_ok_ms: AtomicU64::new(0),
+            tls,
+            admin_tls,
         }))
     }
 

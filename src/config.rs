@@ -243,6 +243,34 @@ pub struct ServerConfig {
     pub max_header_bytes: usize,
     /// Maximum concurrent client connections; above it new connections are refused.
     pub max_connections: usize,
+    /// Serve HTTPS with these certificate files (HTTP when absent).
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS for a listener: PEM files, re-read when they change on disk.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert_file: String,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key_file: String,
+    /// PEM CA bundle: when set, clients must present a certificate issued by it.
+    pub client_ca_file: Option<String>,
+    /// How often (at most) the files' modification times are checked (ms); a
+    /// changed pair is loaded for new handshakes, open connections keep theirs.
+    pub reload_check_ms: u64,
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        Self {
+            cert_file: String::new(),
+            key_file: String::new(),
+            client_ca_file: None,
+            reload_check_ms: 5_000,
+        }
+    }
 }
 
 impl Default for ServerConfig {
@@ -254,6 +282,7 @@ impl Default for ServerConfig {
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
+            tls: None,
         }
     }
 }
@@ -267,6 +296,9 @@ pub struct AdminConfig {
     pub token: Option<String>,
     /// File holding the admin token (e.g. a mounted Kubernetes Secret).
     pub token_file: Option<String>,
+    /// Serve the admin listener over HTTPS; with `client_ca_file`, only
+    /// clients holding a certificate from that CA can connect at all.
+    pub tls: Option<TlsConfig>,
 }
 
 impl AdminConfig {
@@ -400,6 +432,13 @@ impl Config {
                 "identity.guest_token_audience is required with a guest-token secret \
                  (Superset's GUEST_TOKEN_JWT_AUDIENCE)"
             );
+        }
+        for (what, tls) in [("server.tls", &self.server.tls), ("admin.tls", &self.admin.tls)] {
+            if let Some(t) = tls {
+                if t.cert_file.is_empty() || t.key_file.is_empty() {
+                    bail!("{what}: cert_file and key_file are required");
+                }
+            }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             bail!("log.format must be `text` or `json`");

@@ -25,6 +25,7 @@ pub mod proxy;
 pub mod route;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod upstream;
 
 #[cfg(test)]

@@ -79,6 +79,8 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
     let graceful = GracefulShutdown::new();
     let limit = Arc::new(Semaphore::new(app.config.load().server.max_connections));
     let mut stop_at: Option<tokio::time::Instant> = None;
+    let tls = app.tls.clone();
+    let handshake_timeout = Duration::from_millis(app.config.load().server.header_read_timeout_ms);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -99,11 +101,32 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = ConnInfo { remote: Some(remote), proto: "http" };
+                let proto = if tls.is_some() { "https" } else { "http" };
+                let conn = ConnInfo { remote: Some(remote), proto };
                 let svc = service_stack(app.clone(), conn);
-                let fut = graceful.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned());
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = fut.await {
+                    let res = match tls {
+                        None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned()).await,
+                        Some(acceptor) => {
+                            // The handshake counts against the header-read budget:
+                            // a client that stalls in it is a slowloris too.
+                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).into_owned()).await,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    Ok(())
+                                }
+                                Err(_) => {
+                                    tracing::debug!("TLS handshake timed out");
+                                    Ok(())
+                                }
+                            }
+                        }
+                    };
+                    if let Err(e) = res {
                         tracing::debug!(error = %e, "connection ended with error");
                     }
                     drop(permit);
@@ -135,7 +158,13 @@ pub async fn serve_admin(
     token: Option<Arc<str>>,
     shutdown: CancellationToken,
 ) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let read_timeout = Duration::from_millis(app.config.load().server.header_read_timeout_ms);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(read_timeout);
+    let tls = app.admin_tls.clone();
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -147,8 +176,22 @@ pub async fn serve_admin(
                     let token = token.clone();
                     async move { Ok::<_, Infallible>(crate::admin::handle(app, token, req).await) }
                 });
-                let conn = builder.serve_connection(TokioIo::new(stream), svc).into_owned();
-                tokio::spawn(async move { let _ = conn.await; });
+                let builder = builder.clone();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        // With `client_ca_file`, clients without a valid
+                        // certificate fail here, before any request is read.
+                        Some(acceptor) => {
+                            if let Ok(Ok(s)) = tokio::time::timeout(read_timeout, acceptor.accept(stream)).await {
+                                let _ = builder.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                    }
+                });
             }
             _ = shutdown.cancelled() => break,
         }
