@@ -86,7 +86,8 @@ impl AccessTokenVerifier {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 0;
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // `sub` is checked below: jsonwebtoken only accepts string subjects.
+        validation.set_required_spec_claims(&["exp"]);
         // Superset access tokens carry no audience; one that does is not Superset's.
         validation.validate_aud = true;
         AccessTokenVerifier {
