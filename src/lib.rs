@@ -15,6 +15,8 @@ pub mod context;
 pub mod error;
 pub mod explain;
 pub mod fingerprint;
+#[doc(hidden)]
+pub mod fuzz_harness;
 pub mod identity;
 pub mod invalidate;
 pub mod jwt;

@@ -1,0 +1,118 @@
+//! Properties checked on arbitrary input by the `cargo fuzz` targets in
+//! `fuzz/` and by the bounded randomized tests in `tests/security_fuzz.rs`.
+//! One place, so both exercise exactly the same assertions.
+//!
+//! A violated property panics: that is what a fuzzer reports as a crash.
+
+use http::Method;
+
+use crate::config::RoutesConfig;
+use crate::fingerprint::{self, build_key};
+use crate::route::{self, CachedRoute, Route};
+
+/// Split fuzz input into a route choice, a content type, a query string and a body.
+fn split(data: &[u8]) -> (CachedRoute, Option<&'static str>, Option<String>, &[u8]) {
+    let (head, rest) = data.split_first().map_or((0, data), |(h, r)| (*h, r));
+    let route = match head % 3 {
+        0 => CachedRoute::ChartData,
+        1 => CachedRoute::ChartDataGet {
+            chart_id: u64::from(head),
+        },
+        _ => CachedRoute::ExploreJson,
+    };
+    let content_type = match (head >> 2) % 4 {
+        0 => None,
+        1 => Some("application/json"),
+        2 => Some("application/json; charset=utf-8"),
+        _ => Some("application/x-www-form-urlencoded"),
+    };
+    // Bytes up to the first NUL are the query string (when any NUL exists).
+    match rest.iter().position(|b| *b == 0) {
+        Some(i) => (
+            route,
+            content_type,
+            Some(String::from_utf8_lossy(&rest[..i]).into_owned()),
+            &rest[i + 1..],
+        ),
+        None => (route, content_type, None, rest),
+    }
+}
+
+/// Canonicalization and key building: never panic, deterministic, idempotent
+/// on their own output, and the scope always separates keys.
+pub fn check_fingerprint(data: &[u8]) {
+    let (route, ct, query, body) = split(data);
+    let path = "/api/v1/chart/data";
+    let first = fingerprint::canonicalize(route, path, query.as_deref(), ct, body);
+    let again = fingerprint::canonicalize(route, path, query.as_deref(), ct, body);
+    match (&first, &again) {
+        (Ok(a), Ok(b)) => {
+            assert_eq!(a.body, b.body);
+            assert_eq!(a.query, b.query);
+            assert_eq!(a.force, b.force);
+            assert_eq!(a.facts, b.facts);
+        }
+        (Err(a), Err(b)) => assert_eq!(a, b),
+        _ => panic!("canonicalize is not deterministic"),
+    }
+    let Ok(c) = first else { return };
+    if !c.body.is_empty() {
+        // The canonical form is a fixed point (control fields are already gone).
+        let re = fingerprint::canonicalize(route, path, None, Some("application/json"), &c.body)
+            .expect("canonical body must parse");
+        assert_eq!(re.body, c.body, "canonical form is not idempotent");
+        assert!(!re.force);
+    }
+    let _ = c.facts.tags();
+    let k1 = build_key(route, path, &c.query, "user:1", &c.body);
+    let k2 = build_key(route, path, &c.query, "user:1", &c.body);
+    let k3 = build_key(route, path, &c.query, "user:2", &c.body);
+    let k4 = build_key(route, path, &c.query, "public", &c.body);
+    assert_eq!(k1, k2);
+    assert_ne!(k1, k3);
+    assert_ne!(k1, k4);
+    assert_eq!(fingerprint::CacheKey::from_hex(&k1.to_hex()), Some(k1));
+}
+
+/// Route classification: never panics, and only GET/POST are ever cached.
+pub fn check_classify(data: &[u8]) {
+    let (head, rest) = data.split_first().map_or((0, data), |(h, r)| (*h, r));
+    let method = match head % 8 {
+        0 => Method::GET,
+        1 => Method::POST,
+        2 => Method::PUT,
+        3 => Method::DELETE,
+        4 => Method::PATCH,
+        5 => Method::HEAD,
+        6 => Method::OPTIONS,
+        _ => Method::from_bytes(b"PURGE").unwrap(),
+    };
+    let text = String::from_utf8_lossy(rest);
+    let (path, query) = match text.split_once('?') {
+        Some((p, q)) => (p.to_string(), Some(q.to_string())),
+        None => (text.to_string(), None),
+    };
+    let cfg = RoutesConfig::default();
+    let r = route::classify(&method, &path, query.as_deref(), &cfg);
+    if let Route::Cached(_) = r {
+        assert!(method == Method::GET || method == Method::POST);
+    }
+    let _ = r.label();
+    // What a real request would carry: the same input through `http::Uri`.
+    if let Ok(uri) = format!("/{}", text.trim_start_matches('/')).parse::<http::Uri>() {
+        let _ = route::classify(&method, uri.path(), uri.query(), &cfg);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_and_tiny_inputs() {
+        for d in [&b""[..], b"\0", b"\x01", b"{}", b"\x00{\"a\":1}", b"\x04\0{\"force\":true}"] {
+            check_fingerprint(d);
+            check_classify(d);
+        }
+    }
+}
