@@ -293,6 +293,8 @@ impl Default for ServerConfig {
 pub struct AdminConfig {
     /// Bearer token for `/purge` and `/explain`. Prefer `CHARTCACHE_ADMIN__TOKEN`
     /// or `token_file`; never commit it. Without a token those endpoints answer 401.
+    /// Never serialized, so `check-config` does not print it.
+    #[serde(skip_serializing)]
     pub token: Option<String>,
     /// File holding the admin token (e.g. a mounted Kubernetes Secret).
     pub token_file: Option<String>,
