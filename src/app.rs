@@ -111,11 +111,17 @@ impl App {
         if old.memory.max_bytes != new.memory.max_bytes {
             needs_restart.push("memory.max_bytes");
         }
-        if old.identity.ttl_secs != new.identity.ttl_secs
-            || old.identity.session_cookie != new.identity.session_cookie
-            || old.identity.guest_token_header != new.identity.guest_token_header
-        {
+        // The resolver (TTLs, cookie and header names, JWT secrets) is built once.
+        if serde_json::to_value(&old.identity).ok() != serde_json::to_value(&new.identity).ok() {
             needs_restart.push("identity");
+        }
+        // Listener TLS is built once; rotated certificate files are picked up
+        // without a reload, but other TLS settings need a restart.
+        if old.server.tls != new.server.tls {
+            needs_restart.push("server.tls");
+        }
+        if old.admin.tls != new.admin.tls {
+            needs_restart.push("admin.tls");
         }
         if serde_json::to_value(&old.upstream_client).ok()
             != serde_json::to_value(&new.upstream_client).ok()
