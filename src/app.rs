@@ -58,11 +58,15 @@ impl App {
         let guest_header = HeaderName::from_bytes(cfg.identity.guest_token_header.as_bytes())?;
         // Unreadable certificates are a startup error, not a runtime surprise.
         let tls = match &cfg.server.tls {
-            Some(t) => Some(crate::tls::acceptor(t).map_err(|e| anyhow::anyhow!("server.tls: {e}"))?),
+            Some(t) => {
+                Some(crate::tls::acceptor(t).map_err(|e| anyhow::anyhow!("server.tls: {e}"))?)
+            }
             None => None,
         };
         let admin_tls = match &cfg.admin.tls {
-            Some(t) => Some(crate::tls::acceptor(t).map_err(|e| anyhow::anyhow!("admin.tls: {e}"))?),
+            Some(t) => {
+                Some(crate::tls::acceptor(t).map_err(|e| anyhow::anyhow!("admin.tls: {e}"))?)
+            }
             None => None,
         };
         Ok(Arc::new(App {

@@ -429,13 +429,22 @@ impl Config {
             .map_err(|_| anyhow::anyhow!("identity.guest_token_header is not a header name"))?;
         let guest_secret = self.identity.guest_token_secret_env.is_some()
             || self.identity.guest_token_secret_file.is_some();
-        if guest_secret && self.identity.guest_token_audience.as_deref().is_none_or(str::is_empty) {
+        if guest_secret
+            && self
+                .identity
+                .guest_token_audience
+                .as_deref()
+                .is_none_or(str::is_empty)
+        {
             bail!(
                 "identity.guest_token_audience is required with a guest-token secret \
                  (Superset's GUEST_TOKEN_JWT_AUDIENCE)"
             );
         }
-        for (what, tls) in [("server.tls", &self.server.tls), ("admin.tls", &self.admin.tls)] {
+        for (what, tls) in [
+            ("server.tls", &self.server.tls),
+            ("admin.tls", &self.admin.tls),
+        ] {
             if let Some(t) = tls {
                 if t.cert_file.is_empty() || t.key_file.is_empty() {
                     bail!("{what}: cert_file and key_file are required");

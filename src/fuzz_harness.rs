@@ -110,7 +110,14 @@ mod tests {
 
     #[test]
     fn empty_and_tiny_inputs() {
-        for d in [&b""[..], b"\0", b"\x01", b"{}", b"\x00{\"a\":1}", b"\x04\0{\"force\":true}"] {
+        for d in [
+            &b""[..],
+            b"\0",
+            b"\x01",
+            b"{}",
+            b"\x00{\"a\":1}",
+            b"\x04\0{\"force\":true}",
+        ] {
             check_fingerprint(d);
             check_classify(d);
         }

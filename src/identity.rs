@@ -182,10 +182,7 @@ impl Scope {
             Scope::User(id) => format!("user:{id}"),
             // A JSON array: role names may contain any character, and JSON
             // escaping keeps ["a,b"] and ["a","b"] apart.
-            Scope::Roles(r) => format!(
-                "roles:{}",
-                serde_json::to_string(&**r).unwrap_or_default()
-            ),
+            Scope::Roles(r) => format!("roles:{}", serde_json::to_string(&**r).unwrap_or_default()),
             Scope::GuestToken(d) => format!("guest-token:{}", hex::encode(d)),
             Scope::GuestGrant(d) => format!("guest-grant:{}", hex::encode(d)),
             Scope::Public => "public".to_string(),

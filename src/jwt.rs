@@ -242,9 +242,18 @@ pub(crate) mod tests {
     #[test]
     fn guest_token_grants() {
         let v = GuestTokenVerifier::new(b"g", "superset");
-        let a1 = sign(b"g", &guest("embed", "region='north'", "superset", now() + 300));
-        let a2 = sign(b"g", &guest("embed", "region='north'", "superset", now() + 600));
-        let b = sign(b"g", &guest("embed", "region='south'", "superset", now() + 300));
+        let a1 = sign(
+            b"g",
+            &guest("embed", "region='north'", "superset", now() + 300),
+        );
+        let a2 = sign(
+            b"g",
+            &guest("embed", "region='north'", "superset", now() + 600),
+        );
+        let b = sign(
+            b"g",
+            &guest("embed", "region='south'", "superset", now() + 300),
+        );
         // Same grant, different tokens: same scope. Other RLS: other scope.
         assert_eq!(v.verify(&a1).unwrap(), v.verify(&a2).unwrap());
         assert_ne!(v.verify(&a1).unwrap(), v.verify(&b).unwrap());

@@ -85,7 +85,10 @@ async fn chart_with(c: &TestClient, proxy: &Proxy, headers: &[(&str, &str)]) -> 
 }
 
 fn user_of(r: &Resp) -> String {
-    r.json()["result"][0]["user"].as_str().unwrap_or("").to_string()
+    r.json()["result"][0]["user"]
+        .as_str()
+        .unwrap_or("")
+        .to_string()
 }
 
 #[tokio::test]
@@ -117,7 +120,11 @@ async fn roles_scope_shares_exactly_between_equal_role_sets() {
     // carol has alice's roles (in another order at Superset): she gets alice's
     // entry. This is what `roles` means, and why it is opt-in.
     let carol = c.chart(&proxy, "carol-token", &body).await;
-    assert!(carol.cache_status().contains("hit"), "{}", carol.cache_status());
+    assert!(
+        carol.cache_status().contains("hit"),
+        "{}",
+        carol.cache_status()
+    );
     assert_eq!(user_of(&carol), "alice");
     // bob (other RLS role) and admin never see it.
     let bob = c.chart(&proxy, "bob-token", &body).await;
@@ -169,7 +176,11 @@ async fn opaque_guest_tokens_are_their_own_scope_and_stop_at_exp() {
     let r2 = chart_with(&c, &proxy, &[("x-guesttoken", &a)]).await;
     assert!(r2.cache_status().contains("hit"), "{}", r2.cache_status());
     let rb = chart_with(&c, &proxy, &[("x-guesttoken", &b)]).await;
-    assert_eq!(user_of(&rb), "guest-b", "another token never gets a's entry");
+    assert_eq!(
+        user_of(&rb),
+        "guest-b",
+        "another token never gets a's entry"
+    );
     // Guest-only credentials never cost a /me round trip.
     assert_eq!(up.me_queries(), 0);
     // An unknown token is never served from cache.
@@ -182,7 +193,8 @@ async fn opaque_guest_tokens_are_their_own_scope_and_stop_at_exp() {
     .await;
     let late = chart_with(&c, &proxy, &[("x-guesttoken", &a)]).await;
     assert!(
-        late.cache_status().contains("fwd=bypass; detail=guest-expired"),
+        late.cache_status()
+            .contains("fwd=bypass; detail=guest-expired"),
         "{}",
         late.cache_status()
     );
@@ -224,14 +236,20 @@ async fn verified_guest_grants_share_and_forgeries_never_hit() {
         ("unsigned", unsigned(&claims)),
         (
             "expired",
-            guest_token(GUEST_SECRET, "region='north'", get_current_timestamp() - 1, 0),
+            guest_token(
+                GUEST_SECRET,
+                "region='north'",
+                get_current_timestamp() - 1,
+                0,
+            ),
         ),
         ("wrong-audience", sign(GUEST_SECRET, &wrong_aud)),
     ];
     for (what, token) in forged {
         let r = chart_with(&c, &proxy, &[("x-guesttoken", &token)]).await;
         assert!(
-            r.cache_status().contains("fwd=bypass; detail=guest-invalid"),
+            r.cache_status()
+                .contains("fwd=bypass; detail=guest-invalid"),
             "{what}: {}",
             r.cache_status()
         );
@@ -270,7 +288,10 @@ async fn local_jwt_verification_skips_me_and_refuses_bad_tokens() {
     let mixed = chart_with(
         &c,
         &proxy,
-        &[("authorization", &auth), ("cookie", "session=admin-session")],
+        &[
+            ("authorization", &auth),
+            ("cookie", "session=admin-session"),
+        ],
     )
     .await;
     assert_eq!(user_of(&mixed), "admin");
@@ -305,11 +326,19 @@ async fn local_jwt_verification_skips_me_and_refuses_bad_tokens() {
 async fn configured_secret_that_cannot_be_read_fails_startup() {
     let mut cfg = test_config("http://127.0.0.1:9");
     cfg.identity.jwt_secret_file = Some("/nonexistent/chartcache-secret".into());
-    let err = chartcache::app::App::with_memory_store(cfg, std::sync::Arc::new(chartcache::clock::SystemClock))
-        .err()
-        .expect("must fail");
+    let err = chartcache::app::App::with_memory_store(
+        cfg,
+        std::sync::Arc::new(chartcache::clock::SystemClock),
+    )
+    .err()
+    .expect("must fail");
     assert!(err.to_string().contains("jwt_secret"), "{err}");
     let mut cfg = test_config("http://127.0.0.1:9");
     cfg.identity.guest_token_secret_env = Some("GUEST_TOKEN_JWT_SECRET".into());
-    assert!(cfg.validate().unwrap_err().to_string().contains("guest_token_audience"));
+    assert!(
+        cfg.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("guest_token_audience")
+    );
 }

@@ -115,7 +115,10 @@ async fn chart_body_above_the_limit_is_streamed_uncached_and_unaltered() {
             )
             .await;
         assert_eq!(r.status, 200);
-        assert_eq!(r.cache_status(), "chartcache; fwd=bypass; detail=body-too-large");
+        assert_eq!(
+            r.cache_status(),
+            "chartcache; fwd=bypass; detail=body-too-large"
+        );
         let (_, _, _, seen) = up.last_seen("/api/v1/chart/data").unwrap();
         assert_eq!(seen.as_ref(), &bytes[..], "body reached Superset unaltered");
     }
@@ -185,7 +188,12 @@ async fn smuggling_attempts_get_400_and_are_never_forwarded() {
     // 6.1 (chunked wins, Content-Length is dropped) and the request is
     // re-framed for Superset, which never sees both headers.
     let te_cl = "POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    let resp = raw(proxy.addr, te_cl.as_bytes().to_vec(), Duration::from_secs(3)).await;
+    let resp = raw(
+        proxy.addr,
+        te_cl.as_bytes().to_vec(),
+        Duration::from_secs(3),
+    )
+    .await;
     assert_eq!(status_of(&resp), 200, "{resp:.300}");
     let (_, _, h, body) = up.last_seen("/echo").unwrap();
     assert_eq!(body.as_ref(), b"hello");

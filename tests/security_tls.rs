@@ -48,8 +48,8 @@ impl Ca {
     }
 
     fn leaf(&self, cn: &str, usage: ExtendedKeyUsagePurpose) -> Leaf {
-        let mut p = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap();
+        let mut p =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
         p.distinguished_name.push(DnType::CommonName, cn);
         p.extended_key_usages = vec![usage];
         let key = KeyPair::generate().unwrap();
@@ -119,7 +119,10 @@ async fn open(
     Ok((sender, peer))
 }
 
-async fn request(s: &mut Sender, req: Request<Full<Bytes>>) -> Result<(StatusCode, http::HeaderMap, Bytes), hyper::Error> {
+async fn request(
+    s: &mut Sender,
+    req: Request<Full<Bytes>>,
+) -> Result<(StatusCode, http::HeaderMap, Bytes), hyper::Error> {
     let resp = s.send_request(req).await?;
     let status = resp.status();
     let headers = resp.headers().clone();
@@ -160,7 +163,12 @@ async fn https_listener_serves_and_rotates_certificates_without_dropping_connect
     assert_eq!(peer, first.der);
     let (status, headers, _) = request(&mut a, chart_req()).await.unwrap();
     assert_eq!(status, 200);
-    assert!(headers["cache-status"].to_str().unwrap().contains("fwd=miss"));
+    assert!(
+        headers["cache-status"]
+            .to_str()
+            .unwrap()
+            .contains("fwd=miss")
+    );
     let (_, _, seen, _) = up.last_seen("/api/v1/chart/data").unwrap();
     assert_eq!(seen["x-forwarded-proto"], "https");
 
