@@ -342,3 +342,43 @@ async fn configured_secret_that_cannot_be_read_fails_startup() {
             .contains("guest_token_audience")
     );
 }
+
+#[tokio::test]
+async fn revoked_credential_stops_getting_roles_scope_hits_within_identity_ttl() {
+    let up = Upstream::start().await;
+    let mut cfg = test_config(&up.url());
+    with_scope(&mut cfg, ScopeKind::Roles);
+    cfg.identity.ttl_secs = 1;
+    let proxy = Proxy::start(cfg).await;
+    let c = TestClient::new();
+    let body = chart_body(BIGNUMBER);
+    assert!(
+        c.chart(&proxy, "alice-token", &body)
+            .await
+            .cache_status()
+            .contains("fwd=miss")
+    );
+    assert!(
+        c.chart(&proxy, "alice-token", &body)
+            .await
+            .cache_status()
+            .contains("hit")
+    );
+    up.revoke_bearer("alice-token");
+    tokio::time::sleep(Duration::from_millis(1_300)).await;
+    let r = c.chart(&proxy, "alice-token", &body).await;
+    assert_eq!(r.status, 401);
+    assert!(
+        r.cache_status()
+            .contains("fwd=bypass; detail=identity-denied"),
+        "{}",
+        r.cache_status()
+    );
+    // carol (same roles, still valid) keeps her hits.
+    assert!(
+        c.chart(&proxy, "carol-token", &body)
+            .await
+            .cache_status()
+            .contains("hit")
+    );
+}
