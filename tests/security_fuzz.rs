@@ -195,7 +195,9 @@ fn known_hostile_inputs() {
     // fixed point and distinct numbers could share a key. Fixed by
     // serde_json's `float_roundtrip`.
     check_fingerprint(b"\x04\0{\"series_limit\": 9.77777777777777777777777777727775}");
-    check_fingerprint(b"\x04\0{\"a\": [0.30000000000000004, 0.3, 1e-7, 123456789.12345678901234567890]}");
+    check_fingerprint(
+        b"\x04\0{\"a\": [0.30000000000000004, 0.3, 1e-7, 123456789.12345678901234567890]}",
+    );
     check_fingerprint(b"\x04%ff%fe=%zz&force=%c3\0{}");
     check_classify(b"\x00/api/v1/chart/99999999999999999999999/data/");
     check_classify(b"\x00/api/v1/chart//data/");
