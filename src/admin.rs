@@ -180,11 +180,19 @@ async fn explain(app: &App, req: Request<Incoming>) -> Response<Body> {
     let mut path = "/api/v1/chart/data".to_string();
     let mut method = Method::POST;
     let mut scope = "user:?".to_string();
+    let mut identity = crate::policy::IdentityKind::User;
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "path" => path = v.into_owned(),
             "method" => method = v.parse().unwrap_or(Method::POST),
             "scope" => scope = v.into_owned(),
+            "identity" => {
+                identity = match v.as_ref() {
+                    "guest" => crate::policy::IdentityKind::Guest,
+                    "anonymous" => crate::policy::IdentityKind::Anonymous,
+                    _ => crate::policy::IdentityKind::User,
+                }
+            }
             _ => {}
         }
     }
@@ -206,6 +214,7 @@ async fn explain(app: &App, req: Request<Incoming>) -> Response<Body> {
         ct.as_deref(),
         &body,
         &scope,
+        identity,
         app.clock.now_ms(),
     );
     json(StatusCode::OK, v)

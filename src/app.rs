@@ -13,6 +13,7 @@ use crate::identity::IdentityResolver;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
 use crate::proxy::Fetched;
+use crate::refresh::Refresher;
 use crate::store::SharedStore;
 use crate::store::memory::MemoryStore;
 use crate::upstream::Upstream;
@@ -29,6 +30,8 @@ pub struct App {
     /// The in-process store when one is in use (metrics, sync hit path).
     pub memory: Option<Arc<MemoryStore>>,
     pub coalescer: Arc<Coalescer<Arc<Fetched>>>,
+    /// Refresh-ahead of hot entries (and its in-memory credentials).
+    pub refresher: Arc<Refresher>,
     pub metrics: Arc<Metrics>,
     pub clock: SharedClock,
     pub guest_header: HeaderName,
@@ -69,6 +72,7 @@ impl App {
             }
             None => None,
         };
+        let refresher = Refresher::new(&cfg.refresh_ahead);
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
             policy: ArcSwap::from_pointee(policy),
@@ -77,6 +81,7 @@ impl App {
             store,
             memory,
             coalescer: Coalescer::new(),
+            refresher,
             metrics,
             clock,
             guest_header,
@@ -126,6 +131,9 @@ impl App {
         }
         if old.admin.tls != new.admin.tls {
             needs_restart.push("admin.tls");
+        }
+        if old.refresh_ahead.max_concurrent != new.refresh_ahead.max_concurrent {
+            needs_restart.push("refresh_ahead.max_concurrent");
         }
         if serde_json::to_value(&old.upstream_client).ok()
             != serde_json::to_value(&new.upstream_client).ok()

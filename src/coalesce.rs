@@ -86,6 +86,23 @@ impl<T: Clone + Send + Sync + 'static> Coalescer<T> {
         }
     }
 
+    /// Become leader for `key` only if no fetch of it is in flight. Background
+    /// refreshes use this: when someone is already fetching the key there is
+    /// nothing left to do, and waiting would only hold a task.
+    pub fn try_lead(self: &Arc<Self>, key: CacheKey) -> Option<LeaderGuard<T>> {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.contains_key(&key) {
+            return None;
+        }
+        let (tx, rx) = watch::channel(Slot::Pending);
+        map.insert(key, rx);
+        Some(LeaderGuard {
+            key,
+            tx: Some(tx),
+            owner: self.clone(),
+        })
+    }
+
     /// Keys with a leader in flight (metrics, tests).
     pub fn inflight(&self) -> usize {
         self.inflight.lock().map(|m| m.len()).unwrap_or(0)
@@ -201,6 +218,24 @@ mod tests {
         let mut got = vec![f1.await.unwrap(), f2.await.unwrap()];
         got.sort();
         assert_eq!(got, vec!["follower", "leader"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn try_lead_only_when_idle_and_followers_get_its_value() {
+        let c: Arc<Coalescer<u32>> = Coalescer::new();
+        let g = c.try_lead(k()).expect("idle key");
+        assert!(c.try_lead(k()).is_none());
+        let c2 = c.clone();
+        let f = tokio::spawn(async move {
+            match c2.acquire(k(), Duration::from_secs(5)).await {
+                Role::Follower(v) => v,
+                _ => 0,
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        g.publish(9);
+        assert_eq!(f.await.unwrap(), 9);
+        assert!(c.try_lead(k()).is_some());
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
 use crate::policy::{RuleConfig, TierConfig};
+use crate::refresh::RefreshAheadConfig;
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,6 +36,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Shared Redis cache (off unless `redis.url` or `redis.sentinels` is set).
     pub redis: crate::store::redis::RedisConfig,
+    /// Refreshing hot entries before they expire.
+    pub refresh_ahead: RefreshAheadConfig,
     /// Named TTL tiers. The `default_tier` must be one of them.
     pub tiers: Vec<TierConfig>,
     /// Tier used when no rule matches.
@@ -58,6 +61,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             redis: Default::default(),
+            refresh_ahead: RefreshAheadConfig::default(),
             tiers: TierConfig::defaults(),
             default_tier: "standard".into(),
             rules: Vec::new(),
@@ -455,6 +459,9 @@ impl Config {
             bail!("log.format must be `text` or `json`");
         }
         self.redis.validate()?;
+        if self.refresh_ahead.max_concurrent == 0 {
+            bail!("refresh_ahead.max_concurrent must be at least 1");
+        }
         crate::policy::Policy::from_config(self)?;
         Ok(())
     }

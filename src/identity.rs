@@ -90,7 +90,7 @@ impl Credentials {
     }
 
     /// Headers to send to Superset's `/me` endpoint: exactly this set.
-    fn apply(&self, h: &mut HeaderMap, cookie_name: &str, guest_header: &HeaderName) {
+    pub(crate) fn apply(&self, h: &mut HeaderMap, cookie_name: &str, guest_header: &HeaderName) {
         if let Some(a) = &self.authorization {
             h.insert(header::AUTHORIZATION, a.clone());
         }

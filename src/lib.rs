@@ -24,6 +24,7 @@ pub mod layers;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod refresh;
 pub mod route;
 pub mod server;
 pub mod store;

@@ -67,6 +67,9 @@ enum Cmd {
         /// Request Content-Type.
         #[arg(long, default_value = "application/json")]
         content_type: String,
+        /// Credential kind the request carries: user, guest or anonymous.
+        #[arg(long, default_value = "user", value_parser = ["user", "guest", "anonymous"])]
+        identity: String,
     },
 }
 
@@ -129,6 +132,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             method,
             scope,
             content_type,
+            identity,
         }) => {
             let policy = chartcache::policy::Policy::from_config(&Config {
                 upstream: if cfg.upstream.is_empty() {
@@ -152,6 +156,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(content_type),
                 &body,
                 scope,
+                match identity.as_str() {
+                    "guest" => chartcache::policy::IdentityKind::Guest,
+                    "anonymous" => chartcache::policy::IdentityKind::Anonymous,
+                    _ => chartcache::policy::IdentityKind::User,
+                },
                 SystemClock.now_ms(),
             );
             println!("{}", serde_json::to_string_pretty(&v)?);

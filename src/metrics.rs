@@ -25,6 +25,7 @@ pub const PURGES_TOTAL: &str = "chartcache_purges_total";
 pub const PURGED_ENTRIES_TOTAL: &str = "chartcache_purged_entries_total";
 pub const STORED_BYTES_TOTAL: &str = "chartcache_stored_bytes_total";
 pub const NOT_STORED_TOTAL: &str = "chartcache_not_stored_total";
+pub const BACKGROUND_REFRESHES_TOTAL: &str = "chartcache_background_refreshes_total";
 
 /// All metrics of one process.
 pub struct Metrics {
@@ -60,6 +61,8 @@ pub struct Metrics {
     pub stored_bytes: IntCounter,
     /// reason
     pub not_stored: IntCounterVec,
+    /// kind (swr|ahead), result (stored|not_stored|error|skipped|inflight|elsewhere|no_credential)
+    pub background_refreshes: IntCounterVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -174,6 +177,11 @@ impl Metrics {
                 NOT_STORED_TOTAL,
                 "Cached-route responses not stored, by reason",
                 &["reason"],
+            ),
+            background_refreshes: cv(
+                BACKGROUND_REFRESHES_TOTAL,
+                "Background refreshes (stale-while-revalidate, refresh-ahead) by result",
+                &["kind", "result"],
             ),
             registry: r,
         };

@@ -86,6 +86,40 @@ impl TimeRangeClass {
     }
 }
 
+/// What kind of identity a request carries, before Superset is asked who it is.
+/// Rules match on it (`identity = ["guest"]`), e.g. to give embedded dashboards
+/// their own tier or to serve anonymous viewers from a `public` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentityKind {
+    /// A Superset user: `Authorization: Bearer` and/or the session cookie.
+    User,
+    /// An embedded-dashboard guest token (the guest-token header).
+    Guest,
+    /// No credential at all.
+    Anonymous,
+}
+
+impl IdentityKind {
+    /// Classify a request's credential set. A guest token names the embedding
+    /// context, so it decides the kind even when other credentials come along.
+    pub fn of(creds: Option<&crate::identity::Credentials>) -> IdentityKind {
+        match creds {
+            None => IdentityKind::Anonymous,
+            Some(c) if c.guest_token.is_some() => IdentityKind::Guest,
+            Some(_) => IdentityKind::User,
+        }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            IdentityKind::User => "user",
+            IdentityKind::Guest => "guest",
+            IdentityKind::Anonymous => "anonymous",
+        }
+    }
+}
+
 /// Identity scope kind a rule may select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "snake_case")]
@@ -126,6 +160,8 @@ pub struct RuleConfig {
     /// Path prefix.
     pub path_prefix: Option<String>,
     pub time_range: Vec<TimeRangeClass>,
+    /// Identity kinds of the request: `user`, `guest`, `anonymous`.
+    pub identity: Vec<IdentityKind>,
     /// Tier to use; exactly one of `tier` and `bypass = true`.
     pub tier: Option<String>,
     /// Forward uncached.
@@ -146,6 +182,7 @@ pub struct Decision {
     pub scope: ScopeKind,
     pub respect_superset_timeout: bool,
     pub time_range: TimeRangeClass,
+    pub identity: IdentityKind,
 }
 
 struct Rule {
@@ -204,6 +241,13 @@ impl Policy {
                     anyhow::bail!("{label}: unknown route {rt:?}");
                 }
             }
+            if r.identity.contains(&IdentityKind::Anonymous)
+                && r.scope != ScopeKind::Public
+                && tier.is_some()
+            {
+                // Requests without a credential cannot be keyed per user.
+                anyhow::bail!("{label}: identity \"anonymous\" needs scope = \"public\" or bypass");
+            }
             let mut cfg = r.clone();
             cfg.name = label;
             rules.push(Rule { cfg, tier });
@@ -226,17 +270,21 @@ impl Policy {
         route: CachedRoute,
         path: &str,
         facts: &QueryFacts,
+        identity: IdentityKind,
         now_ms: u64,
     ) -> Decision {
         let time_range = classify_time_ranges(&facts.time_ranges, now_ms);
         for r in &self.rules {
-            if rule_matches(&r.cfg, route, path, facts, time_range) {
+            if rule_matches(&r.cfg, route, path, facts, time_range)
+                && any_or(&r.cfg.identity, Some(&identity))
+            {
                 return Decision {
                     rule: r.cfg.name.clone(),
                     tier: r.tier.clone(),
                     scope: r.cfg.scope,
                     respect_superset_timeout: r.cfg.respect_superset_timeout.unwrap_or(true),
                     time_range,
+                    identity,
                 };
             }
         }
@@ -246,6 +294,7 @@ impl Policy {
             scope: ScopeKind::User,
             respect_superset_timeout: true,
             time_range,
+            identity,
         }
     }
 }
@@ -481,6 +530,7 @@ mod tests {
     const DAY: u64 = 86_400_000;
     // 2026-11-25
     const NOW: u64 = 20_782 * DAY + 3_600_000;
+    const U: IdentityKind = IdentityKind::User;
 
     #[test]
     fn time_range_classes() {
@@ -546,25 +596,106 @@ mod tests {
             time_ranges: vec!["2023-01-01 : 2024-01-01".into()],
             ..Default::default()
         };
-        let d = p.decide(CachedRoute::ChartData, "/api/v1/chart/data", &f, NOW);
+        let d = p.decide(CachedRoute::ChartData, "/api/v1/chart/data", &f, U, NOW);
         assert_eq!(
             (d.rule.as_str(), d.tier.unwrap().name.as_str()),
             ("hist", "historical")
         );
         f.time_ranges = vec!["Last week".into()];
-        let d = p.decide(CachedRoute::ChartData, "/api/v1/chart/data", &f, NOW);
+        let d = p.decide(CachedRoute::ChartData, "/api/v1/chart/data", &f, U, NOW);
         assert_eq!(
             (d.rule.as_str(), d.tier.unwrap().name.as_str()),
             ("pie", "realtime")
         );
         f.result_format = Some("csv".into());
-        let d = p.decide(CachedRoute::ChartData, "/api/v1/chart/data", &f, NOW);
+        let d = p.decide(CachedRoute::ChartData, "/api/v1/chart/data", &f, U, NOW);
         assert!(d.tier.is_none());
-        let d = p.decide(CachedRoute::ChartData, "/p", &QueryFacts::default(), NOW);
+        let d = p.decide(CachedRoute::ChartData, "/p", &QueryFacts::default(), U, NOW);
         assert_eq!(
             (d.rule.as_str(), d.tier.unwrap().name.as_str()),
             ("default", "standard")
         );
+    }
+
+    #[test]
+    fn identity_kind_matcher() {
+        let p = policy(vec![
+            RuleConfig {
+                name: "embedded".into(),
+                identity: vec![IdentityKind::Guest],
+                tier: Some("realtime".into()),
+                ..Default::default()
+            },
+            RuleConfig {
+                name: "anon".into(),
+                identity: vec![IdentityKind::Anonymous],
+                tier: Some("historical".into()),
+                scope: ScopeKind::Public,
+                ..Default::default()
+            },
+        ]);
+        let f = QueryFacts::default();
+        let d = |k| p.decide(CachedRoute::ChartData, "/api/v1/chart/data", &f, k, NOW);
+        assert_eq!(d(IdentityKind::Guest).rule, "embedded");
+        let a = d(IdentityKind::Anonymous);
+        assert_eq!((a.rule.as_str(), a.scope), ("anon", ScopeKind::Public));
+        assert_eq!(d(IdentityKind::User).rule, "default");
+
+        use crate::identity::Credentials;
+        assert_eq!(IdentityKind::of(None), IdentityKind::Anonymous);
+        let mut c = Credentials {
+            authorization: Some(http::HeaderValue::from_static("Bearer x")),
+            ..Default::default()
+        };
+        assert_eq!(IdentityKind::of(Some(&c)), IdentityKind::User);
+        c.guest_token = Some(http::HeaderValue::from_static("g"));
+        assert_eq!(IdentityKind::of(Some(&c)), IdentityKind::Guest);
+    }
+
+    #[test]
+    fn rules_load_from_toml() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            r#"
+upstream = "http://x"
+[[rules]]
+name = "anon-kpis"
+identity = ["anonymous", "user"]
+datasource = ["9__table"]
+time_range = ["relative", "none"]
+scope = "public"
+tier = "realtime"
+respect_superset_timeout = false
+"#,
+        )
+        .unwrap();
+        let cfg = Config::load(Some(&path)).unwrap();
+        let p = Policy::from_config(&cfg).unwrap();
+        let f = QueryFacts {
+            datasource: Some("9__table".into()),
+            ..Default::default()
+        };
+        let d = p.decide(
+            CachedRoute::ChartData,
+            "/api/v1/chart/data",
+            &f,
+            IdentityKind::Anonymous,
+            NOW,
+        );
+        assert_eq!(d.rule, "anon-kpis");
+        assert_eq!(d.scope, ScopeKind::Public);
+        assert!(!d.respect_superset_timeout);
+        assert_eq!(d.tier.unwrap().name, "realtime");
+        let d = p.decide(
+            CachedRoute::ChartData,
+            "/api/v1/chart/data",
+            &f,
+            IdentityKind::Guest,
+            NOW,
+        );
+        assert_eq!(d.rule, "default");
     }
 
     #[test]
@@ -596,6 +727,14 @@ mod tests {
             mk(RuleConfig {
                 tier: Some("standard".into()),
                 route: vec!["x".into()],
+                ..Default::default()
+            })
+            .is_err()
+        );
+        assert!(
+            mk(RuleConfig {
+                tier: Some("standard".into()),
+                identity: vec![IdentityKind::Anonymous],
                 ..Default::default()
             })
             .is_err()

@@ -17,9 +17,12 @@ use crate::body::{self, Body, Limited};
 use crate::coalesce::Role;
 use crate::context::{Outcome, RequestContext};
 use crate::error::Error;
-use crate::fingerprint::{self, CacheKey};
+use crate::fingerprint::{self, CacheKey, QueryFacts};
 use crate::identity::{Scope, ScopeOutcome};
-use crate::policy::{self, Bypass, Cacheability, NotStorable, ScopeKind, TierConfig};
+use crate::policy::{
+    self, Bypass, Cacheability, Decision, IdentityKind, NotStorable, ScopeKind, TierConfig,
+};
+use crate::refresh::{self, Hotness, Window};
 use crate::route::CachedRoute;
 use crate::store::{Entry, Meta};
 
@@ -35,16 +38,40 @@ pub struct Fetched {
     pub entry: Option<Arc<Entry>>,
 }
 
-/// Everything needed to (re)fetch a keyed request from Superset.
-struct FetchSpec {
-    parts: http::request::Parts,
-    body: Bytes,
-    key: CacheKey,
-    tags: Vec<String>,
-    tier: Option<Arc<TierConfig>>,
-    respect_superset_timeout: bool,
-    custom_cache_timeout: Option<u64>,
-    conn: ConnInfo,
+/// Everything needed to (re)fetch a keyed request from Superset. Background
+/// refreshes (`crate::refresh`) keep one per refreshed key.
+#[derive(Clone)]
+pub(crate) struct FetchSpec {
+    pub(crate) parts: http::request::Parts,
+    pub(crate) body: Bytes,
+    pub(crate) key: CacheKey,
+    pub(crate) tags: Vec<String>,
+    pub(crate) tier: Option<Arc<TierConfig>>,
+    pub(crate) respect_superset_timeout: bool,
+    pub(crate) custom_cache_timeout: Option<u64>,
+    pub(crate) conn: ConnInfo,
+}
+
+impl FetchSpec {
+    fn new(
+        parts: http::request::Parts,
+        body: Bytes,
+        key: CacheKey,
+        facts: &QueryFacts,
+        decision: &Decision,
+        conn: ConnInfo,
+    ) -> FetchSpec {
+        FetchSpec {
+            parts,
+            body,
+            key,
+            tags: facts.tags(),
+            tier: decision.tier.clone(),
+            respect_superset_timeout: decision.respect_superset_timeout,
+            custom_cache_timeout: facts.custom_cache_timeout,
+            conn,
+        }
+    }
 }
 
 pub(super) async fn handle(
@@ -93,10 +120,14 @@ pub(super) async fn handle(
     };
 
     // 3. Policy: tier or bypass, and the identity scope.
-    let decision =
-        app.policy
-            .load()
-            .decide(route, parts.uri.path(), &canon.facts, app.clock.now_ms());
+    let creds = app.identity.credentials(&parts.headers);
+    let decision = app.policy.load().decide(
+        route,
+        parts.uri.path(),
+        &canon.facts,
+        IdentityKind::of(creds.as_ref()),
+        app.clock.now_ms(),
+    );
     let Some(tier) = decision.tier.clone() else {
         return bypass(app, parts, body::full(body), conn, ctx, Bypass::Rule).await;
     };
@@ -106,7 +137,7 @@ pub(super) async fn handle(
     let scope = match decision.scope {
         ScopeKind::Public => Scope::Public,
         kind @ (ScopeKind::User | ScopeKind::Roles) => {
-            let Some(creds) = app.identity.credentials(&parts.headers) else {
+            let Some(creds) = &creds else {
                 return bypass(
                     app,
                     parts,
@@ -117,7 +148,7 @@ pub(super) async fn handle(
                 )
                 .await;
             };
-            match app.identity.scope(&creds, kind, &app.upstream).await {
+            match app.identity.scope(creds, kind, &app.upstream).await {
                 Ok(ScopeOutcome::Scope(s)) => s,
                 Ok(ScopeOutcome::Denied(why)) => {
                     let why = if why == "identity-denied" {
@@ -161,27 +192,43 @@ pub(super) async fn handle(
         ctx.forced = true;
     } else if let Some(entry) = lookup(app, &key).await {
         let now = app.clock.now_ms();
-        if now < entry.meta.fresh_until {
-            ctx.outcome = Outcome::Hit;
-            ctx.ttl = Some(((entry.meta.fresh_until - now) / 1000) as i64);
-            return serve_entry(&entry, accept, now);
-        }
-        if now < entry.meta.stale_until {
-            stale = Some(entry);
+        match refresh::window(&entry.meta, &tier, now) {
+            Window::Fresh => {
+                ctx.outcome = Outcome::Hit;
+                ctx.ttl = Some(((entry.meta.fresh_until - now) / 1000) as i64);
+                let resp = serve_entry(&entry, accept, now);
+                // Refresh-ahead: one atomic add per hit; more only for hot entries.
+                match app.refresher.count_hit(&entry, cfg.refresh_ahead.hot_hits) {
+                    Hotness::Cold => {}
+                    Hotness::Became => {
+                        let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn);
+                        // The refresh must resolve to this same scope again.
+                        let expect = match decision.scope {
+                            ScopeKind::Public => None,
+                            kind => Some((kind, scope)),
+                        };
+                        app.refresher.track(app, spec, creds, expect, &entry);
+                    }
+                    Hotness::Hot => app.refresher.touch(&key, creds),
+                }
+                return resp;
+            }
+            Window::Revalidate => {
+                // Stale-while-revalidate: answer now, refresh in the background.
+                ctx.outcome = Outcome::Stale;
+                ctx.ttl = Some(-(stale_secs(&entry, now)));
+                let resp = serve_entry(&entry, accept, now);
+                let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn);
+                refresh::revalidate(app, spec);
+                return resp;
+            }
+            Window::IfError => stale = Some(entry),
+            Window::Expired => {}
         }
     }
 
     // 7. Miss: one fetch per key (forced refreshes coalesce among themselves).
-    let spec = FetchSpec {
-        parts,
-        body,
-        key,
-        tags: canon.facts.tags(),
-        tier: Some(tier),
-        respect_superset_timeout: decision.respect_superset_timeout,
-        custom_cache_timeout: canon.facts.custom_cache_timeout,
-        conn,
-    };
+    let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn);
     let coalesce_key = if canon.force { force_key(&key) } else { key };
     let wait = Duration::from_millis(cfg.cache.coalesce_wait_ms);
     match app.coalescer.acquire(coalesce_key, wait).await {
@@ -258,7 +305,7 @@ fn force_key(key: &CacheKey) -> CacheKey {
 
 /// Cross-replica coalescing (see `store::lock`): `Ok(lock)` → fetch, holding
 /// the lock (if any) until stored; `Err(fetched)` → another replica's entry.
-async fn remote_leader(
+pub(crate) async fn remote_leader(
     app: &App,
     key: &CacheKey,
     force: bool,
@@ -278,8 +325,14 @@ async fn remote_leader(
     }
 }
 
+/// Whole seconds an entry is past `fresh`, rounded up so a stale entry never
+/// shows `ttl=0`.
+fn stale_secs(entry: &Entry, now: u64) -> i64 {
+    (now.saturating_sub(entry.meta.fresh_until).div_ceil(1000)) as i64
+}
+
 /// Store lookup that fails open: errors are misses.
-async fn lookup(app: &App, key: &CacheKey) -> Option<Arc<Entry>> {
+pub(crate) async fn lookup(app: &App, key: &CacheKey) -> Option<Arc<Entry>> {
     // The memory store answers synchronously: no boxed future on the hit path.
     if let (Some(mem), true) = (&app.memory, app.store.name() == "memory") {
         return mem.get_sync(key);
@@ -363,7 +416,7 @@ async fn fetch(
                 ctx.outcome = Outcome::Stale;
                 ctx.stored = false;
                 ctx.detail = Some("upstream-error");
-                ctx.ttl = Some(-(((now - entry.meta.fresh_until) / 1000) as i64));
+                ctx.ttl = Some(-(stale_secs(entry, now)));
                 let fetched = Arc::new(Fetched {
                     status: StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK),
                     headers: HeaderMap::new(),
@@ -378,6 +431,26 @@ async fn fetch(
         }
     }
     res
+}
+
+/// Fetch `spec` for a background refresh (no client waits) and store it when
+/// storable. A response too large to store counts as an error here.
+pub(crate) async fn background_fetch(app: &App, spec: &FetchSpec) -> Result<Arc<Fetched>, Error> {
+    let request_id = spec
+        .parts
+        .headers
+        .get("x-request-id")
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("-"));
+    let mut ctx = RequestContext::new(
+        request_id,
+        spec.parts.method.clone(),
+        spec.parts.uri.path().to_string(),
+    );
+    match fetch_inner(app, spec, &mut ctx).await? {
+        FetchResult::Complete { fetched, .. } => Ok(fetched),
+        FetchResult::Streaming(_) => Err(Error::Upstream("too large to store".into())),
+    }
 }
 
 async fn fetch_inner(

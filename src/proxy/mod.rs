@@ -16,7 +16,7 @@ use crate::error::Error;
 use crate::route::{self, Route};
 use crate::upstream::{prepare_request_headers, strip_hop_by_hop};
 
-mod cached;
+pub(crate) mod cached;
 pub mod respond;
 
 pub use cached::Fetched;

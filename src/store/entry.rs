@@ -8,6 +8,8 @@
 //!  (name_len u16, name, value_len u32, value)* | n_tags u16 | (len u16, tag)* |
 //!  zstd body (rest)`
 
+use std::sync::atomic::{AtomicU32, Ordering};
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 
@@ -44,6 +46,33 @@ pub struct Entry {
     pub zstd: Bytes,
     /// Optional gzip copy, made once, for clients that do not accept zstd.
     pub gzip: Option<Bytes>,
+    /// Fresh hits served from this copy in this process (refresh-ahead). Never
+    /// encoded: it describes this process's traffic, not the response.
+    pub hits: HitCounter,
+}
+
+/// A per-entry hit counter: one relaxed atomic add per fresh hit, so counting
+/// needs no lock and no map. A clone starts from zero (it is a new copy).
+#[derive(Debug, Default)]
+pub struct HitCounter(AtomicU32);
+
+impl HitCounter {
+    /// Count one hit; returns the count including it (saturating).
+    #[inline]
+    pub fn hit(&self) -> u32 {
+        self.0.fetch_add(1, Ordering::Relaxed).saturating_add(1)
+    }
+
+    /// Hits counted so far.
+    pub fn get(&self) -> u32 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+impl Clone for HitCounter {
+    fn clone(&self) -> Self {
+        HitCounter::default()
+    }
 }
 
 /// Why stored bytes could not be decoded.
@@ -71,7 +100,12 @@ impl Entry {
         } else {
             None
         };
-        Ok(Entry { meta, zstd, gzip })
+        Ok(Entry {
+            meta,
+            zstd,
+            gzip,
+            hits: HitCounter::default(),
+        })
     }
 
     /// Add the gzip copy if missing (entries read from Redis carry only zstd).
@@ -196,6 +230,7 @@ impl Entry {
             },
             zstd: buf,
             gzip: None,
+            hits: HitCounter::default(),
         })
     }
 }
