@@ -47,6 +47,8 @@ pub enum Outcome {
     Coalesced,
     Stale,
     Miss,
+    /// Superset's Force refresh forwarded (`fwd=request`).
+    Refresh,
     Bypass,
     /// No `Cache-Status` (direct to the upstream).
     None,
@@ -60,6 +62,7 @@ impl Outcome {
             Outcome::Coalesced => "coalesced",
             Outcome::Stale => "stale",
             Outcome::Miss => "miss",
+            Outcome::Refresh => "refresh",
             Outcome::Bypass => "bypass",
             Outcome::None => "none",
             Outcome::Error => "error",
@@ -72,7 +75,9 @@ impl Outcome {
     pub fn from_cache_status(v: Option<&str>) -> Outcome {
         let Some(v) = v else { return Outcome::None };
         let v = v.to_ascii_lowercase();
-        if v.contains("coalesced") {
+        if v.contains("fwd=request") {
+            Outcome::Refresh
+        } else if v.contains("coalesced") {
             Outcome::Coalesced
         } else if v.contains("hit") {
             Outcome::Hit

@@ -55,18 +55,20 @@ struct Gen {
 }
 
 impl Gen {
-    fn next_view(&mut self, principal: usize, repeat: f64) -> (u64, u64) {
+    /// The next view of a principal: (dashboard, filter state, is a repeat).
+    fn next_view(&mut self, principal: usize, repeat: f64) -> (u64, u64, bool) {
         let h = &self.history[principal];
         if !h.is_empty() && self.rng.f64() < repeat {
             self.repeats += 1;
-            return h[(self.rng.next_u64() % h.len() as u64) as usize];
+            let (d, f) = h[(self.rng.next_u64() % h.len() as u64) as usize];
+            return (d, f, true);
         }
         self.fresh += 1;
         let d = self.zipf.sample(&mut self.rng) as u64 + 1;
         self.next_filter += 1;
         let f = self.next_filter;
         self.history[principal].push((d, f));
-        (d, f)
+        (d, f, false)
     }
 }
 
@@ -79,6 +81,8 @@ struct Totals {
     samples: Mutex<Vec<(Outcome, u64, usize)>>,
     views: Mutex<Vec<u64>>,
     charts_requested: AtomicU64,
+    /// Chart requests of first-time views: misses no cache can avoid.
+    compulsory: AtomicU64,
     forced: AtomicU64,
 }
 
@@ -108,8 +112,12 @@ async fn user_loop(
         if started_views.fetch_add(1, Ordering::Relaxed) >= p.max_views {
             break;
         }
-        let (dash, filter) = views_gen.lock().unwrap().next_view(principal as usize, p.repeat);
+        let (dash, filter, repeat) =
+            views_gen.lock().unwrap().next_view(principal as usize, p.repeat);
         let n = charts_of(&p, dash);
+        if !repeat {
+            totals.compulsory.fetch_add(n, Ordering::Relaxed);
+        }
         let sem = Arc::new(Semaphore::new(p.conns_per_user));
         let view_started = Instant::now();
         let mut tasks = Vec::with_capacity(n as usize);
@@ -172,7 +180,8 @@ async fn run_async(p: Params) -> serde_json::Value {
         rng: Rng::new(p.seed),
         zipf: Zipf::new(p.dashboards as usize, p.zipf_s),
         history: vec![Vec::new(); p.principals as usize],
-        next_filter: 0,
+        // Distinct seeds never share filter states, so runs do not warm each other.
+        next_filter: (p.seed % 1_000) * 1_000_000,
         repeats: 0,
         fresh: 0,
     }));
@@ -237,6 +246,8 @@ async fn run_async(p: Params) -> serde_json::Value {
                 "chart_queries_per_view": client::round3(q as f64 / n_views.max(1) as f64),
                 "direct_queries_per_view": client::round3(charts_requested as f64 / n_views.max(1) as f64),
                 "ratio_to_direct": client::round3(q as f64 / charts_requested.max(1) as f64),
+                "compulsory_queries": totals.compulsory.load(Ordering::Relaxed),
+                "forced_requests": totals.forced.load(Ordering::Relaxed),
             })
         }
         _ => serde_json::Value::Null,
@@ -293,8 +304,9 @@ pub fn print_report(v: &serde_json::Value) {
     if !v["upstream"].is_null() {
         let u = &v["upstream"];
         println!(
-            "upstream chart queries {}  per view {}  (direct: {} per view, ratio {})  /me lookups {}",
-            u["chart_queries"], u["chart_queries_per_view"], u["direct_queries_per_view"], u["ratio_to_direct"], u["me_queries"]
+            "upstream chart queries {}  per view {}  (direct: {} per view, ratio {})  compulsory {}  forced {}  /me lookups {}",
+            u["chart_queries"], u["chart_queries_per_view"], u["direct_queries_per_view"], u["ratio_to_direct"],
+            u["compulsory_queries"], u["forced_requests"], u["me_queries"]
         );
     }
     println!("RESULT_JSON {}", v);

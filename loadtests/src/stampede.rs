@@ -18,7 +18,8 @@ use crate::client::{self, Outcome};
 use crate::payload::Templates;
 
 struct Params {
-    target: String,
+    /// One or more proxies (replicas); client `i` uses `targets[i % len]`.
+    targets: Vec<String>,
     upstream: Option<String>,
     label: String,
     n: usize,
@@ -113,13 +114,19 @@ async fn round(p: &Params, nonce: u64, templates: &Templates) -> serde_json::Val
         headers.push(("accept-encoding".to_string(), p.accept_encoding.clone()));
     }
     let headers = Arc::new(headers);
-    let uri: http::Uri = p.target.parse().unwrap();
-    let addr = uri.authority().unwrap().to_string();
+    let addrs: Vec<String> = p
+        .targets
+        .iter()
+        .map(|t| {
+            let uri: http::Uri = t.parse().unwrap();
+            uri.authority().unwrap().to_string()
+        })
+        .collect();
     let barrier = Arc::new(Barrier::new(p.n));
     let mut tasks = Vec::with_capacity(p.n);
-    for _ in 0..p.n {
+    for i in 0..p.n {
         tasks.push(tokio::spawn(one(
-            addr.clone(),
+            addrs[i % addrs.len()].clone(),
             "/api/v1/chart/data".to_string(),
             headers.clone(),
             body.clone(),
@@ -183,7 +190,7 @@ async fn run_async(p: Params) -> serde_json::Value {
     }
     json!({
         "label": p.label,
-        "target": p.target,
+        "target": p.targets.join(","),
         "n": p.n,
         "bytes": p.bytes,
         "upstream_latency_ms": p.latency_ms,
@@ -193,7 +200,11 @@ async fn run_async(p: Params) -> serde_json::Value {
 
 pub fn run(args: &Args) -> Result<(), String> {
     let p = Params {
-        target: client::loopback_base(&args.string("target", "http://127.0.0.1:8080"))?,
+        targets: args
+            .string("target", "http://127.0.0.1:8080")
+            .split(',')
+            .map(client::loopback_base)
+            .collect::<Result<_, _>>()?,
         upstream: args.opt("upstream").map(|u| client::loopback_base(&u)).transpose()?,
         label: args.string("label", "stampede"),
         n: args.get("n", 500usize)?.clamp(1, 5000),

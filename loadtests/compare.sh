@@ -1,0 +1,421 @@
+#!/usr/bin/env bash
+# One-run comparison: chartcache (memory store, then Redis store when the build
+# has it) against nginx proxy_cache, both in front of the same Superset-shaped
+# upstream, on loopback.
+#
+#   (a) hot hit path with wrk: 1 KB, 50 KB, 500 KB bodies, 64 connections,
+#       identity and gzip clients (same Accept-Encoding for both proxies);
+#   (b) the dashboard workload (chartcache-load dashboards);
+#   (c) a cold stampede: 500 concurrent identical misses (chartcache-load stampede);
+#   (d) optional soak: dashboard load with a small memory cap, sampling RSS and
+#       the memory store's bytes (SECTIONS=soak).
+#
+# Everything it starts (upstream, nginx, chartcache, redis-server) runs as its
+# own processes on 127.0.0.1 ports and is stopped by pid on exit.
+#
+# Environment (defaults in brackets):
+#   SECTIONS      sections to run [hot dashboards stampede]; add "soak" for the soak
+#   REPEAT        runs of each measurement [2]
+#   WRK_DURATION  per wrk run [10s]      WRK_CONNS [64]      WRK_THREADS [2]
+#   SIZES         hot-path body sizes in bytes [1024 51200 512000]
+#   ENCODINGS     hot-path client encodings [identity gzip]
+#   DASH_SECS     per dashboard run [45]  DASH_USERS [30]  DASH_THINK_MS [1000]
+#   STAMPEDE_N    [500]  STAMPEDE_ROUNDS [3]  STAMPEDE_LATENCY_MS [500]
+#   SOAK_SECS     [600]  SOAK_MEMORY_BYTES [33554432]
+#   MEMORY_BYTES  chartcache memory store cap for (a)-(c) [268435456]
+#   BASE_PORT     first of the loopback ports used [28100]
+#   SKIP_BUILD=1  use existing release binaries
+#   OUT           results directory [loadtests/results/<UTC timestamp>]
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SECTIONS=${SECTIONS:-hot dashboards stampede}
+REPEAT=${REPEAT:-2}
+WRK_DURATION=${WRK_DURATION:-10s}
+WRK_CONNS=${WRK_CONNS:-64}
+WRK_THREADS=${WRK_THREADS:-2}
+SIZES=${SIZES:-1024 51200 512000}
+ENCODINGS=${ENCODINGS:-identity gzip}
+DASH_SECS=${DASH_SECS:-45}
+DASH_USERS=${DASH_USERS:-30}
+DASH_THINK_MS=${DASH_THINK_MS:-1000}
+STAMPEDE_N=${STAMPEDE_N:-500}
+STAMPEDE_ROUNDS=${STAMPEDE_ROUNDS:-3}
+STAMPEDE_LATENCY_MS=${STAMPEDE_LATENCY_MS:-500}
+SOAK_SECS=${SOAK_SECS:-600}
+SOAK_MEMORY_BYTES=${SOAK_MEMORY_BYTES:-33554432}
+MEMORY_BYTES=${MEMORY_BYTES:-268435456}
+BASE_PORT=${BASE_PORT:-28100}
+OUT=${OUT:-$ROOT/loadtests/results/$(date -u +%Y%m%dT%H%M%SZ)}
+
+UP_PORT=$BASE_PORT
+NGINX_PORT=$((BASE_PORT + 1))
+CC_PORT=$((BASE_PORT + 2))
+CC_ADMIN=$((BASE_PORT + 3))
+REDIS_PORT=$((BASE_PORT + 4))
+# Redis replicas: proxy ports BASE+10.., admin ports BASE+20..
+UP="http://127.0.0.1:$UP_PORT"
+
+mkdir -p "$OUT"
+LOG="$OUT/compare.log"
+exec > >(tee -a "$LOG") 2>&1
+TMP=$(mktemp -d /tmp/chartcache-compare.XXXXXX)
+PIDS=()
+
+cleanup() {
+    local p
+    for p in "${PIDS[@]:-}"; do
+        [ -n "$p" ] && kill "$p" 2>/dev/null || true
+    done
+    sleep 0.5
+    for p in "${PIDS[@]:-}"; do
+        [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true
+    done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+log() { printf '\n### %s  %s\n' "$(date -u +%H:%M:%S)" "$*"; }
+
+stop_pid() {
+    local pid=$1 i
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
+    kill -9 "$pid" 2>/dev/null || true
+}
+
+wait_http() { # url [tries]
+    local i
+    for i in $(seq 1 "${2:-100}"); do
+        curl -s -o /dev/null "$1" && return 0
+        sleep 0.1
+    done
+    echo "timed out waiting for $1" >&2
+    return 1
+}
+
+# ---------------------------------------------------------------- tools
+need_apt=()
+command -v nginx >/dev/null || need_apt+=(nginx)
+command -v wrk >/dev/null || need_apt+=(wrk)
+command -v curl >/dev/null || need_apt+=(curl)
+command -v jq >/dev/null || need_apt+=(jq)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    log "installing ${need_apt[*]} from Debian's packages"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"
+fi
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    log "building release binaries"
+    (cd "$ROOT" && cargo build --release --quiet)
+    (cd "$ROOT/loadtests" && cargo build --release --quiet)
+fi
+CC_BIN=${CC_BIN:-${CARGO_TARGET_DIR:-$ROOT/target}/release/chartcache}
+LOAD=${LOAD:-$ROOT/loadtests/target/release/chartcache-load}
+[ -x "$CC_BIN" ] || { echo "missing $CC_BIN" >&2; exit 1; }
+[ -x "$LOAD" ] || { echo "missing $LOAD" >&2; exit 1; }
+
+HAVE_REDIS=0
+if "$CC_BIN" --help 2>/dev/null | grep -q -- '--redis-url' && command -v redis-server >/dev/null; then
+    HAVE_REDIS=1
+fi
+
+# ---------------------------------------------------------------- machine
+log "machine"
+echo "nproc: $(nproc)"
+echo "cpu: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')"
+echo "memory: $(free -m | awk '/Mem:/ {print $2 " MiB"}')"
+echo "kernel: $(uname -r)"
+echo "nginx: $(nginx -v 2>&1 | cut -d/ -f2)"
+echo "wrk: $(wrk -v 2>&1 | head -1 | awk '{print $2}')"
+echo "chartcache: $("$CC_BIN" --version) ($(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?'))"
+echo "redis store: $([ $HAVE_REDIS = 1 ] && echo "yes ($(redis-server --version | awk '{print $3}'))" || echo 'not available in this build')"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "sections: $SECTIONS; repeat $REPEAT"
+
+# ---------------------------------------------------------------- upstream
+log "starting the Superset-shaped upstream on :$UP_PORT"
+"$LOAD" upstream --listen "127.0.0.1:$UP_PORT" --threads 1 >"$OUT/upstream.log" 2>&1 &
+PIDS+=($!)
+wait_http "$UP/__stats"
+
+# ---------------------------------------------------------------- nginx
+mkdir -p "$TMP/nginx/cache" "$TMP/nginx/tmp"
+cat >"$TMP/nginx/nginx.conf" <<EOF
+user $(id -un);
+worker_processes $(nproc);
+daemon off;
+pid $TMP/nginx/nginx.pid;
+error_log $OUT/nginx-error.log warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/nginx/tmp/body;
+    proxy_temp_path $TMP/nginx/tmp/proxy;
+    fastcgi_temp_path $TMP/nginx/tmp/fastcgi;
+    uwsgi_temp_path $TMP/nginx/tmp/uwsgi;
+    scgi_temp_path $TMP/nginx/tmp/scgi;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    proxy_cache_path $TMP/nginx/cache levels=1:2 keys_zone=charts:64m max_size=4g inactive=1h use_temp_path=off;
+    upstream superset {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 512;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        # \$request_body must be in memory to be part of the key.
+        client_body_buffer_size 1m;
+        client_max_body_size 1m;
+        location = /api/v1/chart/data {
+            proxy_pass http://superset;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_cache charts;
+            proxy_cache_methods POST;
+            proxy_cache_key "\$request_uri|\$http_authorization|\$request_body";
+            proxy_cache_valid 200 10m;
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 60s;
+            proxy_cache_lock_age 60s;
+            proxy_cache_use_stale updating error timeout;
+            proxy_read_timeout 120s;
+            add_header Cache-Status "nginx; \$upstream_cache_status" always;
+        }
+        location / {
+            proxy_pass http://superset;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+cp "$TMP/nginx/nginx.conf" "$OUT/nginx.conf"
+log "starting nginx on :$NGINX_PORT (config: $OUT/nginx.conf)"
+nginx -p "$TMP/nginx" -e "$OUT/nginx-error.log" -c "$TMP/nginx/nginx.conf" >"$OUT/nginx.log" 2>&1 &
+NGINX_PID=$!
+PIDS+=($NGINX_PID)
+wait_http "http://127.0.0.1:$NGINX_PORT/__stats"
+
+# ---------------------------------------------------------------- chartcache
+CC_PID=""
+start_chartcache() { # port admin_port memory_bytes [extra args...]
+    local port=$1 admin=$2 mem=$3
+    shift 3
+    CHARTCACHE_LOG=warn CHARTCACHE_LOG__ACCESS_LOG=false \
+        "$CC_BIN" --upstream "$UP" --listen "127.0.0.1:$port" --admin-listen "127.0.0.1:$admin" \
+        --memory-max-bytes "$mem" "$@" >>"$OUT/chartcache-$port.log" 2>&1 &
+    CC_PID=$!
+    PIDS+=($CC_PID)
+    wait_http "http://127.0.0.1:$admin/healthz"
+}
+
+rss_kib() { ps -o rss= -p "$1" | tr -d ' '; }
+store_bytes() { # admin port
+    curl -s "http://127.0.0.1:$1/metrics" | awk '/^chartcache_memory_store_bytes / {print $2}'
+}
+
+log "starting chartcache (memory store, cap $MEMORY_BYTES B) on :$CC_PORT"
+start_chartcache "$CC_PORT" "$CC_ADMIN" "$MEMORY_BYTES"
+CC_MEM_PID=$CC_PID
+sleep 1
+echo "chartcache idle RSS (empty cache): $(rss_kib $CC_MEM_PID) KiB"
+echo "nginx RSS (master + workers): $(ps -o rss= --ppid $NGINX_PID | awk '{s+=$1} END {print s}') + $(rss_kib $NGINX_PID) KiB"
+
+REDIS_TARGETS=""
+if [ $HAVE_REDIS = 1 ]; then
+    log "starting redis-server on :$REDIS_PORT and 3 chartcache replicas with the Redis store"
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
+        --dir "$TMP" >"$OUT/redis.log" 2>&1 &
+    PIDS+=($!)
+    for i in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+    for r in 0 1 2; do
+        start_chartcache $((BASE_PORT + 10 + r)) $((BASE_PORT + 20 + r)) "$MEMORY_BYTES" \
+            --redis-url "redis://127.0.0.1:$REDIS_PORT"
+        REDIS_TARGETS+="${REDIS_TARGETS:+,}http://127.0.0.1:$((BASE_PORT + 10 + r))"
+    done
+fi
+
+# name → base URL of each system under test
+declare -A TARGET=([nginx]="http://127.0.0.1:$NGINX_PORT" [chartcache-memory]="http://127.0.0.1:$CC_PORT")
+SYSTEMS=(nginx chartcache-memory)
+if [ $HAVE_REDIS = 1 ]; then
+    TARGET[chartcache-redis]="http://127.0.0.1:$((BASE_PORT + 10))"
+    SYSTEMS+=(chartcache-redis)
+fi
+
+SUMMARY="$OUT/summary.tsv"
+printf 'section\tsystem\tcase\trun\tmetric\tvalue\n' >"$SUMMARY"
+record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$SUMMARY"; }
+
+# ---------------------------------------------------------------- (a) hot hit path
+hot() {
+    log "(a) hot hit path: wrk -t$WRK_THREADS -c$WRK_CONNS -d$WRK_DURATION, sizes: $SIZES, encodings: $ENCODINGS"
+    local template="$ROOT/tests/fixtures/superset-6.1/20-chart-data-timeseries-admin-miss.json"
+    local size enc sys run
+    for size in $SIZES; do
+        # One body per size (row_limit differs, so keys differ); the upstream answers X-Bench-Bytes.
+        jq -c --argjson n "$size" '.request.body | .queries[0].row_limit = $n' "$template" >"$TMP/body-$size.json"
+        for enc in $ENCODINGS; do
+            local ae=""
+            [ "$enc" = gzip ] && ae="gzip"
+            [ "$enc" = zstd ] && ae="gzip, deflate, br, zstd"
+            cat >"$TMP/wrk-$size-$enc.lua" <<EOF
+local f = assert(io.open("$TMP/body-$size.json", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer user-1-tok-0"
+wrk.headers["X-Bench-Bytes"] = "$size"
+wrk.headers["X-Bench-Latency-Ms"] = "50"
+$( [ -n "$ae" ] && echo "wrk.headers[\"Accept-Encoding\"] = \"$ae\"" )
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('WRK_JSON {"requests":%d,"duration_us":%d,"bytes":%d,"socket_errors":%d,"non2xx":%d,"mean_us":%.1f,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect + e.read + e.write + e.timeout, e.status,
+    latency.mean, latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max))
+end
+EOF
+        done
+    done
+    for run in $(seq 1 "$REPEAT"); do
+        for size in $SIZES; do
+            for enc in $ENCODINGS; do
+                for sys in "${SYSTEMS[@]}"; do
+                    local url="${TARGET[$sys]}/api/v1/chart/data"
+                    local ae_hdr=()
+                    [ "$enc" = gzip ] && ae_hdr=(-H "Accept-Encoding: gzip")
+                    [ "$enc" = zstd ] && ae_hdr=(-H "Accept-Encoding: gzip, deflate, br, zstd")
+                    # Fill, then check the next answer is a hit.
+                    local cs=""
+                    for _ in 1 2 3; do
+                        cs=$(curl -s -o /dev/null -D - -X POST "$url" -H 'Content-Type: application/json' \
+                            -H 'Authorization: Bearer user-1-tok-0' -H "X-Bench-Bytes: $size" -H 'X-Bench-Latency-Ms: 50' \
+                            "${ae_hdr[@]}" --data-binary "@$TMP/body-$size.json" | tr -d '\r' | awk -F': ' 'tolower($1)=="cache-status" {print $2}')
+                    done
+                    echo "-- $sys size=$size enc=$enc run=$run  (Cache-Status after warm-up: $cs; load $(cut -d' ' -f1 /proc/loadavg))"
+                    local out
+                    out=$(wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$WRK_DURATION" --latency -s "$TMP/wrk-$size-$enc.lua" "$url" 2>&1)
+                    echo "$out" | grep -E 'Requests/sec|Transfer/sec|Latency  |Non-2xx|Socket errors' || true
+                    local j
+                    j=$(echo "$out" | sed -n 's/^WRK_JSON //p')
+                    local rps p50 p99
+                    rps=$(jq -r '(.requests / (.duration_us / 1e6)) | floor' <<<"$j")
+                    p50=$(jq -r '.p50_us / 1000' <<<"$j")
+                    p99=$(jq -r '.p99_us / 1000' <<<"$j")
+                    echo "   => $rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors $(jq -r '.socket_errors + .non2xx' <<<"$j")"
+                    record hot "$sys" "$size/$enc" "$run" rps "$rps"
+                    record hot "$sys" "$size/$enc" "$run" p50_ms "$p50"
+                    record hot "$sys" "$size/$enc" "$run" p99_ms "$p99"
+                    record hot "$sys" "$size/$enc" "$run" errors "$(jq -r '.socket_errors + .non2xx' <<<"$j")"
+                done
+            done
+        done
+    done
+    echo "chartcache RSS after hot path: $(rss_kib $CC_MEM_PID) KiB"
+}
+
+# ---------------------------------------------------------------- (b) dashboards
+dashboards() {
+    log "(b) dashboard workload: $DASH_USERS users, ${DASH_SECS}s, think ${DASH_THINK_MS} ms, 90 % repeats, 1 % force"
+    local sys run
+    for run in $(seq 1 "$REPEAT"); do
+        for sys in "${SYSTEMS[@]}"; do
+            echo "-- $sys run=$run (load $(cut -d' ' -f1 /proc/loadavg))"
+            local out
+            out=$("$LOAD" dashboards --target "${TARGET[$sys]}" --upstream "$UP" --label "$sys" \
+                --users "$DASH_USERS" --principals 10 --dashboards 50 --zipf 1.0 --repeat 0.9 --force 0.01 \
+                --think-ms "$DASH_THINK_MS" --duration-secs "$DASH_SECS" --max-views 20000 \
+                --accept-encoding "gzip, deflate, br, zstd" --seed $((run * 7 + 1)) 2>&1)
+            echo "$out" | grep -v '^RESULT_JSON'
+            local j
+            j=$(echo "$out" | sed -n 's/^RESULT_JSON //p')
+            record dashboards "$sys" all "$run" rps "$(jq -r .throughput_rps <<<"$j")"
+            record dashboards "$sys" all "$run" hit_ratio "$(jq -r .hit_ratio <<<"$j")"
+            record dashboards "$sys" all "$run" hit_p50_ms "$(jq -r '.latency_by_outcome.hit.p50_ms // -1' <<<"$j")"
+            record dashboards "$sys" all "$run" hit_p99_ms "$(jq -r '.latency_by_outcome.hit.p99_ms // -1' <<<"$j")"
+            record dashboards "$sys" all "$run" queries_per_view "$(jq -r .upstream.chart_queries_per_view <<<"$j")"
+            record dashboards "$sys" all "$run" ratio_to_direct "$(jq -r .upstream.ratio_to_direct <<<"$j")"
+            record dashboards "$sys" all "$run" view_p50_ms "$(jq -r .view_latency.p50_ms <<<"$j")"
+        done
+    done
+    echo "chartcache RSS after dashboards: $(rss_kib $CC_MEM_PID) KiB; memory store bytes: $(store_bytes $CC_ADMIN) (cap $MEMORY_BYTES)"
+}
+
+# ---------------------------------------------------------------- (c) stampede
+stampede() {
+    log "(c) cold stampede: $STAMPEDE_N concurrent identical misses, upstream latency $STAMPEDE_LATENCY_MS ms, 50 KB, gzip clients"
+    local sys run targets
+    for run in $(seq 1 "$REPEAT"); do
+        for sys in "${SYSTEMS[@]}"; do
+            targets=${TARGET[$sys]}
+            # Redis: spread the clients over the 3 replicas sharing Redis.
+            [ "$sys" = chartcache-redis ] && targets=$REDIS_TARGETS
+            echo "-- $sys run=$run (load $(cut -d' ' -f1 /proc/loadavg))"
+            local out
+            out=$("$LOAD" stampede --target "$targets" --upstream "$UP" --label "$sys" --n "$STAMPEDE_N" \
+                --rounds "$STAMPEDE_ROUNDS" --bytes 51200 --latency-ms "$STAMPEDE_LATENCY_MS" --accept-encoding gzip 2>&1)
+            echo "$out" | grep -v '^RESULT_JSON'
+            local j
+            j=$(echo "$out" | sed -n 's/^RESULT_JSON //p')
+            local i=0
+            while read -r q p90 p99 mx; do
+                i=$((i + 1))
+                record stampede "$sys" "round$i" "$run" upstream_queries "$q"
+                record stampede "$sys" "round$i" "$run" lag_p90_ms "$p90"
+                record stampede "$sys" "round$i" "$run" lag_p99_ms "$p99"
+                record stampede "$sys" "round$i" "$run" lag_max_ms "$mx"
+            done < <(jq -r '.rounds[] | "\(.upstream_queries) \(.lag_after_first.p90_ms) \(.lag_after_first.p99_ms) \(.lag_after_first.max_ms)"' <<<"$j")
+        done
+    done
+}
+
+# ---------------------------------------------------------------- (d) soak
+soak() {
+    log "(d) soak: chartcache memory store capped at $SOAK_MEMORY_BYTES B, dashboard load for ${SOAK_SECS}s"
+    local port=$((BASE_PORT + 30)) admin=$((BASE_PORT + 31))
+    start_chartcache "$port" "$admin" "$SOAK_MEMORY_BYTES"
+    local pid=$CC_PID
+    sleep 1
+    echo "idle RSS (empty cache): $(rss_kib "$pid") KiB"
+    "$LOAD" dashboards --target "http://127.0.0.1:$port" --upstream "$UP" --label soak \
+        --users 40 --principals 10 --dashboards 200 --zipf 0.8 --repeat 0.7 --force 0.01 \
+        --think-ms 500 --duration-secs "$SOAK_SECS" --max-views 1000000 \
+        --accept-encoding "gzip, deflate, br, zstd" --seed 99 >"$OUT/soak-load.log" 2>&1 &
+    local lpid=$!
+    PIDS+=($lpid)
+    printf '%8s %12s %14s %10s\n' "t_s" "rss_kib" "store_bytes" "cap"
+    local t=0
+    while kill -0 "$lpid" 2>/dev/null && [ $t -le $((SOAK_SECS + 60)) ]; do
+        local rss sb
+        rss=$(rss_kib "$pid")
+        sb=$(store_bytes "$admin")
+        printf '%8s %12s %14s %10s\n' "$t" "$rss" "$sb" "$SOAK_MEMORY_BYTES"
+        record soak chartcache-memory "t=$t" 1 rss_kib "$rss"
+        record soak chartcache-memory "t=$t" 1 store_bytes "$sb"
+        sleep 15
+        t=$((t + 15))
+    done
+    wait "$lpid" || true
+    grep -v '^RESULT_JSON' "$OUT/soak-load.log" || true
+    echo "after soak: RSS $(rss_kib "$pid") KiB, store bytes $(store_bytes "$admin") (cap $SOAK_MEMORY_BYTES)"
+    stop_pid "$pid"
+}
+
+for s in $SECTIONS; do
+    case $s in
+        hot) hot ;;
+        dashboards) dashboards ;;
+        stampede) stampede ;;
+        soak) soak ;;
+        *) echo "unknown section $s" >&2 ;;
+    esac
+done
+
+log "summary: values of each run (every number also in $SUMMARY)"
+awk -F'\t' 'NR > 1 { k = $1 "\t" $2 "\t" $3 "\t" $5; v[k] = v[k] " " $6 } END { for (k in v) print k "\t" v[k] }' "$SUMMARY" | sort
+echo "load after: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "results in $OUT"
