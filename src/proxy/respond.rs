@@ -59,7 +59,7 @@ pub fn from_entry(entry: &Entry, accept: Accept) -> std::io::Result<Response<Bod
         (Accept::Zstd, _) => (entry.zstd.clone(), Some("zstd")),
         (Accept::Gzip, Some(g)) => (g.clone(), Some("gzip")),
         // No gzip copy (store_gzip = false): identity is always acceptable.
-        _ => (entry.decompress()?, None),
+        _ => (decompress(entry)?, None),
     };
     let mut resp = Response::new(full(body.clone()));
     *resp.status_mut() = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
@@ -74,6 +74,30 @@ pub fn from_entry(entry: &Entry, accept: Accept) -> std::io::Result<Response<Bod
     ensure_vary_accept_encoding(h);
     h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     Ok(resp)
+}
+
+/// The uncompressed body of an entry, decompressed with a zstd context reused
+/// per thread: creating a context per call (as `zstd::bulk::decompress` does)
+/// costs more than decompressing a small body.
+fn decompress(entry: &Entry) -> std::io::Result<Bytes> {
+    use std::cell::RefCell;
+    thread_local! {
+        static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
+    }
+    let raw_len = entry.meta.raw_len as usize;
+    let raw = DCTX.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        slot.as_mut()
+            .expect("initialised above")
+            .decompress(&entry.zstd, raw_len)
+    })?;
+    if raw.len() != raw_len {
+        return Err(std::io::Error::other("decompressed length mismatch"));
+    }
+    Ok(Bytes::from(raw))
 }
 
 /// A response from a shared, uncompressed body (non-stored fetches).
