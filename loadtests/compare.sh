@@ -8,7 +8,9 @@
 #   (b) the dashboard workload (chartcache-load dashboards);
 #   (c) a cold stampede: 500 concurrent identical misses (chartcache-load stampede);
 #   (d) optional soak: dashboard load with a small memory cap, sampling RSS and
-#       the memory store's bytes (SECTIONS=soak).
+#       the memory store's bytes (SECTIONS=soak);
+#   (e) optional scaling: throughput against connections and number of keys
+#       (SECTIONS=scaling).
 #
 # Everything it starts (upstream, nginx, chartcache, redis-server) runs as its
 # own processes on 127.0.0.1 ports and is stopped by pid on exit.
@@ -23,6 +25,7 @@
 #   STAMPEDE_N    [500]  STAMPEDE_ROUNDS [3]  STAMPEDE_LATENCY_MS [600]
 #   SOAK_SECS     [600]  SOAK_MEMORY_BYTES [33554432]
 #   MEMORY_BYTES  chartcache memory store cap for (a)-(c) [268435456]
+#   SCALE_CONNS   [16 64 256]  SCALE_KEYS [1 1000 20000]  SCALE_FILL [8s]  (SECTIONS=scaling)
 #   BASE_PORT     first of the loopback ports used [28100]
 #   SKIP_BUILD=1  use existing release binaries
 #   OUT           results directory [loadtests/results/<UTC timestamp>]
@@ -45,6 +48,9 @@ STAMPEDE_LATENCY_MS=${STAMPEDE_LATENCY_MS:-600}
 SOAK_SECS=${SOAK_SECS:-600}
 SOAK_MEMORY_BYTES=${SOAK_MEMORY_BYTES:-33554432}
 MEMORY_BYTES=${MEMORY_BYTES:-268435456}
+SCALE_CONNS=${SCALE_CONNS:-16 64 256}
+SCALE_KEYS=${SCALE_KEYS:-1 1000 20000}
+SCALE_FILL=${SCALE_FILL:-8s}
 BASE_PORT=${BASE_PORT:-28100}
 OUT=${OUT:-$ROOT/loadtests/results/$(date -u +%Y%m%dT%H%M%SZ)}
 
@@ -213,6 +219,16 @@ start_chartcache() { # port admin_port memory_bytes [extra args...]
 }
 
 rss_kib() { ps -o rss= -p "$1" | tr -d ' '; }
+# CPU ticks (user + system) used so far by a system under test (nginx: master and workers).
+cpu_ticks() {
+    local pids=$1 p t=0
+    [ "$1" = "$NGINX_PID" ] && pids="$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"
+    for p in $pids; do
+        t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)))
+    done
+    echo "$t"
+}
+declare -A SUT_PID
 store_bytes() { # admin port
     curl -s "http://127.0.0.1:$1/metrics" | awk '/^chartcache_memory_store_bytes / {print $2}'
 }
@@ -235,14 +251,18 @@ if [ $HAVE_REDIS = 1 ]; then
         start_chartcache $((BASE_PORT + 10 + r)) $((BASE_PORT + 20 + r)) "$MEMORY_BYTES" \
             --redis-url "redis://127.0.0.1:$REDIS_PORT"
         REDIS_TARGETS+="${REDIS_TARGETS:+,}http://127.0.0.1:$((BASE_PORT + 10 + r))"
+        [ $r = 0 ] && CC_REDIS0_PID=$CC_PID
     done
 fi
 
 # name → base URL of each system under test
 declare -A TARGET=([nginx]="http://127.0.0.1:$NGINX_PORT" [chartcache-memory]="http://127.0.0.1:$CC_PORT")
+SUT_PID[nginx]=$NGINX_PID
+SUT_PID[chartcache-memory]=$CC_MEM_PID
 SYSTEMS=(nginx chartcache-memory)
 if [ $HAVE_REDIS = 1 ]; then
     TARGET[chartcache-redis]="http://127.0.0.1:$((BASE_PORT + 10))"
+    SUT_PID[chartcache-redis]=$CC_REDIS0_PID
     SYSTEMS+=(chartcache-redis)
 fi
 
@@ -297,8 +317,10 @@ EOF
                             "${ae_hdr[@]}" --data-binary "@$TMP/body-$size.json" | tr -d '\r' | awk -F': ' 'tolower($1)=="cache-status" {print $2}')
                     done
                     echo "-- $sys size=$size enc=$enc run=$run  (Cache-Status after warm-up: $cs; load $(cut -d' ' -f1 /proc/loadavg))"
-                    local out
+                    local out t0 t1
+                    t0=$(cpu_ticks "${SUT_PID[$sys]}")
                     out=$(wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$WRK_DURATION" --latency -s "$TMP/wrk-$size-$enc.lua" "$url" 2>&1)
+                    t1=$(cpu_ticks "${SUT_PID[$sys]}")
                     echo "$out" | grep -E 'Requests/sec|Transfer/sec|Latency  |Non-2xx|Socket errors' || true
                     local j
                     j=$(echo "$out" | sed -n 's/^WRK_JSON //p')
@@ -306,7 +328,11 @@ EOF
                     rps=$(jq -r '(.requests / (.duration_us / 1e6)) | floor' <<<"$j")
                     p50=$(jq -r '.p50_us / 1000' <<<"$j")
                     p99=$(jq -r '.p99_us / 1000' <<<"$j")
-                    echo "   => $rps req/s, p50 ${p50} ms, p99 ${p99} ms, errors $(jq -r '.socket_errors + .non2xx' <<<"$j")"
+                    # CPU microseconds the proxy spent per response (clock ticks are 1/100 s).
+                    local cpu_us
+                    cpu_us=$(jq -r --argjson t $((t1 - t0)) --argjson hz "$(getconf CLK_TCK)" '(($t / $hz) * 1e6 / .requests * 10 | floor) / 10' <<<"$j")
+                    echo "   => $rps req/s, p50 ${p50} ms, p99 ${p99} ms, proxy CPU ${cpu_us} us/request, errors $(jq -r '.socket_errors + .non2xx' <<<"$j")"
+                    record hot "$sys" "$size/$enc" "$run" cpu_us_per_req "$cpu_us"
                     record hot "$sys" "$size/$enc" "$run" rps "$rps"
                     record hot "$sys" "$size/$enc" "$run" p50_ms "$p50"
                     record hot "$sys" "$size/$enc" "$run" p99_ms "$p99"
@@ -405,12 +431,76 @@ soak() {
     stop_pid "$pid"
 }
 
+# ---------------------------------------------------------------- (e) scaling
+# How cost grows with connections and with the number of distinct keys (1 KB
+# bodies, identity clients). Keys rotate per request through a wrk Lua script.
+scaling() {
+    log "(e) scaling: connections ($SCALE_CONNS) and keys ($SCALE_KEYS), 1 KB, identity"
+    local template="$ROOT/tests/fixtures/superset-6.1/20-chart-data-timeseries-admin-miss.json"
+    jq -c '.request.body | .queries[0].row_limit = 1024' "$template" >"$TMP/body-scale.json"
+    local sys c k run
+    for k in $SCALE_KEYS; do
+        cat >"$TMP/wrk-keys-$k.lua" <<EOF
+local f = assert(io.open("$TMP/body-scale.json", "rb"))
+local base = f:read("*a")
+f:close()
+local n = $k
+local i = 0
+local hdrs = {["Content-Type"] = "application/json", ["Authorization"] = "Bearer user-1-tok-0",
+  ["X-Bench-Bytes"] = "1024", ["X-Bench-Latency-Ms"] = "0"}
+function setup(thread) thread:set("offset", math.random(0, n - 1)) end
+function request()
+  i = i + 1
+  local body = string.gsub(base, '"row_limit":1024', '"row_limit":' .. (100000 + (i + (offset or 0)) % n), 1)
+  return wrk.format("POST", "/api/v1/chart/data", hdrs, body)
+end
+function done(summary, latency, requests)
+  io.write(string.format('WRK_JSON {"requests":%d,"duration_us":%d,"non2xx":%d,"p50_us":%d,"p99_us":%d}\n',
+    summary.requests, summary.duration, summary.errors.status, latency:percentile(50), latency:percentile(99)))
+end
+EOF
+    done
+    for run in $(seq 1 "$REPEAT"); do
+        for c in $SCALE_CONNS; do
+            for sys in "${SYSTEMS[@]}"; do
+                local url="${TARGET[$sys]}/api/v1/chart/data"
+                wrk -t2 -c"$c" -d2s -s "$TMP/wrk-keys-1.lua" "$url" >/dev/null 2>&1 || true
+                local j
+                j=$(wrk -t"$WRK_THREADS" -c"$c" -d"$WRK_DURATION" -s "$TMP/wrk-keys-1.lua" "$url" 2>&1 | sed -n 's/^WRK_JSON //p')
+                local rps p99
+                rps=$(jq -r '(.requests / (.duration_us / 1e6)) | floor' <<<"$j")
+                p99=$(jq -r '.p99_us / 1000' <<<"$j")
+                echo "-- $sys conns=$c run=$run: $rps req/s, p50 $(jq -r '.p50_us / 1000' <<<"$j") ms, p99 $p99 ms (load $(cut -d' ' -f1 /proc/loadavg))"
+                record scaling "$sys" "conns=$c" "$run" rps "$rps"
+                record scaling "$sys" "conns=$c" "$run" p99_ms "$p99"
+            done
+        done
+        for k in $SCALE_KEYS; do
+            for sys in "${SYSTEMS[@]}"; do
+                local url="${TARGET[$sys]}/api/v1/chart/data"
+                # Fill: run long enough that every key has been requested.
+                wrk -t2 -c64 -d"$SCALE_FILL" -s "$TMP/wrk-keys-$k.lua" "$url" >/dev/null 2>&1 || true
+                local j
+                j=$(wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$WRK_DURATION" -s "$TMP/wrk-keys-$k.lua" "$url" 2>&1 | sed -n 's/^WRK_JSON //p')
+                local rps p99
+                rps=$(jq -r '(.requests / (.duration_us / 1e6)) | floor' <<<"$j")
+                p99=$(jq -r '.p99_us / 1000' <<<"$j")
+                echo "-- $sys keys=$k run=$run: $rps req/s, p50 $(jq -r '.p50_us / 1000' <<<"$j") ms, p99 $p99 ms, non-2xx $(jq -r .non2xx <<<"$j") (load $(cut -d' ' -f1 /proc/loadavg))"
+                record scaling "$sys" "keys=$k" "$run" rps "$rps"
+                record scaling "$sys" "keys=$k" "$run" p99_ms "$p99"
+            done
+        done
+    done
+    echo "chartcache RSS after scaling: $(rss_kib $CC_MEM_PID) KiB; memory store bytes: $(store_bytes $CC_ADMIN)"
+}
+
 for s in $SECTIONS; do
     case $s in
         hot) hot ;;
         dashboards) dashboards ;;
         stampede) stampede ;;
         soak) soak ;;
+        scaling) scaling ;;
         *) echo "unknown section $s" >&2 ;;
     esac
 done
