@@ -94,7 +94,9 @@ impl Entry {
         zstd_level: i32,
         with_gzip: bool,
     ) -> std::io::Result<Entry> {
-        let zstd = Bytes::from(zstd::bulk::compress(raw_body, zstd_level)?);
+        // `compress` allocates its worst-case bound (about the raw size); shrink
+        // to the compressed length so an entry holds what `weight` counts.
+        let zstd = Bytes::from(zstd::bulk::compress(raw_body, zstd_level)?.into_boxed_slice());
         let gzip = if with_gzip {
             Some(gzip(raw_body)?)
         } else {
@@ -242,7 +244,7 @@ fn gzip(raw: &[u8]) -> std::io::Result<Bytes> {
         flate2::Compression::fast(),
     );
     enc.write_all(raw)?;
-    Ok(Bytes::from(enc.finish()?))
+    Ok(Bytes::from(enc.finish()?.into_boxed_slice()))
 }
 
 #[cfg(test)]
@@ -299,6 +301,17 @@ mod tests {
         for cut in 4..40 {
             assert!(Entry::decode(e.slice(..cut)).is_err(), "cut at {cut}");
         }
+    }
+
+    #[test]
+    fn compressed_buffers_hold_no_spare_capacity() {
+        // A shrunk buffer is a boxed slice: `Bytes::try_into_mut` then yields
+        // a `BytesMut` whose capacity equals the length.
+        let Entry { zstd, gzip, .. } = sample(&br#"{"data":[1,2,3]}"#.repeat(5_000));
+        let gzip = gzip.unwrap();
+        let (zl, gl) = (zstd.len(), gzip.len());
+        assert_eq!(bytes::BytesMut::from(zstd).capacity(), zl);
+        assert_eq!(bytes::BytesMut::from(gzip).capacity(), gl);
     }
 
     #[test]
