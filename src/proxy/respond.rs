@@ -124,10 +124,19 @@ fn ensure_vary_accept_encoding(h: &mut HeaderMap) {
 
 /// Headers of a Superset response worth storing and replaying: everything
 /// end-to-end except cookies, framing and per-response values.
+///
+/// Values are copied: a parsed `HeaderValue` shares the connection's read
+/// buffer, so keeping the original in a long-lived entry would pin that whole
+/// buffer (kilobytes to hundreds of kilobytes) per entry, outside the store's
+/// byte bound.
 pub fn storable_headers(h: &HeaderMap) -> Vec<(header::HeaderName, HeaderValue)> {
     h.iter()
         .filter(|(n, _)| !is_unstorable_header(n))
-        .map(|(n, v)| (n.clone(), v.clone()))
+        .map(|(n, v)| {
+            let mut owned = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+            owned.set_sensitive(v.is_sensitive());
+            (n.clone(), owned)
+        })
         .collect()
 }
 
