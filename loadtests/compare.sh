@@ -25,6 +25,7 @@
 #   STAMPEDE_N    [500]  STAMPEDE_ROUNDS [3]  STAMPEDE_LATENCY_MS [600]
 #   SOAK_SECS     [600]  SOAK_MEMORY_BYTES [33554432]
 #   MEMORY_BYTES  chartcache memory store cap for (a)-(c) [268435456]
+#   REDIS_TIERED  memory L1 in front of Redis for the Redis replicas [false: Redis only]
 #   SCALE_CONNS   [16 64 256]  SCALE_KEYS [1 1000 20000]  SCALE_FILL [8s]  (SECTIONS=scaling)
 #   BASE_PORT     first of the loopback ports used [28100]
 #   SKIP_BUILD=1  use existing release binaries
@@ -51,6 +52,7 @@ MEMORY_BYTES=${MEMORY_BYTES:-268435456}
 SCALE_CONNS=${SCALE_CONNS:-16 64 256}
 SCALE_KEYS=${SCALE_KEYS:-1 1000 20000}
 SCALE_FILL=${SCALE_FILL:-8s}
+REDIS_TIERED=${REDIS_TIERED:-false}
 BASE_PORT=${BASE_PORT:-28100}
 OUT=${OUT:-$ROOT/loadtests/results/$(date -u +%Y%m%dT%H%M%SZ)}
 
@@ -242,13 +244,13 @@ echo "nginx RSS (master + workers): $(ps -o rss= --ppid $NGINX_PID | awk '{s+=$1
 
 REDIS_TARGETS=""
 if [ $HAVE_REDIS = 1 ]; then
-    log "starting redis-server on :$REDIS_PORT and 3 chartcache replicas with the Redis store"
+    log "starting redis-server on :$REDIS_PORT and 3 chartcache replicas with the Redis store (tiered: $REDIS_TIERED)"
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no \
         --dir "$TMP" >"$OUT/redis.log" 2>&1 &
     PIDS+=($!)
     for i in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
     for r in 0 1 2; do
-        start_chartcache $((BASE_PORT + 10 + r)) $((BASE_PORT + 20 + r)) "$MEMORY_BYTES" \
+        CHARTCACHE_REDIS__TIERED=$REDIS_TIERED start_chartcache $((BASE_PORT + 10 + r)) $((BASE_PORT + 20 + r)) "$MEMORY_BYTES" \
             --redis-url "redis://127.0.0.1:$REDIS_PORT"
         REDIS_TARGETS+="${REDIS_TARGETS:+,}http://127.0.0.1:$((BASE_PORT + 10 + r))"
         [ $r = 0 ] && CC_REDIS0_PID=$CC_PID
