@@ -10,7 +10,9 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{HeaderName, HeaderValue};
 
 fn meta(raw_len: usize) -> Meta {
-    let h = |n: &'static str, v: &'static str| (HeaderName::from_static(n), HeaderValue::from_static(v));
+    let h = |n: &'static str, v: &'static str| {
+        (HeaderName::from_static(n), HeaderValue::from_static(v))
+    };
     Meta {
         status: 200,
         headers: vec![
@@ -21,7 +23,10 @@ fn meta(raw_len: usize) -> Meta {
             h("x-content-type-options", "nosniff"),
             h("referrer-policy", "strict-origin-when-cross-origin"),
             h("permissions-policy", "browsing-topics=()"),
-            h("access-control-allow-origin", "https://tile.openstreetmap.org"),
+            h(
+                "access-control-allow-origin",
+                "https://tile.openstreetmap.org",
+            ),
         ],
         stored_at: 1_764_000_000_000,
         fresh_until: 1_764_000_300_000,

@@ -19,10 +19,22 @@ pub fn fixture_request_body(name: &str) -> Vec<u8> {
 /// The four chart-data request bodies of dashboard 1 (big number, timeseries, table, pie).
 pub fn chart_bodies() -> Vec<(&'static str, Vec<u8>)> {
     vec![
-        ("bignumber", fixture_request_body("16-chart-data-bignumber-admin-miss.json")),
-        ("timeseries", fixture_request_body("20-chart-data-timeseries-admin-miss.json")),
-        ("table", fixture_request_body("24-chart-data-table-admin-miss.json")),
-        ("pie", fixture_request_body("28-chart-data-pie-admin-miss.json")),
+        (
+            "bignumber",
+            fixture_request_body("16-chart-data-bignumber-admin-miss.json"),
+        ),
+        (
+            "timeseries",
+            fixture_request_body("20-chart-data-timeseries-admin-miss.json"),
+        ),
+        (
+            "table",
+            fixture_request_body("24-chart-data-table-admin-miss.json"),
+        ),
+        (
+            "pie",
+            fixture_request_body("28-chart-data-pie-admin-miss.json"),
+        ),
     ]
 }
 
@@ -34,7 +46,10 @@ pub fn large_chart_body() -> Vec<u8> {
             .unwrap();
     let products: Vec<String> = (0..1200).map(|i| format!("product-{i:05}")).collect();
     let filter = serde_json::json!({"col": "product", "op": "IN", "val": products});
-    v["queries"][0]["filters"].as_array_mut().unwrap().push(filter);
+    v["queries"][0]["filters"]
+        .as_array_mut()
+        .unwrap()
+        .push(filter);
     let adhoc: Vec<serde_json::Value> = (0..40)
         .map(|i| {
             serde_json::json!({"clause": "WHERE", "subject": "channel", "operator": "==",

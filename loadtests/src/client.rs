@@ -120,7 +120,11 @@ pub async fn post(
             .get("cache-status")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?;
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?;
         Ok::<_, String>((status, cs, body.to_bytes().len()))
     };
     match tokio::time::timeout(timeout, fut).await {
@@ -179,5 +183,9 @@ pub fn summary(mut us: Vec<u64>) -> serde_json::Value {
 }
 
 pub fn round3(x: f64) -> f64 {
-    if x.is_finite() { (x * 1000.0).round() / 1000.0 } else { -1.0 }
+    if x.is_finite() {
+        (x * 1000.0).round() / 1000.0
+    } else {
+        -1.0
+    }
 }

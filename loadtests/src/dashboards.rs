@@ -112,8 +112,10 @@ async fn user_loop(
         if started_views.fetch_add(1, Ordering::Relaxed) >= p.max_views {
             break;
         }
-        let (dash, filter, repeat) =
-            views_gen.lock().unwrap().next_view(principal as usize, p.repeat);
+        let (dash, filter, repeat) = views_gen
+            .lock()
+            .unwrap()
+            .next_view(principal as usize, p.repeat);
         let n = charts_of(&p, dash);
         if !repeat {
             totals.compulsory.fetch_add(n, Ordering::Relaxed);
@@ -237,7 +239,11 @@ async fn run_async(p: Params) -> serde_json::Value {
     let charts_requested = totals.charts_requested.load(Ordering::Relaxed);
     let upstream = match (&before, &after) {
         (Some(b), Some(a)) => {
-            let d = |k: &str| a[k].as_u64().unwrap_or(0).saturating_sub(b[k].as_u64().unwrap_or(0));
+            let d = |k: &str| {
+                a[k].as_u64()
+                    .unwrap_or(0)
+                    .saturating_sub(b[k].as_u64().unwrap_or(0))
+            };
             let q = d("chart_queries");
             json!({
                 "chart_queries": q,
@@ -284,13 +290,21 @@ pub fn print_report(v: &serde_json::Value) {
     println!("== dashboards: {} ({})", v["label"], v["target"]);
     println!(
         "views {}  chart requests {}  elapsed {} s  throughput {} req/s  {} views/s  {} MB/s",
-        v["views"], v["chart_requests"], v["elapsed_s"], v["throughput_rps"], v["views_per_s"], v["mbytes_per_s"]
+        v["views"],
+        v["chart_requests"],
+        v["elapsed_s"],
+        v["throughput_rps"],
+        v["views_per_s"],
+        v["mbytes_per_s"]
     );
     println!(
         "repeat (actual) {}  forced {}  hit ratio {}  errors {}",
         v["repeat_actual"], v["forced_requests"], v["hit_ratio"], v["errors"]
     );
-    println!("{:<10} {:>8} {:>9} {:>9} {:>9} {:>9}", "outcome", "count", "p50 ms", "p95 ms", "p99 ms", "max ms");
+    println!(
+        "{:<10} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "outcome", "count", "p50 ms", "p95 ms", "p99 ms", "max ms"
+    );
     if let Some(m) = v["latency_by_outcome"].as_object() {
         for (k, s) in m {
             println!(
@@ -300,13 +314,21 @@ pub fn print_report(v: &serde_json::Value) {
         }
     }
     let vl = &v["view_latency"];
-    println!("view       {:>8} {:>9} {:>9} {:>9} {:>9}", vl["count"], vl["p50_ms"], vl["p95_ms"], vl["p99_ms"], vl["max_ms"]);
+    println!(
+        "view       {:>8} {:>9} {:>9} {:>9} {:>9}",
+        vl["count"], vl["p50_ms"], vl["p95_ms"], vl["p99_ms"], vl["max_ms"]
+    );
     if !v["upstream"].is_null() {
         let u = &v["upstream"];
         println!(
             "upstream chart queries {}  per view {}  (direct: {} per view, ratio {})  compulsory {}  forced {}  /me lookups {}",
-            u["chart_queries"], u["chart_queries_per_view"], u["direct_queries_per_view"], u["ratio_to_direct"],
-            u["compulsory_queries"], u["forced_requests"], u["me_queries"]
+            u["chart_queries"],
+            u["chart_queries_per_view"],
+            u["direct_queries_per_view"],
+            u["ratio_to_direct"],
+            u["compulsory_queries"],
+            u["forced_requests"],
+            u["me_queries"]
         );
     }
     println!("RESULT_JSON {}", v);
@@ -315,7 +337,10 @@ pub fn print_report(v: &serde_json::Value) {
 pub fn run(args: &Args) -> Result<(), String> {
     let p = Params {
         target: client::loopback_base(&args.string("target", "http://127.0.0.1:8080"))?,
-        upstream: args.opt("upstream").map(|u| client::loopback_base(&u)).transpose()?,
+        upstream: args
+            .opt("upstream")
+            .map(|u| client::loopback_base(&u))
+            .transpose()?,
         label: args.string("label", "dashboards"),
         users: args.get("users", 20u64)?.max(1),
         principals: args.get("principals", 10u64)?.max(1),

@@ -18,7 +18,9 @@ mod upstream;
 fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {
-        eprintln!("usage: chartcache-load <upstream|dashboards|stampede|payload> [--option value]...");
+        eprintln!(
+            "usage: chartcache-load <upstream|dashboards|stampede|payload> [--option value]..."
+        );
         return std::process::ExitCode::from(2);
     };
     let res = args::Args::parse(rest).and_then(|a| match cmd.as_str() {

@@ -127,7 +127,11 @@ mod tests {
     fn response_size_is_close() {
         for n in [1024, 50 * 1024, 500 * 1024] {
             let r = superset_response(n);
-            assert!(r.len() <= n + 200 && r.len() + 200 >= n, "{n} -> {}", r.len());
+            assert!(
+                r.len() <= n + 200 && r.len() + 200 >= n,
+                "{n} -> {}",
+                r.len()
+            );
             serde_json::from_slice::<Value>(&r).unwrap();
         }
     }

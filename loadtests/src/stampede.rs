@@ -106,7 +106,10 @@ async fn round(p: &Params, nonce: u64, templates: &Templates) -> serde_json::Val
     // A chart nobody asked for yet: fresh key for every proxy and round.
     let body = Bytes::from(templates.chart_body(900_000 + nonce, 1, 1_000_000 + nonce, false));
     let mut headers = vec![
-        ("authorization".to_string(), "Bearer user-1-tok-0".to_string()),
+        (
+            "authorization".to_string(),
+            "Bearer user-1-tok-0".to_string(),
+        ),
         ("x-bench-bytes".to_string(), p.bytes.to_string()),
         ("x-bench-latency-ms".to_string(), p.latency_ms.to_string()),
     ];
@@ -205,7 +208,10 @@ pub fn run(args: &Args) -> Result<(), String> {
             .split(',')
             .map(client::loopback_base)
             .collect::<Result<_, _>>()?,
-        upstream: args.opt("upstream").map(|u| client::loopback_base(&u)).transpose()?,
+        upstream: args
+            .opt("upstream")
+            .map(|u| client::loopback_base(&u))
+            .transpose()?,
         label: args.string("label", "stampede"),
         n: args.get("n", 500usize)?.clamp(1, 5000),
         bytes: args.get("bytes", 50 * 1024u64)?,
@@ -221,13 +227,27 @@ pub fn run(args: &Args) -> Result<(), String> {
         .build()
         .map_err(|e| e.to_string())?;
     let v = rt.block_on(run_async(p));
-    println!("== stampede: {} ({}), n={} bytes={} upstream latency {} ms", v["label"], v["target"], v["n"], v["bytes"], v["upstream_latency_ms"]);
-    println!("{:>5} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}  outcomes", "round", "queries", "answered", "first ms", "lag p50", "lag p90", "lag p99", "lag max");
+    println!(
+        "== stampede: {} ({}), n={} bytes={} upstream latency {} ms",
+        v["label"], v["target"], v["n"], v["bytes"], v["upstream_latency_ms"]
+    );
+    println!(
+        "{:>5} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}  outcomes",
+        "round", "queries", "answered", "first ms", "lag p50", "lag p90", "lag p99", "lag max"
+    );
     for (i, r) in v["rounds"].as_array().unwrap().iter().enumerate() {
         let l = &r["lag_after_first"];
         println!(
             "{:>5} {:>8} {:>8} {:>10} {:>10} {:>10} {:>10} {:>10}  {}",
-            i, r["upstream_queries"], r["answered"], r["first_response_ms"], l["p50_ms"], l["p90_ms"], l["p99_ms"], l["max_ms"], r["outcomes"]
+            i,
+            r["upstream_queries"],
+            r["answered"],
+            r["first_response_ms"],
+            l["p50_ms"],
+            l["p90_ms"],
+            l["p99_ms"],
+            l["max_ms"],
+            r["outcomes"]
         );
     }
     println!("RESULT_JSON {}", v);

@@ -130,7 +130,10 @@ fn header_u64(req: &Request<Incoming>, name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    st: Arc<State>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
     if path == "/__stats" {
         let c = &st.c;
@@ -156,9 +159,14 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         return Ok(match user {
             Some(id) => json(
                 StatusCode::OK,
-                format!(r#"{{"result":{{"id":{id},"username":"user{id}","first_name":"User","last_name":"{id}","is_active":true,"is_anonymous":false}}}}"#),
+                format!(
+                    r#"{{"result":{{"id":{id},"username":"user{id}","first_name":"User","last_name":"{id}","is_active":true,"is_anonymous":false}}}}"#
+                ),
             ),
-            None => json(StatusCode::UNAUTHORIZED, r#"{"msg":"Missing Authorization Header"}"#),
+            None => json(
+                StatusCode::UNAUTHORIZED,
+                r#"{"msg":"Missing Authorization Header"}"#,
+            ),
         });
     }
     let is_chart = path == "/api/v1/chart/data"
@@ -167,8 +175,13 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         st.c.other.fetch_add(1, Ordering::Relaxed);
         return Ok(json(StatusCode::NOT_FOUND, r#"{"message":"Not found"}"#));
     }
-    if req.headers().get(header::AUTHORIZATION).is_none() && req.headers().get(header::COOKIE).is_none() {
-        return Ok(json(StatusCode::UNAUTHORIZED, r#"{"msg":"Missing Authorization Header"}"#));
+    if req.headers().get(header::AUTHORIZATION).is_none()
+        && req.headers().get(header::COOKIE).is_none()
+    {
+        return Ok(json(
+            StatusCode::UNAUTHORIZED,
+            r#"{"msg":"Missing Authorization Header"}"#,
+        ));
     }
     st.c.chart_queries.fetch_add(1, Ordering::Relaxed);
     let now = st.c.inflight.fetch_add(1, Ordering::Relaxed) + 1;
@@ -180,7 +193,12 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         .get(header::ACCEPT_ENCODING)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("gzip"));
-    let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let slice = serde_json::from_slice::<Value>(&body)
         .ok()
         .and_then(|v| v["form_data"]["slice_id"].as_u64())
@@ -191,12 +209,15 @@ async fn handle(st: Arc<State>, req: Request<Incoming>) -> Result<Response<Full<
         .unwrap_or_else(|| st.chart_size(slice));
     tokio::time::sleep(Duration::from_millis(latency)).await;
     let payload = st.payload(size, gzip);
-    st.c.bytes_sent.fetch_add(payload.len() as u64, Ordering::Relaxed);
+    st.c.bytes_sent
+        .fetch_add(payload.len() as u64, Ordering::Relaxed);
     st.c.inflight.fetch_sub(1, Ordering::Relaxed);
     let mut resp = json(StatusCode::OK, payload);
     if gzip {
-        resp.headers_mut()
-            .insert(header::CONTENT_ENCODING, header::HeaderValue::from_static("gzip"));
+        resp.headers_mut().insert(
+            header::CONTENT_ENCODING,
+            header::HeaderValue::from_static("gzip"),
+        );
     }
     Ok(resp)
 }

@@ -636,7 +636,12 @@ fn canonicalize_memo(
         moka::sync::Cache::builder()
             .max_capacity(MEMO_MAX_BYTES)
             .weigher(|_k, c: &Arc<fingerprint::CanonicalRequest>| {
-                (c.body.len() + c.query.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>() + 256)
+                (c.body.len()
+                    + c.query
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len())
+                        .sum::<usize>()
+                    + 256)
                     .min(u32::MAX as usize) as u32
             })
             .build()
