@@ -30,6 +30,8 @@ pub struct App {
     /// The in-process store when one is in use (metrics, sync hit path).
     pub memory: Option<Arc<MemoryStore>>,
     pub coalescer: Arc<Coalescer<Arc<Fetched>>>,
+    /// Canonical forms of recently seen request bodies (hit-path CPU saver).
+    pub canon_memo: crate::proxy::memo::CanonMemo,
     /// Refresh-ahead of hot entries (and its in-memory credentials).
     pub refresher: Arc<Refresher>,
     pub metrics: Arc<Metrics>,
@@ -73,6 +75,7 @@ impl App {
             None => None,
         };
         let refresher = Refresher::new(&cfg.refresh_ahead);
+        let canon_memo = crate::proxy::memo::CanonMemo::new(cfg.cache.canonical_memo_bytes);
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
             policy: ArcSwap::from_pointee(policy),
@@ -81,6 +84,7 @@ impl App {
             store,
             memory,
             coalescer: Coalescer::new(),
+            canon_memo,
             refresher,
             metrics,
             clock,

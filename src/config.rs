@@ -163,6 +163,10 @@ pub struct CacheConfig {
     /// Largest request body read for fingerprinting. Larger bodies are streamed
     /// to Superset uncached.
     pub max_request_body_bytes: u64,
+    /// Memory for remembering canonical forms of recently seen request bodies,
+    /// so repeated dashboard requests skip JSON parsing. Size it to the hot set:
+    /// about 1 KB per distinct chart request.
+    pub canonical_memo_bytes: u64,
     /// zstd level used once per stored entry.
     pub zstd_level: i32,
     /// Also keep a gzip copy of each entry so gzip-only clients are served
@@ -177,6 +181,7 @@ impl Default for CacheConfig {
         Self {
             max_object_bytes: 32 * 1024 * 1024,
             max_request_body_bytes: 1024 * 1024,
+            canonical_memo_bytes: 32 * 1024 * 1024,
             zstd_level: 3,
             store_gzip: true,
             coalesce_wait_ms: 60_000,

@@ -98,7 +98,7 @@ pub(super) async fn handle(
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok());
-    let canon = match canonicalize_memo(
+    let canon = match app.canon_memo.canonicalize(
         route,
         parts.uri.path(),
         parts.uri.query(),
@@ -614,68 +614,4 @@ async fn store(
     }
     // Serve from the entry even if the put failed: the bytes are right.
     Some(entry)
-}
-
-/// `fingerprint::canonicalize`, memoized by a digest of everything it reads.
-/// Dashboards send byte-identical bodies again and again, and parsing, sorting
-/// and re-serialising them was most of a hit's CPU time; the digest costs a
-/// fraction of that. `canonicalize` is a pure function of these inputs, so one
-/// process-wide memo (bounded by bytes) is shared by every `App`.
-fn canonicalize_memo(
-    route: CachedRoute,
-    path: &str,
-    query: Option<&str>,
-    content_type: Option<&str>,
-    body: &Bytes,
-) -> Result<Arc<fingerprint::CanonicalRequest>, fingerprint::Unkeyable> {
-    use std::sync::OnceLock;
-    type Memo = moka::sync::Cache<[u8; 32], Arc<fingerprint::CanonicalRequest>>;
-    static MEMO: OnceLock<Memo> = OnceLock::new();
-    const MEMO_MAX_BYTES: u64 = 16 * 1024 * 1024;
-    let memo = MEMO.get_or_init(|| {
-        moka::sync::Cache::builder()
-            .max_capacity(MEMO_MAX_BYTES)
-            .weigher(|_k, c: &Arc<fingerprint::CanonicalRequest>| {
-                (c.body.len()
-                    + c.query
-                        .iter()
-                        .map(|(k, v)| k.len() + v.len())
-                        .sum::<usize>()
-                    + 256)
-                    .min(u32::MAX as usize) as u32
-            })
-            .build()
-    });
-    let mut h = blake3::Hasher::new();
-    let mut part = |b: Option<&[u8]>| match b {
-        Some(b) => {
-            h.update(&[1]);
-            h.update(&(b.len() as u64).to_le_bytes());
-            h.update(b);
-        }
-        None => {
-            h.update(&[0]);
-        }
-    };
-    part(Some(route.as_str().as_bytes()));
-    if let CachedRoute::ChartDataGet { chart_id } = route {
-        part(Some(&chart_id.to_le_bytes()));
-    }
-    part(Some(path.as_bytes()));
-    part(query.map(str::as_bytes));
-    part(content_type.map(str::as_bytes));
-    part(Some(body));
-    let digest = *h.finalize().as_bytes();
-    if let Some(c) = memo.get(&digest) {
-        return Ok(c);
-    }
-    let c = Arc::new(fingerprint::canonicalize(
-        route,
-        path,
-        query,
-        content_type,
-        body,
-    )?);
-    memo.insert(digest, c.clone());
-    Ok(c)
 }

@@ -17,6 +17,7 @@ use crate::route::{self, Route};
 use crate::upstream::{prepare_request_headers, strip_hop_by_hop};
 
 pub(crate) mod cached;
+pub mod memo;
 pub mod respond;
 
 pub use cached::Fetched;
