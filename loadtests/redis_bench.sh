@@ -162,6 +162,17 @@ print(int(t))' "${@:2}"
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Run a load generator, recording its CPU seconds (user + system) in $WORK/gen-cpu.
+timed() {
+    if [ -x /usr/bin/time ]; then
+        /usr/bin/time -f '%U %S' -o "$WORK/gen-cpu" "$@"
+    else
+        echo "0 0" >"$WORK/gen-cpu"; "$@"
+    fi
+}
+gen_us() { # REQUESTS -> load generator CPU µs per request
+    awk -v n="$1" '{ printf "%d", ($1 + $2) * 1000000 / (n > 0 ? n : 1) }' "$WORK/gen-cpu"
+}
 TCK=$(getconf CLK_TCK)
 
 to_ms() { # "1.23ms" | "456.00us" | "1.02s" -> ms
@@ -188,7 +199,7 @@ bench_redis() { # SIZE VALUE_BYTES
     [ "$req" -le 3000000 ] || req=3000000
     before=$(rcli info stats | awk -F: '/^keyspace_hits/{print $2+0}')
     t0=$(cpu_ticks "$REDIS_PID")
-    out=$(timeout $(( DURATION * 6 + 30 )) redis-benchmark -h 127.0.0.1 -p "$P_REDIS" \
+    out=$(timed timeout $(( DURATION * 6 + 30 )) redis-benchmark -h 127.0.0.1 -p "$P_REDIS" \
         -t get -d "$n" -c "$CONNS" -n "$req" --csv)
     t1=$(cpu_ticks "$REDIS_PID")
     after=$(rcli info stats | awk -F: '/^keyspace_hits/{print $2+0}')
@@ -196,7 +207,7 @@ bench_redis() { # SIZE VALUE_BYTES
     read -r RB_RPS RB_P50 RB_P99 <<<"$line"
     local hits=$(( after - before ))
     local cpu_us=$(( (t1 - t0) * 1000000 / TCK / (req > 0 ? req : 1) ))
-    ROWS+=("| $(human "$size") | redis-benchmark GET (${n} B value) | ${RB_RPS%.*} | ${RB_P50} | ${RB_P99} | – | ${hits}/${req} keyspace hits | redis ${cpu_us} µs |")
+    ROWS+=("| $(human "$size") | redis-benchmark GET (${n} B value) | ${RB_RPS%.*} | ${RB_P50} | ${RB_P99} | – | ${hits}/${req} keyspace hits | redis ${cpu_us} µs, redis-benchmark $(gen_us "$req") µs |")
 }
 
 bench_chartcache() { # NAME LABEL PORT ADMIN PID SIZE
@@ -206,7 +217,7 @@ bench_chartcache() { # NAME LABEL PORT ADMIN PID SIZE
     r0=$(metric "$admin" chartcache_requests_total)
     g0=$(metric "$admin" chartcache_store_operations_total 'store="redis"' 'op="get"' 'result="hit"')
     t0=$(cpu_ticks "$pid"); rt0=$(cpu_ticks "$REDIS_PID")
-    out=$(BENCH_BODY="$WORK/body-$size.json" timeout $(( DURATION + 30 )) \
+    out=$(BENCH_BODY="$WORK/body-$size.json" timed timeout $(( DURATION + 30 )) \
         wrk -t "$WRK_THREADS" -c "$CONNS" -d "${DURATION}s" --timeout 5s --latency \
         -s "$WORK/post.lua" "http://127.0.0.1:$port/api/v1/chart/data")
     t1=$(cpu_ticks "$pid"); rt1=$(cpu_ticks "$REDIS_PID")
@@ -226,7 +237,7 @@ bench_chartcache() { # NAME LABEL PORT ADMIN PID SIZE
         ratio="$(( rps * 100 / ${RB_RPS%.*} )) %"
         RATIOS+=("$(human "$size"): $ratio")
     fi
-    ROWS+=("| $(human "$size") | chartcache $label | $rps | $p50 | $p99 | $ratio | ${hits}/${total} hits, ${gets} redis GET hits | chartcache ${cpu_us} µs, redis ${rcpu_us} µs |")
+    ROWS+=("| $(human "$size") | chartcache $label | $rps | $p50 | $p99 | $ratio | ${hits}/${total} hits, ${gets} redis GET hits | chartcache ${cpu_us} µs, redis ${rcpu_us} µs, wrk $(gen_us "$total") µs |")
     [ -z "$errs" ] || NOTES+=("$(human "$size") $label: $errs")
 }
 
