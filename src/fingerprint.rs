@@ -58,6 +58,22 @@ impl fmt::Display for CacheKey {
     }
 }
 
+/// Feed an optional, length-prefixed part to a hasher: `0` for absent,
+/// `1 | len | bytes` for present, so no two different part lists collide.
+/// Shared by every digest that identifies inputs (credentials, request memo).
+pub fn hash_optional_part(h: &mut blake3::Hasher, v: Option<&[u8]>) {
+    match v {
+        Some(b) => {
+            h.update(&[1]);
+            h.update(&(b.len() as u64).to_le_bytes());
+            h.update(b);
+        }
+        None => {
+            h.update(&[0]);
+        }
+    }
+}
+
 /// Builds the cache key. The only place a key is made.
 pub fn build_key(
     route: CachedRoute,

@@ -72,16 +72,7 @@ impl Credentials {
         let mut h = blake3::Hasher::new();
         let mut part = |tag: u8, v: Option<&[u8]>| {
             h.update(&[tag]);
-            match v {
-                Some(b) => {
-                    h.update(&[1]);
-                    h.update(&(b.len() as u64).to_le_bytes());
-                    h.update(b);
-                }
-                None => {
-                    h.update(&[0]);
-                }
-            }
+            crate::fingerprint::hash_optional_part(&mut h, v);
         };
         part(b'a', self.authorization.as_ref().map(|v| v.as_bytes()));
         part(b's', self.session.as_ref().map(|v| v.as_bytes()));

@@ -61,16 +61,7 @@ fn digest(
     body: &[u8],
 ) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
-    let mut part = |b: Option<&[u8]>| match b {
-        Some(b) => {
-            h.update(&[1]);
-            h.update(&(b.len() as u64).to_le_bytes());
-            h.update(b);
-        }
-        None => {
-            h.update(&[0]);
-        }
-    };
+    let mut part = |b: Option<&[u8]>| fingerprint::hash_optional_part(&mut h, b);
     part(Some(route.as_str().as_bytes()));
     if let CachedRoute::ChartDataGet { chart_id } = route {
         part(Some(&chart_id.to_le_bytes()));
