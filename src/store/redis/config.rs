@@ -19,6 +19,14 @@ pub struct RedisConfig {
     pub master_name: String,
     /// Sentinel mode: connect to the master (and sentinels) with TLS.
     pub tls: bool,
+    /// PEM bundle of CA certificates to verify the Redis server against
+    /// (`rediss://` or `tls = true`), e.g. a private CA. When set, only these
+    /// CAs are trusted for Redis, not the system roots.
+    pub tls_ca_file: Option<String>,
+    /// PEM client certificate (chain) for mutual TLS; needs `tls_client_key_file`.
+    pub tls_client_cert_file: Option<String>,
+    /// PEM private key of `tls_client_cert_file`.
+    pub tls_client_key_file: Option<String>,
     /// ACL user for data connections (overrides the URL's user).
     pub username: Option<String>,
     /// Password for data connections (overrides the URL's). Prefer
@@ -73,6 +81,9 @@ impl Default for RedisConfig {
             sentinels: Vec::new(),
             master_name: "mymaster".into(),
             tls: false,
+            tls_ca_file: None,
+            tls_client_cert_file: None,
+            tls_client_key_file: None,
             username: None,
             password: None,
             password_file: None,
@@ -152,6 +163,18 @@ impl RedisConfig {
                 return Err(RedisConfigError::Scheme(redact(u)));
             }
         }
+        if self.tls_client_cert_file.is_some() != self.tls_client_key_file.is_some() {
+            return Err(RedisConfigError::Invalid(
+                "set both tls_client_cert_file and tls_client_key_file, or neither".into(),
+            ));
+        }
+        let tls_files = self.tls_ca_file.is_some() || self.tls_client_cert_file.is_some();
+        if tls_files && !self.uses_tls() {
+            return Err(RedisConfigError::Invalid(
+                "tls_ca_file / tls_client_cert_file need a rediss:// url (or tls = true with sentinels)"
+                    .into(),
+            ));
+        }
         for s in &self.sentinels {
             split_host_port(s).ok_or_else(|| {
                 RedisConfigError::Invalid(format!("sentinel address {s:?} is not host:port"))
@@ -180,6 +203,49 @@ impl RedisConfig {
         Ok(())
     }
 
+    /// Connections use TLS: a `rediss://` url, or sentinel mode with `tls = true`.
+    pub fn uses_tls(&self) -> bool {
+        match &self.url {
+            Some(u) => u.starts_with("rediss://"),
+            None => self.tls,
+        }
+    }
+
+    /// The PEM files of `tls_ca_file` / `tls_client_*_file`, read now, or
+    /// `None` when none is set (then the system roots are trusted).
+    pub fn resolve_tls(&self) -> Result<Option<TlsFiles>, RedisConfigError> {
+        let read = |what: &'static str, f: &String| {
+            std::fs::read(f).map_err(|err| RedisConfigError::SecretFile {
+                what,
+                path: f.clone(),
+                err,
+            })
+        };
+        let ca = match &self.tls_ca_file {
+            Some(f) => {
+                let pem = read("tls_ca_file", f)?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(RedisConfigError::Invalid(format!(
+                        "tls_ca_file {f}: no PEM certificate in it"
+                    )));
+                }
+                Some(pem)
+            }
+            None => None,
+        };
+        let client = match (&self.tls_client_cert_file, &self.tls_client_key_file) {
+            (Some(c), Some(k)) => Some((
+                read("tls_client_cert_file", c)?,
+                read("tls_client_key_file", k)?,
+            )),
+            _ => None,
+        };
+        if ca.is_none() && client.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(TlsFiles { ca, client }))
+    }
+
     /// The data password: `password`, else the contents of `password_file`.
     pub fn resolve_password(&self) -> Result<Option<String>, RedisConfigError> {
         secret(&self.password, &self.password_file, "password_file")
@@ -193,6 +259,15 @@ impl RedisConfig {
             "sentinel_password_file",
         )
     }
+}
+
+/// TLS material read from the files named in the config (PEM bytes).
+#[derive(Clone)]
+pub struct TlsFiles {
+    /// CA bundle to trust instead of the system roots.
+    pub ca: Option<Vec<u8>>,
+    /// Client certificate chain and key for mutual TLS.
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
 }
 
 fn secret(

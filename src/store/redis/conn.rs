@@ -75,6 +75,8 @@ pub struct Connector {
     resolving: Mutex<Option<Resolving>>,
     connections: usize,
     connect_timeout: Duration,
+    /// CA bundle / client certificate for TLS connections (`None`: system roots).
+    tls: Option<redis::TlsCertificates>,
 }
 
 impl Connector {
@@ -82,6 +84,15 @@ impl Connector {
     pub fn new(cfg: &RedisConfig) -> Result<Arc<Connector>, RedisConfigError> {
         cfg.validate()?;
         let password = cfg.resolve_password()?;
+        let tls = cfg.resolve_tls()?.map(|f| redis::TlsCertificates {
+            client_tls: f
+                .client
+                .map(|(client_cert, client_key)| redis::ClientTlsConfig {
+                    client_cert,
+                    client_key,
+                }),
+            root_cert: f.ca,
+        });
         let bad = |e: RedisError| RedisConfigError::Invalid(e.to_string());
         let mode = if let Some(url) = &cfg.url {
             let info = url
@@ -133,6 +144,7 @@ impl Connector {
             resolving: Mutex::new(None),
             connections: cfg.connections,
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
+            tls,
         }))
     }
 
@@ -316,8 +328,19 @@ impl Connector {
         Ok(())
     }
 
+    /// A client for `info`, with the configured CA bundle / client
+    /// certificate when the address uses TLS.
+    pub fn client(&self, info: ConnectionInfo) -> RedisResult<redis::Client> {
+        match (&self.tls, info.addr()) {
+            (Some(certs), ConnectionAddr::TcpTls { .. }) => {
+                redis::Client::build_with_tls(info, certs.clone())
+            }
+            _ => redis::Client::open(info),
+        }
+    }
+
     async fn connect(&self, info: ConnectionInfo) -> RedisResult<MultiplexedConnection> {
-        redis::Client::open(info)?
+        self.client(info)?
             .get_multiplexed_async_connection_with_config(
                 &AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout)),
             )

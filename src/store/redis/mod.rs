@@ -159,6 +159,11 @@ impl RedisStore {
                 "redis at {target} refused the credentials ({e}); check redis.username / \
                  redis.password (CHARTCACHE_REDIS__PASSWORD or redis.password_file)"
             ))),
+            Ok(Err(e)) if e.to_string().contains("certificate") => Err(StartupError(format!(
+                "redis at {target} is unavailable: {e}; check redis.tls_ca_file (the CA that \
+                 issued the server certificate) and redis.tls_client_cert_file / \
+                 tls_client_key_file"
+            ))),
             Ok(Err(e)) => Err(StartupError(format!(
                 "redis at {target} is unavailable: {e}"
             ))),
@@ -284,9 +289,7 @@ impl RedisStore {
                 drop(me);
                 let sub = tokio::time::timeout(t, async {
                     let cur = conn.current().await?;
-                    let mut ps = redis::Client::open(cur.info.clone())?
-                        .get_async_pubsub()
-                        .await?;
+                    let mut ps = conn.client(cur.info.clone())?.get_async_pubsub().await?;
                     ps.subscribe(&channel).await?;
                     Ok::<_, ConnError>(ps)
                 })
@@ -465,15 +468,17 @@ async fn watch_switch_master(store: std::sync::Weak<RedisStore>, stop: Cancellat
     let sentinels = sentinels.to_vec();
     let name = name.to_string();
     let t = Duration::from_millis(me.cfg.connect_timeout_ms);
+    let conn = me.conn.clone();
     drop(me);
     for s in sentinels {
+        let conn = conn.clone();
         let store = store.clone();
         let stop = stop.clone();
         let name = name.clone();
         tokio::spawn(async move {
             while !stop.is_cancelled() {
                 let sub = tokio::time::timeout(t, async {
-                    let mut ps = redis::Client::open(s.clone())?.get_async_pubsub().await?;
+                    let mut ps = conn.client(s.clone())?.get_async_pubsub().await?;
                     ps.subscribe("+switch-master").await?;
                     RedisResult::Ok(ps)
                 })
