@@ -160,6 +160,32 @@ async fn rediss_with_private_ca_round_trips_and_is_refused_without_it() {
 }
 
 #[tokio::test]
+async fn invalidation_messages_over_tls() {
+    let pki = Pki::new();
+    let (_r, tls_port) = tls_server(&pki, false);
+    let s = store(RedisConfig {
+        tls_ca_file: Some(pki.path("ca.crt")),
+        ..cfg(tls_port)
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    s.subscribe(move |m| drop(tx.send(m.to_vec())), || {});
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while s.subscriptions() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no invalidation subscription over TLS"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    s.publish(b"purge chart:1".to_vec()).await.unwrap();
+    let got = tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv())
+        .await
+        .expect("message over the TLS subscription")
+        .unwrap();
+    assert_eq!(got, b"purge chart:1");
+}
+
+#[tokio::test]
 async fn mutual_tls_with_client_certificate() {
     let pki = Pki::new();
     let (_r, tls_port) = tls_server(&pki, true);
