@@ -32,17 +32,7 @@ async fn miss_then_hit_with_identical_body() {
     assert_eq!(up.chart_queries(), 1);
     // Key order and whitespace do not matter.
     let reordered = serde_json::to_string_pretty(&body).unwrap();
-    let r = c
-        .send(
-            Method::POST,
-            &proxy.url("/api/v1/chart/data"),
-            &[
-                ("authorization", "Bearer admin-token"),
-                ("content-type", "application/json"),
-            ],
-            reordered,
-        )
-        .await;
+    let r = c.chart_bytes(&proxy, "admin-token", reordered).await;
     assert!(r.cache_status().contains("hit"));
     assert_eq!(up.chart_queries(), 1);
 }
@@ -244,17 +234,7 @@ async fn malformed_json_is_forwarded_byte_for_byte() {
     let proxy = Proxy::start(test_config(&up.url())).await;
     let c = TestClient::new();
     let raw: &[u8] = b"{\"datasource\": {\"id\": 1, \"type\": \"table\"}, \"queries\": [";
-    let r = c
-        .send(
-            Method::POST,
-            &proxy.url("/api/v1/chart/data"),
-            &[
-                ("authorization", "Bearer admin-token"),
-                ("content-type", "application/json"),
-            ],
-            raw,
-        )
-        .await;
+    let r = c.chart_bytes(&proxy, "admin-token", raw).await;
     assert_eq!(r.status, 400);
     assert_eq!(
         r.cache_status(),
@@ -361,17 +341,7 @@ async fn no_credential_and_refused_credential_are_forwarded_uncached() {
         r.cache_status(),
         "chartcache; fwd=bypass; detail=no-credential"
     );
-    let r = c
-        .send(
-            Method::POST,
-            &proxy.url("/api/v1/chart/data"),
-            &[
-                ("authorization", "Bearer not-a-jwt"),
-                ("content-type", "application/json"),
-            ],
-            body,
-        )
-        .await;
+    let r = c.chart_bytes(&proxy, "not-a-jwt", body).await;
     assert_eq!(r.status, 401);
     assert_eq!(
         r.cache_status(),

@@ -176,6 +176,21 @@ impl TestClient {
         }
     }
 
+    /// POST raw chart-data bytes as `token` (a Bearer token), content type JSON.
+    pub async fn chart_bytes(&self, proxy: &Proxy, token: &str, body: impl Into<Bytes>) -> Resp {
+        let auth = format!("Bearer {token}");
+        self.send(
+            Method::POST,
+            &proxy.url("/api/v1/chart/data"),
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await
+    }
+
     /// POST a chart-data body as `token` (a Bearer token).
     pub async fn chart(&self, proxy: &Proxy, token: &str, body: &serde_json::Value) -> Resp {
         let auth = format!("Bearer {token}");
