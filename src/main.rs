@@ -11,6 +11,13 @@ use chartcache::app::App;
 use chartcache::clock::SystemClock;
 use chartcache::config::Config;
 
+/// mimalloc instead of glibc malloc: the hit path allocates small, short-lived
+/// buffers on every request (headers, futures, `Bytes` handles), and the miss
+/// path 1 KB–2 MB bodies whose fragmentation kept glibc's RSS growing in the
+/// soak; see BENCHMARKS.md for the before/after numbers.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug, Clone)]
 #[command(
     name = "chartcache",
