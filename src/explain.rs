@@ -45,7 +45,7 @@ pub fn explain(
         // The caller names the scope (`user:2`, `roles:["Gamma"]`, `guest-grant:…`).
         ScopeKind::User | ScopeKind::Roles => scope.to_string(),
     };
-    let key = fingerprint::build_key(r, path, &canon.query, &scope, &canon.body);
+    let key = fingerprint::build_key(r, path, &canon.query, &scope, &canon.body_digest);
     json!({
         "route": r.as_str(),
         "cached": d.tier.is_some(),

@@ -72,7 +72,7 @@ impl Credentials {
         let mut h = blake3::Hasher::new();
         let mut part = |tag: u8, v: Option<&[u8]>| {
             h.update(&[tag]);
-            crate::fingerprint::hash_optional_part(&mut h, v);
+            crate::fingerprint::hash_optional_part(&mut |b| _ = h.update(b), v);
         };
         part(b'a', self.authorization.as_ref().map(|v| v.as_bytes()));
         part(b's', self.session.as_ref().map(|v| v.as_bytes()));

@@ -181,7 +181,7 @@ pub(super) async fn handle(
         parts.uri.path(),
         &canon.query,
         &scope.key_part(),
-        &canon.body,
+        &canon.body_digest,
     );
     ctx.key = Some(key);
     let accept = respond::negotiate(&parts.headers);
