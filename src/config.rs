@@ -167,6 +167,11 @@ pub struct CacheConfig {
     /// so repeated dashboard requests skip JSON parsing. Size it to the hot set:
     /// about 1 KB per distinct chart request.
     pub canonical_memo_bytes: u64,
+    /// Memory for uncompressed copies of recently served entries, for clients
+    /// that accept neither zstd nor gzip (and gzip clients when entries carry
+    /// no gzip copy, as with `redis.tiered = false`): such hits then skip
+    /// decompression. 0 disables the copies.
+    pub raw_copy_bytes: u64,
     /// zstd level used once per stored entry.
     pub zstd_level: i32,
     /// Also keep a gzip copy of each entry so gzip-only clients are served
@@ -182,6 +187,7 @@ impl Default for CacheConfig {
             max_object_bytes: 32 * 1024 * 1024,
             max_request_body_bytes: 1024 * 1024,
             canonical_memo_bytes: 32 * 1024 * 1024,
+            raw_copy_bytes: 32 * 1024 * 1024,
             zstd_level: 3,
             store_gzip: true,
             coalesce_wait_ms: 60_000,

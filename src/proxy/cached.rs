@@ -196,7 +196,7 @@ pub(super) async fn handle(
             Window::Fresh => {
                 ctx.outcome = Outcome::Hit;
                 ctx.ttl = Some(((entry.meta.fresh_until - now) / 1000) as i64);
-                let resp = serve_entry(&entry, accept, now);
+                let resp = serve_entry(app, &key, &entry, accept, now);
                 // Refresh-ahead: one atomic add per hit; more only for hot entries.
                 match app.refresher.count_hit(&entry, cfg.refresh_ahead.hot_hits) {
                     Hotness::Cold => {}
@@ -217,7 +217,7 @@ pub(super) async fn handle(
                 // Stale-while-revalidate: answer now, refresh in the background.
                 ctx.outcome = Outcome::Stale;
                 ctx.ttl = Some(-(stale_secs(&entry, now)));
-                let resp = serve_entry(&entry, accept, now);
+                let resp = serve_entry(app, &key, &entry, accept, now);
                 let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn);
                 refresh::revalidate(app, spec);
                 return resp;
@@ -235,7 +235,7 @@ pub(super) async fn handle(
         Role::Follower(f) => {
             app.metrics.coalesced.with_label_values(&["local"]).inc();
             ctx.outcome = Outcome::Coalesced;
-            serve_fetched(&f, accept, app.clock.now_ms())
+            serve_fetched(app, &key, &f, accept, app.clock.now_ms())
         }
         Role::Leader(guard) => {
             // Across replicas: another replica may be fetching this key already.
@@ -248,7 +248,7 @@ pub(super) async fn handle(
                         .inc();
                     ctx.outcome = Outcome::Coalesced;
                     guard.publish(fetched.clone());
-                    return serve_fetched(&fetched, accept, app.clock.now_ms());
+                    return serve_fetched(app, &key, &fetched, accept, app.clock.now_ms());
                 }
             };
             let res = fetch(app, &spec, ctx, stale.as_ref()).await;
@@ -258,7 +258,7 @@ pub(super) async fn handle(
                     set_cookie,
                 }) => {
                     guard.publish(fetched.clone());
-                    let mut resp = serve_fetched(&fetched, accept, app.clock.now_ms())?;
+                    let mut resp = serve_fetched(app, &key, &fetched, accept, app.clock.now_ms())?;
                     // The leader's own cookies go to the leader only.
                     for c in set_cookie {
                         resp.headers_mut().append(header::SET_COOKIE, c);
@@ -282,7 +282,7 @@ pub(super) async fn handle(
                     fetched,
                     set_cookie,
                 } => {
-                    let mut resp = serve_fetched(&fetched, accept, app.clock.now_ms())?;
+                    let mut resp = serve_fetched(app, &key, &fetched, accept, app.clock.now_ms())?;
                     for c in set_cookie {
                         resp.headers_mut().append(header::SET_COOKIE, c);
                     }
@@ -346,8 +346,14 @@ pub(crate) async fn lookup(app: &App, key: &CacheKey) -> Option<Arc<Entry>> {
     }
 }
 
-fn serve_entry(entry: &Entry, accept: Accept, now: u64) -> Result<Response<Body>, Error> {
-    let mut resp = respond::from_entry(entry, accept)
+fn serve_entry(
+    app: &App,
+    key: &CacheKey,
+    entry: &Entry,
+    accept: Accept,
+    now: u64,
+) -> Result<Response<Body>, Error> {
+    let mut resp = respond::from_entry(entry, accept, || app.raw_copies.body(key, entry))
         .map_err(|e| Error::Store(format!("corrupt entry: {e}")))?;
     let age = now.saturating_sub(entry.meta.stored_at) / 1000;
     resp.headers_mut()
@@ -355,9 +361,15 @@ fn serve_entry(entry: &Entry, accept: Accept, now: u64) -> Result<Response<Body>
     Ok(resp)
 }
 
-fn serve_fetched(f: &Fetched, accept: Accept, now: u64) -> Result<Response<Body>, Error> {
+fn serve_fetched(
+    app: &App,
+    key: &CacheKey,
+    f: &Fetched,
+    accept: Accept,
+    now: u64,
+) -> Result<Response<Body>, Error> {
     match &f.entry {
-        Some(e) => serve_entry(e, accept, now),
+        Some(e) => serve_entry(app, key, e, accept, now),
         None => Ok(respond::from_parts(f.status, &f.headers, f.body.clone())),
     }
 }

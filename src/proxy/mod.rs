@@ -18,6 +18,7 @@ use crate::upstream::{prepare_request_headers, strip_hop_by_hop};
 
 pub(crate) mod cached;
 pub mod memo;
+pub mod raw_copies;
 pub mod respond;
 
 pub use cached::Fetched;

@@ -54,12 +54,18 @@ pub fn negotiate(headers: &HeaderMap) -> Accept {
 
 /// A response from a stored entry, in the best encoding the client accepts.
 /// Headers are the stored end-to-end headers plus `Content-Encoding`/`Vary`.
-pub fn from_entry(entry: &Entry, accept: Accept) -> std::io::Result<Response<Body>> {
+/// `raw` gives the uncompressed body, asked only when the client takes
+/// neither zstd nor a stored gzip copy (see `raw_copies`).
+pub fn from_entry(
+    entry: &Entry,
+    accept: Accept,
+    raw: impl FnOnce() -> std::io::Result<Bytes>,
+) -> std::io::Result<Response<Body>> {
     let (body, encoding): (Bytes, Option<&'static str>) = match (accept, &entry.gzip) {
         (Accept::Zstd, _) => (entry.zstd.clone(), Some("zstd")),
         (Accept::Gzip, Some(g)) => (g.clone(), Some("gzip")),
         // No gzip copy (store_gzip = false): identity is always acceptable.
-        _ => (decompress(entry)?, None),
+        _ => (raw()?, None),
     };
     let mut resp = Response::new(full(body.clone()));
     *resp.status_mut() = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
@@ -79,7 +85,7 @@ pub fn from_entry(entry: &Entry, accept: Accept) -> std::io::Result<Response<Bod
 /// The uncompressed body of an entry, decompressed with a zstd context reused
 /// per thread: creating a context per call (as `zstd::bulk::decompress` does)
 /// costs more than decompressing a small body.
-fn decompress(entry: &Entry) -> std::io::Result<Bytes> {
+pub(crate) fn decompress(entry: &Entry) -> std::io::Result<Bytes> {
     use std::cell::RefCell;
     thread_local! {
         static DCTX: RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { RefCell::new(None) };
@@ -205,7 +211,7 @@ mod tests {
         };
         let e = Entry::build(meta, &raw, 3, true).unwrap();
         for a in [Accept::Zstd, Accept::Gzip, Accept::Identity] {
-            let r = from_entry(&e, a).unwrap();
+            let r = from_entry(&e, a, || decompress(&e)).unwrap();
             let enc = r
                 .headers()
                 .get(header::CONTENT_ENCODING)
