@@ -22,6 +22,7 @@
 #   SIZES         hot-path body sizes in bytes [1024 51200 512000]
 #   ENCODINGS     hot-path client encodings [identity gzip]
 #   DASH_SECS     per dashboard run [45]  DASH_USERS [30]  DASH_THINK_MS [1000]
+#   DASH_FORCE    share of chart requests sent with Superset's "force": true [0.01]
 #   STAMPEDE_N    [500]  STAMPEDE_ROUNDS [3]  STAMPEDE_LATENCY_MS [600]
 #   SOAK_SECS     [600]  SOAK_MEMORY_BYTES [33554432]
 #   MEMORY_BYTES  chartcache memory store cap for (a)-(c) [268435456]
@@ -43,6 +44,7 @@ ENCODINGS=${ENCODINGS:-identity gzip}
 DASH_SECS=${DASH_SECS:-45}
 DASH_USERS=${DASH_USERS:-30}
 DASH_THINK_MS=${DASH_THINK_MS:-1000}
+DASH_FORCE=${DASH_FORCE:-0.01}
 STAMPEDE_N=${STAMPEDE_N:-500}
 STAMPEDE_ROUNDS=${STAMPEDE_ROUNDS:-3}
 STAMPEDE_LATENCY_MS=${STAMPEDE_LATENCY_MS:-600}
@@ -348,14 +350,14 @@ EOF
 
 # ---------------------------------------------------------------- (b) dashboards
 dashboards() {
-    log "(b) dashboard workload: $DASH_USERS users, ${DASH_SECS}s, think ${DASH_THINK_MS} ms, 90 % repeats, 1 % force"
+    log "(b) dashboard workload: $DASH_USERS users, ${DASH_SECS}s, think ${DASH_THINK_MS} ms, 90 % repeats, force share $DASH_FORCE"
     local sys run
     for run in $(seq 1 "$REPEAT"); do
         for sys in "${SYSTEMS[@]}"; do
             echo "-- $sys run=$run (load $(cut -d' ' -f1 /proc/loadavg))"
             local out
             out=$("$LOAD" dashboards --target "${TARGET[$sys]}" --upstream "$UP" --label "$sys" \
-                --users "$DASH_USERS" --principals 10 --dashboards 50 --zipf 1.0 --repeat 0.9 --force 0.01 \
+                --users "$DASH_USERS" --principals 10 --dashboards 50 --zipf 1.0 --repeat 0.9 --force "$DASH_FORCE" \
                 --think-ms "$DASH_THINK_MS" --duration-secs "$DASH_SECS" --max-views 20000 \
                 --accept-encoding "gzip, deflate, br, zstd" --seed $((run * 7 + 1)) 2>&1)
             echo "$out" | grep -v '^RESULT_JSON'

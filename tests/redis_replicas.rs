@@ -152,6 +152,74 @@ async fn three_replicas_times_100_identical_misses_make_one_upstream_query() {
     assert_eq!(up.chart_queries(), before);
 }
 
+/// A replica waiting for another's fetch lock is woken by the release
+/// message, not by its poll: with polling every 60 s, the follower still gets
+/// its answer as soon as the leader stores the entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_release_wakes_the_other_replica_without_polling() {
+    let r = RedisProc::server(&[]);
+    let up = Upstream::start().await;
+    up.set_delay(Duration::from_millis(300));
+    let slow_poll = RedisConfig {
+        lock_poll_ms: 60_000,
+        lock_wait_ms: 120_000,
+        timeout_ms: 2_000,
+        ..redis_cfg(r.url(), false)
+    };
+    let a = start(&up, slow_poll.clone()).await;
+    let b = start(&up, slow_poll).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for p in [&a, &b] {
+        while p.app.store.remote().unwrap().release_subscriptions() == 0 {
+            assert!(Instant::now() < deadline, "no lock-release subscription");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let c = TestClient::new();
+    for p in [&a, &b] {
+        assert_eq!(c.chart(p, "admin-token", &body(999)).await.status, 200);
+    }
+    let before = up.chart_queries();
+    let (ca, cb) = (c.clone(), c.clone());
+    let leader = tokio::spawn(async move { ca.chart(&a, "admin-token", &body(7)).await });
+    // Wait until A holds the fetch lock, then ask B for the same chart.
+    let mut conn = client(&r.url()).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let locks: Vec<String> = redis::cmd("KEYS")
+            .arg("chartcache:l:*")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        if !locks.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "replica A never took the lock");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let follower = tokio::time::timeout(
+        Duration::from_secs(20),
+        cb.chart(&b, "admin-token", &body(7)),
+    )
+    .await
+    .expect("B answered long before its first 60 s poll");
+    let lead = leader.await.unwrap();
+    assert_eq!(lead.status, 200);
+    assert_eq!(follower.status, 200);
+    assert!(
+        follower.cache_status().contains("coalesced"),
+        "{}",
+        follower.cache_status()
+    );
+    assert_eq!(follower.json(), lead.json());
+    assert_eq!(up.chart_queries() - before, 1);
+    assert_eq!(
+        metric(&b, "chartcache_coalesced_total", "where=\"distributed\""),
+        1.0
+    );
+    assert_eq!(b.app.store.remote().unwrap().releases().waiting(), 0);
+}
+
 #[tokio::test]
 async fn purge_on_one_replica_evicts_l1_on_the_others() {
     let r = RedisProc::server(&[]);

@@ -2,15 +2,22 @@
 //! its entry instead of sending the same query to Superset.
 //!
 //! The local leader (see [`crate::coalesce`]) takes `SET {prefix}:l:{key}
-//! token NX PX lock_ttl`. If another replica holds it, this replica polls (at
-//! `lock_poll_ms`, for at most `lock_wait_ms`) for a fresh entry, taking the
-//! lock over if it disappears without one (that leader failed or its response
-//! was not storable). Redis trouble at any point means: fetch yourself. The
-//! lock is released by compare-and-delete, so an expired lock that another
-//! replica took over is never removed by its former holder.
+//! token NX PX lock_ttl`. If another replica holds it, this replica waits (for
+//! at most `lock_wait_ms`) for a fresh entry, taking the lock over if it
+//! disappears without one (that leader failed or its response was not
+//! storable). Redis trouble at any point means: fetch yourself. The lock is
+//! released by compare-and-delete, so an expired lock that another replica
+//! took over is never removed by its former holder.
+//!
+//! A holder that releases its lock publishes the key on `{prefix}:rel`; every
+//! replica's subscription wakes its waiter for that key at once. Polling every
+//! `lock_poll_ms` stays as the fallback for a lost message or subscription.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use tokio::sync::watch;
 
 use super::redis::RedisStore;
 use super::{Entry, Store, StoreError};
@@ -45,7 +52,12 @@ impl Drop for RemoteLock {
         // Drop may run outside a runtime only at shutdown; the lock then expires.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                let _ = store.unlock(&key, &token).await;
+                // Only the holder that really released it wakes the waiters: an
+                // expired lock taken over by another replica is theirs to announce.
+                if let Ok(true) = store.unlock(&key, &token).await {
+                    let ch = store.release_channel();
+                    let _ = store.publish_on(ch, key.0.to_vec()).await;
+                }
             });
         }
     }
@@ -83,6 +95,76 @@ impl RedisStore {
     }
 }
 
+/// This replica's waiters for other replicas' fetch locks, woken by the
+/// `{prefix}:rel` subscription. One `watch` per key, kept while someone waits.
+#[derive(Default)]
+pub struct Releases {
+    waiting: Mutex<HashMap<CacheKey, watch::Sender<u64>>>,
+}
+
+/// One waiter's interest in a key's lock release; leaves the map when the last
+/// waiter for the key is gone.
+pub(crate) struct ReleaseWatch {
+    rx: watch::Receiver<u64>,
+    key: CacheKey,
+    owner: Arc<Releases>,
+}
+
+impl Releases {
+    /// Start watching `key`: releases announced after this call are seen.
+    pub(crate) fn watch(self: &Arc<Self>, key: CacheKey) -> ReleaseWatch {
+        let mut map = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        let rx = map
+            .entry(key)
+            .or_insert_with(|| watch::channel(0).0)
+            .subscribe();
+        ReleaseWatch {
+            rx,
+            key,
+            owner: self.clone(),
+        }
+    }
+
+    /// A release message: the payload is the 32-byte key. Anything else is ignored.
+    pub(crate) fn released(&self, payload: &[u8]) {
+        let Ok(k) = <[u8; 32]>::try_from(payload) else {
+            return;
+        };
+        let map = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(tx) = map.get(&CacheKey(k)) {
+            tx.send_modify(|n| *n += 1);
+        }
+    }
+
+    /// Keys with a waiter (tests).
+    pub fn waiting(&self) -> usize {
+        self.waiting.lock().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+impl ReleaseWatch {
+    /// Wait for the next release of the key after the last one seen.
+    async fn released(&mut self) {
+        if self.rx.changed().await.is_err() {
+            // Cannot happen while this receiver keeps the entry; never spin.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for ReleaseWatch {
+    fn drop(&mut self) {
+        let mut map = self.owner.waiting.lock().unwrap_or_else(|p| p.into_inner());
+        // Our own receiver is still alive here: 1 means no one else waits.
+        if map
+            .get(&self.key)
+            .is_some_and(|tx| tx.receiver_count() <= 1)
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
 /// Elect a leader for `key` across replicas sharing `store`'s Redis, or wait
 /// for the leader's entry. Stores without Redis always answer `Fetch(None)`.
 pub async fn coordinate(store: &dyn Store, key: &CacheKey, clock: &SharedClock) -> Remote {
@@ -90,6 +172,8 @@ pub async fn coordinate(store: &dyn Store, key: &CacheKey, clock: &SharedClock) 
         return Remote::Fetch(None);
     };
     let token = format!("{:032x}", rand::random::<u128>());
+    // Watch before trying the lock, so a release right after a failed try is seen.
+    let mut release = redis.releases().watch(*key);
     let lock = |redis: Arc<RedisStore>, token: String| RemoteLock {
         store: redis,
         key: *key,
@@ -103,9 +187,13 @@ pub async fn coordinate(store: &dyn Store, key: &CacheKey, clock: &SharedClock) 
     let cfg = redis.config();
     let poll = Duration::from_millis(cfg.lock_poll_ms);
     let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.lock_wait_ms);
-    let max_polls = cfg.lock_wait_ms / cfg.lock_poll_ms + 1;
-    for _ in 0..max_polls {
-        tokio::time::sleep_until((tokio::time::Instant::now() + poll).min(deadline)).await;
+    // Each round follows a release or a poll; releases only come from lock
+    // holders, so the rounds stay few, and the deadline bounds them anyway.
+    loop {
+        tokio::select! {
+            _ = release.released() => {}
+            _ = tokio::time::sleep_until((tokio::time::Instant::now() + poll).min(deadline)) => {}
+        }
         if tokio::time::Instant::now() >= deadline {
             break;
         }
@@ -138,5 +226,32 @@ mod tests {
             coordinate(&mem, &CacheKey([1; 32]), &clock).await,
             Remote::Fetch(None)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_release_wakes_the_waiter_of_that_key_only() {
+        let r = Arc::new(Releases::default());
+        let (a, b) = (CacheKey([1; 32]), CacheKey([2; 32]));
+        let mut wa = r.watch(a);
+        let mut wb = r.watch(b);
+        // Announced before the waiter awaits: still seen.
+        r.released(&a.0);
+        tokio::time::timeout(Duration::from_secs(5), wa.released())
+            .await
+            .expect("release of a wakes a's waiter");
+        // b was not released; garbage payloads are ignored.
+        r.released(b"not a key");
+        assert!(
+            futures_util::FutureExt::now_or_never(wb.released()).is_none(),
+            "b's waiter must keep waiting"
+        );
+        assert_eq!(r.waiting(), 2);
+        drop(wa);
+        assert_eq!(r.waiting(), 1);
+        let wb2 = r.watch(b);
+        drop(wb);
+        assert_eq!(r.waiting(), 1, "b still has a waiter");
+        drop(wb2);
+        assert_eq!(r.waiting(), 0);
     }
 }

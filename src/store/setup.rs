@@ -42,6 +42,7 @@ pub async fn build(
         });
     }
     let redis = RedisStore::new(cfg.redis.clone(), metrics, clock.clone())?;
+    redis.watch_lock_releases();
     let redis_error = match redis.check().await {
         Ok(()) => {
             tracing::info!(master = ?redis.master_addr(), tiered = cfg.redis.tiered, "redis connected");

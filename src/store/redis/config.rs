@@ -70,7 +70,9 @@ pub struct RedisConfig {
     /// Keep it below `cache.coalesce_wait_ms`, so this replica's own waiting
     /// requests still get the result instead of timing out and fetching each.
     pub lock_wait_ms: u64,
-    /// How often a waiting replica checks for the entry (ms).
+    /// How often a waiting replica checks for the entry (ms) when no release
+    /// message arrives. A holder announces its release on `{prefix}:rel` and
+    /// waiters check at once, so polling only covers a lost message.
     pub lock_poll_ms: u64,
 }
 
@@ -102,7 +104,7 @@ impl Default for RedisConfig {
             l1_max_ttl_secs: 30,
             lock_ttl_ms: 60_000,
             lock_wait_ms: 50_000,
-            lock_poll_ms: 20,
+            lock_poll_ms: 250,
         }
     }
 }

@@ -71,6 +71,10 @@ pub struct RedisStore {
     me: std::sync::Weak<RedisStore>,
     /// Successful subscriptions to the invalidation channel so far.
     subscriptions: Arc<std::sync::atomic::AtomicU64>,
+    /// Successful subscriptions to the lock-release channel so far.
+    release_subscriptions: Arc<std::sync::atomic::AtomicU64>,
+    /// Replicas waiting here for another replica's fetch lock on a key.
+    releases: Arc<super::lock::Releases>,
     _stop_guard: DropGuard,
 }
 
@@ -98,6 +102,8 @@ impl RedisStore {
         let store = Arc::new_cyclic(|me| RedisStore {
             me: me.clone(),
             subscriptions: Arc::default(),
+            release_subscriptions: Arc::default(),
+            releases: Arc::default(),
             conn,
             breaker,
             metrics,
@@ -195,6 +201,14 @@ impl RedisStore {
     pub fn channel(&self) -> String {
         format!("{}:inv", self.cfg.prefix)
     }
+    /// The channel on which a replica announces it released a fetch lock.
+    pub(crate) fn release_channel(&self) -> String {
+        format!("{}:rel", self.cfg.prefix)
+    }
+    /// Waiters for lock releases (see `store::lock`).
+    pub fn releases(&self) -> &Arc<super::lock::Releases> {
+        &self.releases
+    }
 
     /// Run one operation under the breaker and the timeout. `op` labels metrics.
     pub(crate) async fn run<T, F, Fut>(
@@ -253,9 +267,19 @@ impl RedisStore {
         self.subscriptions.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// How many times the lock-release subscription has been made (tests, health).
+    pub fn release_subscriptions(&self) -> u64 {
+        self.release_subscriptions
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Publish a message on the invalidation channel.
     pub async fn publish(&self, payload: Vec<u8>) -> Result<(), StoreError> {
-        let ch = self.channel();
+        self.publish_on(self.channel(), payload).await
+    }
+
+    /// Publish `payload` on `ch`.
+    pub(crate) async fn publish_on(&self, ch: String, payload: Vec<u8>) -> Result<(), StoreError> {
         self.run("publish", self.cfg.timeout(), |mut c| async move {
             redis::cmd("PUBLISH")
                 .arg(ch)
@@ -276,15 +300,38 @@ impl RedisStore {
         on_message: impl Fn(&[u8]) + Send + Sync + 'static,
         on_subscribed: impl Fn() + Send + Sync + 'static,
     ) {
+        let count = self.subscriptions.clone();
+        self.subscribe_to(self.channel(), count, on_message, on_subscribed);
+    }
+
+    /// Wake this replica's lock waiters when another replica releases a fetch
+    /// lock (`store::lock`), instead of leaving them to their next poll.
+    pub fn watch_lock_releases(self: &Arc<Self>) {
+        let releases = self.releases.clone();
+        let count = self.release_subscriptions.clone();
+        self.subscribe_to(
+            self.release_channel(),
+            count,
+            move |payload| releases.released(payload),
+            || {},
+        );
+    }
+
+    /// `subscribe` on any channel; `count` counts the subscriptions made.
+    fn subscribe_to(
+        self: &Arc<Self>,
+        channel: String,
+        count: Arc<std::sync::atomic::AtomicU64>,
+        on_message: impl Fn(&[u8]) + Send + Sync + 'static,
+        on_subscribed: impl Fn() + Send + Sync + 'static,
+    ) {
         let weak = Arc::downgrade(self);
         let stop = self.stop.clone();
-        let count = self.subscriptions.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(50);
             while !stop.is_cancelled() {
                 let Some(me) = weak.upgrade() else { return };
                 let conn = me.conn.clone();
-                let channel = me.channel();
                 let t = Duration::from_millis(me.cfg.connect_timeout_ms);
                 drop(me);
                 let sub = tokio::time::timeout(t, async {
@@ -309,7 +356,7 @@ impl RedisStore {
                                 },
                             }
                         }
-                        tracing::info!("redis invalidation subscription lost; resubscribing");
+                        tracing::info!(%channel, "redis subscription lost; resubscribing");
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(error = %e, "redis subscribe failed");
