@@ -129,6 +129,16 @@ impl App {
         if old.memory.max_bytes != new.memory.max_bytes {
             needs_restart.push("memory.max_bytes");
         }
+        // Sized once at startup.
+        if old.cache.canonical_memo_bytes != new.cache.canonical_memo_bytes {
+            needs_restart.push("cache.canonical_memo_bytes");
+        }
+        if old.cache.raw_copy_bytes != new.cache.raw_copy_bytes {
+            needs_restart.push("cache.raw_copy_bytes");
+        }
+        if old.server.worker_threads != new.server.worker_threads {
+            needs_restart.push("server.worker_threads");
+        }
         // The resolver (TTLs, cookie and header names, JWT secrets) is built once.
         if serde_json::to_value(&old.identity).ok() != serde_json::to_value(&new.identity).ok() {
             needs_restart.push("identity");

@@ -260,6 +260,10 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Serve HTTPS with these certificate files (HTTP when absent).
     pub tls: Option<TlsConfig>,
+    /// Runtime worker threads; 0 = one per CPU the process may use. A sidecar
+    /// next to a Superset pod may want 1, leaving the other cores to Superset.
+    /// Read at startup only (a reload does not change it).
+    pub worker_threads: usize,
 }
 
 /// TLS for a listener: PEM files, re-read when they change on disk.
@@ -298,6 +302,7 @@ impl Default for ServerConfig {
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
             tls: None,
+            worker_threads: 0,
         }
     }
 }

@@ -185,9 +185,11 @@ fn toml_string(cfg: &Config) -> anyhow::Result<String> {
 fn serve(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
     init_logging(&cfg);
     cfg.validate()?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if cfg.server.worker_threads > 0 {
+        rt.worker_threads(cfg.server.worker_threads);
+    }
+    let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         let token = cfg.admin.resolve_token()?.map(Arc::<str>::from);
         let listen = cfg.listen;
