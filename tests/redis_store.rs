@@ -331,3 +331,36 @@ async fn fetch_lock_is_exclusive_and_released_by_token() {
         .unwrap();
     assert!((1..=300).contains(&pttl), "{pttl}");
 }
+
+/// A holder that fetches for longer than `lock_ttl_ms` keeps its lock (it is
+/// extended while held), and releases it when done. (A holder that dies stops
+/// extending: its lock lapses by the TTL, as `fetch_lock_is_exclusive_and_released_by_token` shows.)
+#[tokio::test]
+async fn a_held_fetch_lock_outlives_its_ttl_and_is_released_when_dropped() {
+    use chartcache::store::lock::{Remote, coordinate};
+    let r = RedisProc::server(&[]);
+    let s = store(RedisConfig {
+        lock_ttl_ms: 300,
+        ..cfg(r.url())
+    });
+    let clock: chartcache::clock::SharedClock = Arc::new(chartcache::clock::SystemClock);
+    let Remote::Fetch(Some(held)) = coordinate(s.as_ref(), &key(2), &clock).await else {
+        panic!("the first caller takes the lock");
+    };
+    // Three TTLs later (the holder is still "fetching"), the lock is still ours.
+    let until = Instant::now() + Duration::from_millis(900);
+    while Instant::now() < until {
+        assert!(
+            !s.try_lock(&key(2), "other").await.unwrap(),
+            "lock lapsed while held"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Done: the release (spawned on drop) frees it for the next fetch.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s.try_lock(&key(2), "other").await.unwrap() {
+        assert!(Instant::now() < deadline, "a released lock stayed taken");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}

@@ -7,7 +7,10 @@
 //! disappears without one (that leader failed or its response was not
 //! storable). Redis trouble at any point means: fetch yourself. The lock is
 //! released by compare-and-delete, so an expired lock that another replica
-//! took over is never removed by its former holder.
+//! took over is never removed by its former holder. While the holder fetches,
+//! it extends the lock every `lock_ttl_ms / 3` (compare-and-expire), so a chart
+//! query slower than `lock_ttl_ms` is still fetched once; a holder that dies
+//! stops extending, and its lock expires within `lock_ttl_ms`.
 //!
 //! A holder that releases its lock publishes the key on `{prefix}:rel`; every
 //! replica's subscription wakes its waiter for that key at once. Polling every
@@ -29,6 +32,11 @@ pub(crate) const UNLOCK_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0";
 
+/// Extend a lock only if it still holds our token.
+pub(crate) const RENEW_SCRIPT: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0";
+
 /// What the cross-replica step decided.
 pub enum Remote {
     /// Fetch from Superset; hold the lock (if any) until the entry is stored.
@@ -37,15 +45,43 @@ pub enum Remote {
     Entry(Arc<Entry>),
 }
 
-/// A held fetch lock; released (by token) when dropped.
+/// A held fetch lock, extended while held and released (by token) when dropped.
 pub struct RemoteLock {
     store: Arc<RedisStore>,
     key: CacheKey,
     token: String,
+    renewal: tokio::task::AbortHandle,
+}
+
+impl RemoteLock {
+    /// Hold a lock just taken with `token`: start extending it.
+    fn hold(store: Arc<RedisStore>, key: CacheKey, token: String) -> RemoteLock {
+        let every = Duration::from_millis((store.config().lock_ttl_ms / 3).max(1));
+        let (weak, t) = (Arc::downgrade(&store), token.clone());
+        let renewal = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let Some(store) = weak.upgrade() else { return };
+                // Lost (expired and taken over) or Redis trouble: stop; the
+                // lock then lapses by its TTL as it would without renewal.
+                if !matches!(store.renew_lock(&key, &t).await, Ok(true)) {
+                    return;
+                }
+            }
+        })
+        .abort_handle();
+        RemoteLock {
+            store,
+            key,
+            token,
+            renewal,
+        }
+    }
 }
 
 impl Drop for RemoteLock {
     fn drop(&mut self) {
+        self.renewal.abort();
         let store = self.store.clone();
         let key = self.key;
         let token = std::mem::take(&mut self.token);
@@ -81,6 +117,19 @@ impl RedisStore {
         })
         .await
         .map(|r| r.is_some())
+    }
+
+    /// Compare-and-expire: true when our lock was extended to `lock_ttl_ms`.
+    pub async fn renew_lock(&self, key: &CacheKey, token: &str) -> Result<bool, StoreError> {
+        let mut inv = self.renew_script.prepare_invoke();
+        inv.key(self.lock_key(key))
+            .arg(token)
+            .arg(self.config().lock_ttl_ms);
+        self.run("renew", self.config().timeout(), |mut c| async move {
+            inv.invoke_async::<i64>(&mut c).await
+        })
+        .await
+        .map(|n| n == 1)
     }
 
     /// Compare-and-delete: true when our lock was removed.
@@ -174,11 +223,7 @@ pub async fn coordinate(store: &dyn Store, key: &CacheKey, clock: &SharedClock) 
     let token = format!("{:032x}", rand::random::<u128>());
     // Watch before trying the lock, so a release right after a failed try is seen.
     let mut release = redis.releases().watch(*key);
-    let lock = |redis: Arc<RedisStore>, token: String| RemoteLock {
-        store: redis,
-        key: *key,
-        token,
-    };
+    let lock = |redis: Arc<RedisStore>, token: String| RemoteLock::hold(redis, *key, token);
     match redis.try_lock(key, &token).await {
         Ok(true) => return Remote::Fetch(Some(lock(redis, token))),
         Ok(false) => {}

@@ -66,6 +66,7 @@ pub struct RedisStore {
     put_script: Script,
     purge_tags_script: Script,
     pub(crate) unlock_script: Script,
+    pub(crate) renew_script: Script,
     /// Stops background tasks (sentinel watcher, subscribers) when dropped.
     stop: CancellationToken,
     me: std::sync::Weak<RedisStore>,
@@ -111,6 +112,7 @@ impl RedisStore {
             put_script: Script::new(PUT_SCRIPT),
             purge_tags_script: Script::new(PURGE_TAGS_SCRIPT),
             unlock_script: Script::new(super::lock::UNLOCK_SCRIPT),
+            renew_script: Script::new(super::lock::RENEW_SCRIPT),
             _stop_guard: stop.clone().drop_guard(),
             stop,
             cfg,

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# A/B of the hot hit path: two chartcache binaries, alternately, under the same
+# wrk load (one key, memory store), on loopback. For measuring one change
+# before and after; compare.sh is the full comparison with nginx.
+#
+#   loadtests/ab_hit.sh OLD_BINARY NEW_BINARY
+#
+# Environment (defaults): BYTES [1024] response size, AE [gzip] the client's
+# Accept-Encoding ("" for none), ROUNDS [2], DURATION [8s], CONNS [64],
+# THREADS [2], PERF=1 records a cpu-clock profile of each run to
+# $OUT/perf-<name>-<round>.data, BASE_PORT [29100], OUT [/tmp/chartcache-ab].
+# Prints req/s, p50/p99 and the proxy's CPU µs per request for each run.
+set -euo pipefail
+[ $# -eq 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY" >&2; exit 2; }
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+LOAD=${LOAD:-$ROOT/loadtests/target/release/chartcache-load}
+BYTES=${BYTES:-1024}
+AE=${AE-gzip}
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-8s}
+CONNS=${CONNS:-64}
+THREADS=${THREADS:-2}
+BASE_PORT=${BASE_PORT:-29100}
+OUT=${OUT:-/tmp/chartcache-ab}
+UP_PORT=$BASE_PORT CC_PORT=$((BASE_PORT + 2)) ADMIN_PORT=$((BASE_PORT + 3))
+mkdir -p "$OUT"
+PIDS=()
+cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+trap cleanup EXIT
+wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
+
+"$LOAD" upstream --listen "127.0.0.1:$UP_PORT" --threads 1 >"$OUT/upstream.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$UP_PORT/__stats"
+jq -c --argjson n "$BYTES" '.request.body | .queries[0].row_limit = $n' \
+    "$ROOT/tests/fixtures/superset-6.1/20-chart-data-timeseries-admin-miss.json" >"$OUT/body.json"
+cat >"$OUT/wrk.lua" <<LUA
+local f = assert(io.open("$OUT/body.json", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer user-1-tok-0"
+wrk.headers["X-Bench-Bytes"] = "$BYTES"
+wrk.headers["X-Bench-Latency-Ms"] = "50"
+$( [ -n "$AE" ] && echo "wrk.headers[\"Accept-Encoding\"] = \"$AE\"" )
+LUA
+URL="http://127.0.0.1:$CC_PORT/api/v1/chart/data"
+
+run() { # name binary round
+    CHARTCACHE_LOG=warn CHARTCACHE_LOG__ACCESS_LOG=false "$2" --upstream "http://127.0.0.1:$UP_PORT" \
+        --listen "127.0.0.1:$CC_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" >"$OUT/$1.log" 2>&1 &
+    local pid=$! status="" perf_pid="" t0 t1 n
+    PIDS+=($pid)
+    wait_http "http://127.0.0.1:$ADMIN_PORT/healthz"
+    for _ in 1 2 3; do
+        status=$(curl -s -o /dev/null -D - -X POST "$URL" -H 'Content-Type: application/json' \
+            -H 'Authorization: Bearer user-1-tok-0' -H "X-Bench-Bytes: $BYTES" -H 'X-Bench-Latency-Ms: 50' \
+            ${AE:+-H "Accept-Encoding: $AE"} --data-binary "@$OUT/body.json" | tr -d '\r' |
+            awk -F': ' 'tolower($1)=="cache-status" {print $2}')
+    done
+    case "$status" in *hit*) ;; *) echo "$1: not a hit after warm-up: $status" >&2; return 1 ;; esac
+    t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    if [ "${PERF:-0}" = 1 ]; then
+        perf record -e cpu-clock -F 2000 -g -p "$pid" -o "$OUT/perf-$1-$3.data" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
+        perf_pid=$!
+    fi
+    wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$OUT/wrk.lua" "$URL" >"$OUT/wrk-$1-$3.out" 2>&1
+    t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    [ -n "$perf_pid" ] && wait "$perf_pid"
+    n=$(awk '/requests in/ {print $1}' "$OUT/wrk-$1-$3.out")
+    printf '%-6s round %s  %9s req/s  p50 %8s  p99 %8s  CPU %s us/request\n' "$1" "$3" \
+        "$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk-$1-$3.out")" \
+        "$(awk '$1=="50%" {print $2}' "$OUT/wrk-$1-$3.out")" \
+        "$(awk '$1=="99%" {print $2}' "$OUT/wrk-$1-$3.out")" \
+        "$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
+    kill "$pid"
+    wait "$pid" 2>/dev/null || true
+}
+
+echo "BYTES=$BYTES AE='$AE' wrk -t$THREADS -c$CONNS -d$DURATION; load $(cut -d' ' -f1-3 /proc/loadavg)"
+for r in $(seq 1 "$ROUNDS"); do
+    run old "$1" "$r"
+    run new "$2" "$r"
+done
