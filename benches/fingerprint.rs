@@ -63,7 +63,15 @@ fn fingerprint(c: &mut Criterion) {
             .unwrap()
         })
     });
-    g.bench_function("blake3-key/large-30KB", |b| {
+    g.bench_function("body-digest/large-30KB", |b| {
+        b.iter(|| chartcache::fingerprint::body_digest(black_box(&canon.body)))
+    });
+    g.finish();
+
+    // The key itself hashes the parts and the 32-byte body digest: its cost
+    // does not depend on the body size.
+    let mut g = c.benchmark_group("fingerprint-key");
+    g.bench_function("build-key", |b| {
         b.iter(|| {
             build_key(
                 CachedRoute::ChartData,

@@ -13,7 +13,7 @@ use chartcache::config::Config;
 
 /// mimalloc instead of the system allocator (feature `mimalloc`, on by
 /// default): the hit path allocates small, short-lived buffers on every request
-/// (headers, futures, `Bytes` handles) and ran 12–23 % faster with it; under the
+/// (headers, futures, `Bytes` handles) and served 2–8 % more hits with it; under the
 /// miss-heavy soak glibc's RSS kept creeping up while mimalloc's stayed flat,
 /// if higher. BENCHMARKS.md has the numbers.
 #[cfg(feature = "mimalloc")]
