@@ -165,7 +165,8 @@ pub struct CacheConfig {
     pub max_request_body_bytes: u64,
     /// Memory for remembering canonical forms of recently seen request bodies,
     /// so repeated dashboard requests skip JSON parsing. Size it to the hot set:
-    /// about 1 KB per distinct chart request.
+    /// the request body plus about 256 bytes per distinct chart request (1.2–2
+    /// KB for typical chart-data bodies, so 32 MiB holds roughly 16 000–25 000).
     pub canonical_memo_bytes: u64,
     /// Memory for uncompressed copies of recently served entries, for clients
     /// that accept neither zstd nor gzip (and gzip clients when entries carry
