@@ -44,6 +44,22 @@ pub struct Credentials {
 }
 
 impl Credentials {
+    /// The same set in its own allocations, for keeping beyond the request
+    /// (see `upstream::owned_header_value`).
+    pub fn detached(&self) -> Credentials {
+        Credentials {
+            authorization: self
+                .authorization
+                .as_ref()
+                .map(crate::upstream::owned_header_value),
+            session: self.session.clone(),
+            guest_token: self
+                .guest_token
+                .as_ref()
+                .map(crate::upstream::owned_header_value),
+        }
+    }
+
     /// Extract the credential set; `None` when the request carries no credential.
     pub fn from_headers(
         h: &HeaderMap,

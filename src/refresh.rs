@@ -138,6 +138,11 @@ pub(crate) fn revalidate(app: &Arc<App>, mut spec: FetchSpec) -> bool {
 /// upgrade handle): a refresh outlives the request it was made from.
 fn detach(spec: &mut FetchSpec) {
     spec.parts.extensions = http::Extensions::new();
+    // The job outlives the request: keep no slice of the connection's buffers.
+    for v in spec.parts.headers.values_mut() {
+        *v = crate::upstream::owned_header_value(v);
+    }
+    spec.body = bytes::Bytes::copy_from_slice(&spec.body);
 }
 
 /// Fetch and store as the key's leader, then hand the result to followers.
@@ -348,7 +353,7 @@ impl Refresher {
             generation: meta.fresh_until,
             due: meta.fresh_until - lead,
             expect,
-            cred: Mutex::new(cred),
+            cred: Mutex::new(cred.map(|c| c.detached())),
             spec,
         });
         let mut map = self
@@ -372,7 +377,11 @@ impl Refresher {
         let Some(cred) = cred else { return };
         let map = self.shard(key).lock().unwrap_or_else(|p| p.into_inner());
         if let Some(job) = map.get(key) {
-            *job.cred.lock().unwrap_or_else(|p| p.into_inner()) = Some(cred);
+            let mut slot = job.cred.lock().unwrap_or_else(|p| p.into_inner());
+            // Usually the same user again: nothing to write.
+            if slot.as_ref() != Some(&cred) {
+                *slot = Some(cred.detached());
+            }
         }
     }
 
@@ -677,6 +686,72 @@ mod tests {
             .unwrap();
         assert_eq!(*j.cred.lock().unwrap(), Some(cred("Bearer b")));
         assert_eq!(r.tracked(), 0);
+    }
+
+    /// A tracked job keeps no slice of the request's buffers: hyper's parsed
+    /// header values and body chunks share the connection's read buffer.
+    #[test]
+    fn tracked_jobs_hold_their_own_copies() {
+        let conn_buffer = bytes::Bytes::from(vec![b'x'; 64 * 1024]);
+        let inside = |p: *const u8| {
+            let start = conn_buffer.as_ptr() as usize;
+            (start..start + conn_buffer.len()).contains(&(p as usize))
+        };
+        // `n` bytes of the "connection buffer", as hyper hands them out.
+        let shared = |n: usize| conn_buffer.slice(conn_buffer.len() - n..);
+        let mut s = spec(1);
+        s.body = shared(2);
+        s.parts.headers.insert(
+            "x-test",
+            http::HeaderValue::from_maybe_shared(shared(4)).unwrap(),
+        );
+        assert!(inside(s.body.as_ptr()));
+        detach(&mut s);
+        assert!(!inside(s.body.as_ptr()));
+        assert_eq!(&s.body[..], b"xx");
+        let v = s.parts.headers.get("x-test").unwrap();
+        assert!(!inside(v.as_bytes().as_ptr()));
+        assert_eq!(v.as_bytes(), b"xxxx");
+
+        let cfg = RefreshAheadConfig::default();
+        let r = Refresher::new(&cfg);
+        let t = tier(60, 0, 0);
+        let tok = || Credentials {
+            authorization: Some(http::HeaderValue::from_maybe_shared(shared(8)).unwrap()),
+            ..Default::default()
+        };
+        let job = r
+            .insert(&cfg, spec(1), Some(tok()), None, &meta(0, 60, &t))
+            .unwrap();
+        let held = |j: &HotJob| {
+            j.cred
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .authorization
+                .clone()
+                .unwrap()
+        };
+        assert!(!inside(held(&job).as_bytes().as_ptr()));
+        // The same credential again changes nothing; another one is copied too.
+        let before = held(&job).as_bytes().as_ptr();
+        r.touch(&CacheKey([1; 32]), Some(tok()));
+        assert_eq!(held(&job).as_bytes().as_ptr(), before);
+        let mut other = tok();
+        other.session = Some("s".into());
+        r.touch(&CacheKey([1; 32]), Some(other));
+        assert!(!inside(held(&job).as_bytes().as_ptr()));
+        assert_eq!(
+            job.cred
+                .lock()
+                .unwrap()
+                .as_ref()
+                .unwrap()
+                .session
+                .as_deref(),
+            Some("s")
+        );
     }
 
     #[test]

@@ -113,6 +113,15 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::UPGRADE,
 ];
 
+/// A header value in its own allocation. Values parsed by hyper share the
+/// connection's read buffer, so keeping one beyond the request (stored
+/// entries, hot-entry refresh jobs) would pin that whole buffer.
+pub fn owned_header_value(v: &HeaderValue) -> HeaderValue {
+    let mut owned = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
+    owned.set_sensitive(v.is_sensitive());
+    owned
+}
+
 /// Remove hop-by-hop headers, including those named in `Connection`.
 /// `keep_upgrade` keeps `Connection: upgrade` + `Upgrade` for websockets.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {

@@ -138,11 +138,7 @@ fn ensure_vary_accept_encoding(h: &mut HeaderMap) {
 pub fn storable_headers(h: &HeaderMap) -> Vec<(header::HeaderName, HeaderValue)> {
     h.iter()
         .filter(|(n, _)| !is_unstorable_header(n))
-        .map(|(n, v)| {
-            let mut owned = HeaderValue::from_bytes(v.as_bytes()).unwrap_or_else(|_| v.clone());
-            owned.set_sensitive(v.is_sensitive());
-            (n.clone(), owned)
-        })
+        .map(|(n, v)| (n.clone(), crate::upstream::owned_header_value(v)))
         .collect()
 }
 
