@@ -438,6 +438,11 @@ soak() {
 # ---------------------------------------------------------------- (e) scaling
 # How cost grows with connections and with the number of distinct keys (1 KB
 # bodies, identity clients). Keys rotate per request through a wrk Lua script.
+# µs of proxy CPU per request from two cpu_ticks readings and a request count.
+scale_cpu_us() {
+    awk -v t="$(($2 - $1))" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN { if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "nan" }'
+}
+
 scaling() {
     log "(e) scaling: connections ($SCALE_CONNS) and keys ($SCALE_KEYS), 1 KB, identity"
     local template="$ROOT/tests/fixtures/superset-6.1/20-chart-data-timeseries-admin-miss.json"
@@ -469,14 +474,18 @@ EOF
             for sys in "${SYSTEMS[@]}"; do
                 local url="${TARGET[$sys]}/api/v1/chart/data"
                 wrk -t2 -c"$c" -d2s -s "$TMP/wrk-keys-1.lua" "$url" >/dev/null 2>&1 || true
-                local j
+                local j t0 t1
+                t0=$(cpu_ticks "${SUT_PID[$sys]}")
                 j=$(wrk -t"$WRK_THREADS" -c"$c" -d"$WRK_DURATION" -s "$TMP/wrk-keys-1.lua" "$url" 2>&1 | sed -n 's/^WRK_JSON //p')
-                local rps p99
+                t1=$(cpu_ticks "${SUT_PID[$sys]}")
+                local rps p99 cpu
                 rps=$(jq -r '(.requests / (.duration_us / 1e6)) | floor' <<<"$j")
                 p99=$(jq -r '.p99_us / 1000' <<<"$j")
-                echo "-- $sys conns=$c run=$run: $rps req/s, p50 $(jq -r '.p50_us / 1000' <<<"$j") ms, p99 $p99 ms (load $(cut -d' ' -f1 /proc/loadavg))"
+                cpu=$(scale_cpu_us "$t0" "$t1" "$(jq -r .requests <<<"$j")")
+                echo "-- $sys conns=$c run=$run: $rps req/s, p50 $(jq -r '.p50_us / 1000' <<<"$j") ms, p99 $p99 ms, proxy CPU $cpu us/request (load $(cut -d' ' -f1 /proc/loadavg))"
                 record scaling "$sys" "conns=$c" "$run" rps "$rps"
                 record scaling "$sys" "conns=$c" "$run" p99_ms "$p99"
+                record scaling "$sys" "conns=$c" "$run" cpu_us_per_req "$cpu"
             done
         done
         for k in $SCALE_KEYS; do
@@ -484,14 +493,18 @@ EOF
                 local url="${TARGET[$sys]}/api/v1/chart/data"
                 # Fill: run long enough that every key has been requested.
                 wrk -t2 -c64 -d"$SCALE_FILL" -s "$TMP/wrk-keys-$k.lua" "$url" >/dev/null 2>&1 || true
-                local j
+                local j t0 t1
+                t0=$(cpu_ticks "${SUT_PID[$sys]}")
                 j=$(wrk -t"$WRK_THREADS" -c"$WRK_CONNS" -d"$WRK_DURATION" -s "$TMP/wrk-keys-$k.lua" "$url" 2>&1 | sed -n 's/^WRK_JSON //p')
-                local rps p99
+                t1=$(cpu_ticks "${SUT_PID[$sys]}")
+                local rps p99 cpu
                 rps=$(jq -r '(.requests / (.duration_us / 1e6)) | floor' <<<"$j")
                 p99=$(jq -r '.p99_us / 1000' <<<"$j")
-                echo "-- $sys keys=$k run=$run: $rps req/s, p50 $(jq -r '.p50_us / 1000' <<<"$j") ms, p99 $p99 ms, non-2xx $(jq -r .non2xx <<<"$j") (load $(cut -d' ' -f1 /proc/loadavg))"
+                cpu=$(scale_cpu_us "$t0" "$t1" "$(jq -r .requests <<<"$j")")
+                echo "-- $sys keys=$k run=$run: $rps req/s, p50 $(jq -r '.p50_us / 1000' <<<"$j") ms, p99 $p99 ms, non-2xx $(jq -r .non2xx <<<"$j"), proxy CPU $cpu us/request (load $(cut -d' ' -f1 /proc/loadavg))"
                 record scaling "$sys" "keys=$k" "$run" rps "$rps"
                 record scaling "$sys" "keys=$k" "$run" p99_ms "$p99"
+                record scaling "$sys" "keys=$k" "$run" cpu_us_per_req "$cpu"
             done
         done
     done
