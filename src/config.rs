@@ -466,10 +466,10 @@ impl Config {
             ("server.tls", &self.server.tls),
             ("admin.tls", &self.admin.tls),
         ] {
-            if let Some(t) = tls {
-                if t.cert_file.is_empty() || t.key_file.is_empty() {
-                    bail!("{what}: cert_file and key_file are required");
-                }
+            if let Some(t) = tls
+                && (t.cert_file.is_empty() || t.key_file.is_empty())
+            {
+                bail!("{what}: cert_file and key_file are required");
             }
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {

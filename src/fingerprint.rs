@@ -296,10 +296,10 @@ fn as_string(v: Option<&Value>) -> Option<String> {
 
 fn extract_facts(obj: &Map<String, Value>, facts: &mut QueryFacts) {
     // Top-level datasource {"id": 1, "type": "table"} (chart data API).
-    if let Some(Value::Object(ds)) = obj.get("datasource") {
-        if let (Some(id), Some(ty)) = (as_u64(ds.get("id")), as_string(ds.get("type"))) {
-            facts.datasource = Some(format!("{id}__{ty}"));
-        }
+    if let Some(Value::Object(ds)) = obj.get("datasource")
+        && let (Some(id), Some(ty)) = (as_u64(ds.get("id")), as_string(ds.get("type")))
+    {
+        facts.datasource = Some(format!("{id}__{ty}"));
     }
     facts.result_format = facts
         .result_format
@@ -334,10 +334,10 @@ fn extract_facts(obj: &Map<String, Value>, facts: &mut QueryFacts) {
             };
             for f in filters {
                 let op = f.get("op").and_then(Value::as_str).unwrap_or("");
-                if op.eq_ignore_ascii_case("TEMPORAL_RANGE") {
-                    if let Some(v) = as_string(f.get("val")) {
-                        facts.time_ranges.push(v);
-                    }
+                if op.eq_ignore_ascii_case("TEMPORAL_RANGE")
+                    && let Some(v) = as_string(f.get("val"))
+                {
+                    facts.time_ranges.push(v);
                 }
             }
             if let Some(tr) = q.get("time_range").and_then(Value::as_str) {

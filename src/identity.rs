@@ -101,10 +101,10 @@ impl Credentials {
         if let Some(a) = &self.authorization {
             h.insert(header::AUTHORIZATION, a.clone());
         }
-        if let Some(s) = &self.session {
-            if let Ok(v) = HeaderValue::from_str(&format!("{cookie_name}={s}")) {
-                h.insert(header::COOKIE, v);
-            }
+        if let Some(s) = &self.session
+            && let Ok(v) = HeaderValue::from_str(&format!("{cookie_name}={s}"))
+        {
+            h.insert(header::COOKIE, v);
         }
         if let Some(g) = &self.guest_token {
             h.insert(guest_header.clone(), g.clone());
@@ -125,14 +125,14 @@ fn session_cookie(h: &HeaderMap, name: &str) -> Option<String> {
         };
         for pair in s.split(';') {
             let pair = pair.trim();
-            if let Some((k, val)) = pair.split_once('=') {
-                if k.trim() == name {
-                    let val = val.trim().to_string();
-                    found = Some(match found {
-                        Some(f) => format!("{f}\u{0}{val}"),
-                        None => val,
-                    });
-                }
+            if let Some((k, val)) = pair.split_once('=')
+                && k.trim() == name
+            {
+                let val = val.trim().to_string();
+                found = Some(match found {
+                    Some(f) => format!("{f}\u{0}{val}"),
+                    None => val,
+                });
             }
         }
     }
@@ -362,28 +362,29 @@ impl IdentityResolver {
         upstream: &Upstream,
     ) -> Result<ScopeOutcome, Error> {
         // A guest token alone: Superset has no other credential to prefer.
-        if creds.authorization.is_none() && creds.session.is_none() {
-            if let Some(g) = &creds.guest_token {
-                return Ok(self.guest_scope(g));
-            }
+        if creds.authorization.is_none()
+            && creds.session.is_none()
+            && let Some(g) = &creds.guest_token
+        {
+            return Ok(self.guest_scope(g));
         }
         // A Bearer token alone, verified locally. With a session cookie present
         // Superset would answer as the cookie's user (fixtures 14, 15, 32), and
         // with a guest token the precedence is Superset's business: both go to
         // Superset.
         let mut local_user = None;
-        if let (Some(v), None, None) = (&self.access, &creds.session, &creds.guest_token) {
-            if let Some(token) = bearer(creds) {
-                match v.verify(token) {
-                    Ok(id) => {
-                        self.count("local");
-                        local_user = Some(id);
-                    }
-                    Err(e) => {
-                        self.count("local-denied");
-                        tracing::debug!(error = %e, "bearer token failed local verification");
-                        return Ok(ScopeOutcome::Denied("jwt-invalid"));
-                    }
+        if let (Some(v), None, None) = (&self.access, &creds.session, &creds.guest_token)
+            && let Some(token) = bearer(creds)
+        {
+            match v.verify(token) {
+                Ok(id) => {
+                    self.count("local");
+                    local_user = Some(id);
+                }
+                Err(e) => {
+                    self.count("local-denied");
+                    tracing::debug!(error = %e, "bearer token failed local verification");
+                    return Ok(ScopeOutcome::Denied("jwt-invalid"));
                 }
             }
         }

@@ -109,10 +109,10 @@ where
         Box::pin(async move {
             let res = fut.await;
             metrics.inflight.dec();
-            if let Ok(resp) = &res {
-                if let Some(ctx) = resp.extensions().get::<RequestContext>() {
-                    record(&metrics, ctx, access_log);
-                }
+            if let Ok(resp) = &res
+                && let Some(ctx) = resp.extensions().get::<RequestContext>()
+            {
+                record(&metrics, ctx, access_log);
             }
             res
         })

@@ -138,11 +138,9 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
-    if keep_upgrade {
-        if let Some(u) = upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, u);
-        }
+    if keep_upgrade && let Some(u) = upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, u);
     }
 }
 
@@ -158,13 +156,12 @@ pub fn prepare_request_headers(
     is_upgrade: bool,
 ) {
     strip_hop_by_hop(headers, is_upgrade);
-    if !headers.contains_key(header::HOST) {
-        if let Some(a) = uri
+    if !headers.contains_key(header::HOST)
+        && let Some(a) = uri
             .authority()
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        {
-            headers.insert(header::HOST, a);
-        }
+    {
+        headers.insert(header::HOST, a);
     }
     if let Some(addr) = client {
         let ip = addr.ip().to_string();
@@ -179,10 +176,10 @@ pub fn prepare_request_headers(
     if !headers.contains_key("x-forwarded-proto") {
         headers.insert("x-forwarded-proto", HeaderValue::from_static(client_proto));
     }
-    if !headers.contains_key("x-forwarded-host") {
-        if let Some(h) = headers.get(header::HOST).cloned() {
-            headers.insert("x-forwarded-host", h);
-        }
+    if !headers.contains_key("x-forwarded-host")
+        && let Some(h) = headers.get(header::HOST).cloned()
+    {
+        headers.insert("x-forwarded-host", h);
     }
     headers.insert("x-request-id", request_id.clone());
 }

@@ -204,10 +204,10 @@ async fn demoted_master_is_left_for_the_new_one() {
     let started = Instant::now();
     let new_master = loop {
         let reported = set.reported_master().await.map(|(h, p)| format!("{h}:{p}"));
-        if let Some(a) = reported.filter(|a| *a != old_master) {
-            if role(&format!("redis://{a}")).await == "master" {
-                break a;
-            }
+        if let Some(a) = reported.filter(|a| *a != old_master)
+            && role(&format!("redis://{a}")).await == "master"
+        {
+            break a;
         }
         assert!(started.elapsed() < Duration::from_secs(30), "no failover");
         tokio::time::sleep(Duration::from_millis(50)).await;

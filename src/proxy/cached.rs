@@ -420,26 +420,24 @@ async fn fetch(
             Error::UpstreamConnect(_) | Error::UpstreamTimeout | Error::Upstream(_)
         ),
     };
-    if failed {
-        if let (Some(entry), Some(tier)) = (stale, &spec.tier) {
-            let now = app.clock.now_ms();
-            let limit = entry.meta.fresh_until + tier.stale_if_error_secs * 1000;
-            if now < limit && now < entry.meta.stale_until {
-                ctx.outcome = Outcome::Stale;
-                ctx.stored = false;
-                ctx.detail = Some("upstream-error");
-                ctx.ttl = Some(-(stale_secs(entry, now)));
-                let fetched = Arc::new(Fetched {
-                    status: StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK),
-                    headers: HeaderMap::new(),
-                    body: Bytes::new(),
-                    entry: Some(entry.clone()),
-                });
-                return Ok(FetchResult::Complete {
-                    fetched,
-                    set_cookie: Vec::new(),
-                });
-            }
+    if failed && let (Some(entry), Some(tier)) = (stale, &spec.tier) {
+        let now = app.clock.now_ms();
+        let limit = entry.meta.fresh_until + tier.stale_if_error_secs * 1000;
+        if now < limit && now < entry.meta.stale_until {
+            ctx.outcome = Outcome::Stale;
+            ctx.stored = false;
+            ctx.detail = Some("upstream-error");
+            ctx.ttl = Some(-(stale_secs(entry, now)));
+            let fetched = Arc::new(Fetched {
+                status: StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK),
+                headers: HeaderMap::new(),
+                body: Bytes::new(),
+                entry: Some(entry.clone()),
+            });
+            return Ok(FetchResult::Complete {
+                fetched,
+                set_cookie: Vec::new(),
+            });
         }
     }
     res

@@ -60,11 +60,11 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Respon
         Route::Write(target) => {
             ctx.outcome = Outcome::Pass;
             let resp = forward_streaming(&app, req, conn, &mut ctx, "write").await;
-            if let Ok(r) = &resp {
-                if r.status().is_success() {
-                    let purge = crate::invalidate::purge_for(&target);
-                    let _ = crate::invalidate::apply(&app, &purge, "write").await;
-                }
+            if let Ok(r) = &resp
+                && r.status().is_success()
+            {
+                let purge = crate::invalidate::purge_for(&target);
+                let _ = crate::invalidate::apply(&app, &purge, "write").await;
             }
             resp
         }

@@ -123,10 +123,10 @@ impl RedisProc {
     fn wait_ready(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(10);
         for _ in 0..400 {
-            if let Some(c) = &mut self.child {
-                if let Ok(Some(st)) = c.try_wait() {
-                    return Err(format!("exited with {st}: {}", self.log()));
-                }
+            if let Some(c) = &mut self.child
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                return Err(format!("exited with {st}: {}", self.log()));
             }
             if ping(self.port) {
                 return Ok(());

@@ -202,10 +202,10 @@ impl Upstream {
 fn authenticate(st: &UpstreamState, h: &HeaderMap) -> Option<(u64, String)> {
     for v in h.get_all(header::COOKIE) {
         for pair in v.to_str().unwrap_or("").split(';') {
-            if let Some(val) = pair.trim().strip_prefix("session=") {
-                if let Some(u) = st.sessions.lock().unwrap().get(val) {
-                    return Some(u.clone());
-                }
+            if let Some(val) = pair.trim().strip_prefix("session=")
+                && let Some(u) = st.sessions.lock().unwrap().get(val)
+            {
+                return Some(u.clone());
             }
         }
     }
@@ -213,10 +213,10 @@ fn authenticate(st: &UpstreamState, h: &HeaderMap) -> Option<(u64, String)> {
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if let Some(b) = bearer {
-        if let Some(u) = st.bearers.lock().unwrap().get(b) {
-            return Some(u.clone());
-        }
+    if let Some(b) = bearer
+        && let Some(u) = st.bearers.lock().unwrap().get(b)
+    {
+        return Some(u.clone());
     }
     // Embedded dashboards: a guest token (no user id; 0 stands for "guest").
     let guest = h.get("x-guesttoken")?.to_str().ok()?;

@@ -160,10 +160,10 @@ impl RedisConfig {
         if self.url.is_some() && !self.sentinels.is_empty() {
             return Err(RedisConfigError::Both);
         }
-        if let Some(u) = &self.url {
-            if !(u.starts_with("redis://") || u.starts_with("rediss://")) {
-                return Err(RedisConfigError::Scheme(redact(u)));
-            }
+        if let Some(u) = &self.url
+            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+        {
+            return Err(RedisConfigError::Scheme(redact(u)));
         }
         if self.tls_client_cert_file.is_some() != self.tls_client_key_file.is_some() {
             return Err(RedisConfigError::Invalid(

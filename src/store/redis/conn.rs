@@ -223,10 +223,10 @@ impl Connector {
     /// Reset only if `used` is still the current set: an operation that failed
     /// on an old set must not drop the fresh one.
     fn reset_if(&self, why: &str, used: Option<&Arc<Current>>) {
-        if let (Some(used), Some(cur)) = (used, self.current.load_full()) {
-            if !Arc::ptr_eq(used, &cur) {
-                return;
-            }
+        if let (Some(used), Some(cur)) = (used, self.current.load_full())
+            && !Arc::ptr_eq(used, &cur)
+        {
+            return;
         }
         if let Some(old) = self.current.swap(None) {
             tracing::info!(master = %old.addr, why, "dropping redis connections; resolving master again");
@@ -351,10 +351,10 @@ impl Connector {
 /// `ROLE` → "master" | "slave" | "sentinel".
 pub async fn role(c: &mut impl ConnectionLike) -> RedisResult<String> {
     let v: redis::Value = redis::cmd("ROLE").query_async(c).await?;
-    if let redis::Value::Array(items) = v {
-        if let Some(first) = items.into_iter().next() {
-            return Ok(redis::from_redis_value(first)?);
-        }
+    if let redis::Value::Array(items) = v
+        && let Some(first) = items.into_iter().next()
+    {
+        return Ok(redis::from_redis_value(first)?);
     }
     Ok(String::new())
 }
