@@ -27,38 +27,24 @@ mkdir -p "$OUT"
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-wait_http() { for _ in $(seq 1 100); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
+# wait_http, hit_lua, warm_status
+. "$ROOT/loadtests/common.sh"
 
 "$LOAD" upstream --listen "127.0.0.1:$UP_PORT" --threads 1 >"$OUT/upstream.log" 2>&1 &
 PIDS+=($!)
 wait_http "http://127.0.0.1:$UP_PORT/__stats"
 jq -c --argjson n "$BYTES" '.request.body | .queries[0].row_limit = $n' \
     "$ROOT/tests/fixtures/superset-6.1/20-chart-data-timeseries-admin-miss.json" >"$OUT/body.json"
-cat >"$OUT/wrk.lua" <<LUA
-local f = assert(io.open("$OUT/body.json", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer user-1-tok-0"
-wrk.headers["X-Bench-Bytes"] = "$BYTES"
-wrk.headers["X-Bench-Latency-Ms"] = "50"
-$( [ -n "$AE" ] && echo "wrk.headers[\"Accept-Encoding\"] = \"$AE\"" )
-LUA
+hit_lua "$OUT/body.json" "$BYTES" "$AE" >"$OUT/wrk.lua"
 URL="http://127.0.0.1:$CC_PORT/api/v1/chart/data"
 
 run() { # name binary round
     CHARTCACHE_LOG=warn CHARTCACHE_LOG__ACCESS_LOG=false "$2" --upstream "http://127.0.0.1:$UP_PORT" \
         --listen "127.0.0.1:$CC_PORT" --admin-listen "127.0.0.1:$ADMIN_PORT" >"$OUT/$1.log" 2>&1 &
-    local pid=$! status="" perf_pid="" t0 t1 n
+    local pid=$! status perf_pid="" t0 t1 n
     PIDS+=($pid)
     wait_http "http://127.0.0.1:$ADMIN_PORT/healthz"
-    for _ in 1 2 3; do
-        status=$(curl -s -o /dev/null -D - -X POST "$URL" -H 'Content-Type: application/json' \
-            -H 'Authorization: Bearer user-1-tok-0' -H "X-Bench-Bytes: $BYTES" -H 'X-Bench-Latency-Ms: 50' \
-            ${AE:+-H "Accept-Encoding: $AE"} --data-binary "@$OUT/body.json" | tr -d '\r' |
-            awk -F': ' 'tolower($1)=="cache-status" {print $2}')
-    done
+    status=$(warm_status "$URL" "$OUT/body.json" "$BYTES" "$AE")
     case "$status" in *hit*) ;; *) echo "$1: not a hit after warm-up: $status" >&2; return 1 ;; esac
     t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
     if [ "${PERF:-0}" = 1 ]; then

@@ -95,15 +95,8 @@ stop_pid() {
     kill -9 "$pid" 2>/dev/null || true
 }
 
-wait_http() { # url [tries]
-    local i
-    for i in $(seq 1 "${2:-100}"); do
-        curl -s -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    echo "timed out waiting for $1" >&2
-    return 1
-}
+# wait_http, hit_lua, warm_status
+. "$ROOT/loadtests/common.sh"
 
 # ---------------------------------------------------------------- tools
 need_apt=()
@@ -286,16 +279,8 @@ hot() {
             local ae=""
             [ "$enc" = gzip ] && ae="gzip"
             [ "$enc" = zstd ] && ae="gzip, deflate, br, zstd"
-            cat >"$TMP/wrk-$size-$enc.lua" <<EOF
-local f = assert(io.open("$TMP/body-$size.json", "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer user-1-tok-0"
-wrk.headers["X-Bench-Bytes"] = "$size"
-wrk.headers["X-Bench-Latency-Ms"] = "50"
-$( [ -n "$ae" ] && echo "wrk.headers[\"Accept-Encoding\"] = \"$ae\"" )
+            hit_lua "$TMP/body-$size.json" "$size" "$ae" >"$TMP/wrk-$size-$enc.lua"
+            cat >>"$TMP/wrk-$size-$enc.lua" <<EOF
 function done(summary, latency, requests)
   local e = summary.errors
   io.write(string.format('WRK_JSON {"requests":%d,"duration_us":%d,"bytes":%d,"socket_errors":%d,"non2xx":%d,"mean_us":%.1f,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d}\n',
@@ -310,16 +295,12 @@ EOF
             for enc in $ENCODINGS; do
                 for sys in "${SYSTEMS[@]}"; do
                     local url="${TARGET[$sys]}/api/v1/chart/data"
-                    local ae_hdr=()
-                    [ "$enc" = gzip ] && ae_hdr=(-H "Accept-Encoding: gzip")
-                    [ "$enc" = zstd ] && ae_hdr=(-H "Accept-Encoding: gzip, deflate, br, zstd")
+                    local ae=""
+                    [ "$enc" = gzip ] && ae="gzip"
+                    [ "$enc" = zstd ] && ae="gzip, deflate, br, zstd"
                     # Fill, then check the next answer is a hit.
-                    local cs=""
-                    for _ in 1 2 3; do
-                        cs=$(curl -s -o /dev/null -D - -X POST "$url" -H 'Content-Type: application/json' \
-                            -H 'Authorization: Bearer user-1-tok-0' -H "X-Bench-Bytes: $size" -H 'X-Bench-Latency-Ms: 50' \
-                            "${ae_hdr[@]}" --data-binary "@$TMP/body-$size.json" | tr -d '\r' | awk -F': ' 'tolower($1)=="cache-status" {print $2}')
-                    done
+                    local cs
+                    cs=$(warm_status "$url" "$TMP/body-$size.json" "$size" "$ae")
                     echo "-- $sys size=$size enc=$enc run=$run  (Cache-Status after warm-up: $cs; load $(cut -d' ' -f1 /proc/loadavg))"
                     local out t0 t1
                     t0=$(cpu_ticks "${SUT_PID[$sys]}")

@@ -627,48 +627,20 @@ mod tests {
         let r = Refresher::new(&cfg);
         let t = tier(60, 0, 0);
         let m = meta(0, 60, &t);
-        assert!(
+        let add = |k: u8| {
             r.insert(
                 &cfg,
-                spec(1),
+                spec(k),
                 None,
                 Some((ScopeKind::User, Scope::User(2))),
-                &m
+                &m,
             )
             .is_some()
-        );
-        assert!(
-            r.insert(
-                &cfg,
-                spec(1),
-                None,
-                Some((ScopeKind::User, Scope::User(2))),
-                &m
-            )
-            .is_none(),
-            "already tracked"
-        );
-        assert!(
-            r.insert(
-                &cfg,
-                spec(2),
-                None,
-                Some((ScopeKind::User, Scope::User(2))),
-                &m
-            )
-            .is_some()
-        );
-        assert!(
-            r.insert(
-                &cfg,
-                spec(3),
-                None,
-                Some((ScopeKind::User, Scope::User(2))),
-                &m
-            )
-            .is_none(),
-            "bound reached"
-        );
+        };
+        assert!(add(1));
+        assert!(!add(1), "already tracked");
+        assert!(add(2));
+        assert!(!add(3), "bound reached");
         assert_eq!(r.tracked(), 2);
         let cred = |v: &'static str| Credentials {
             authorization: Some(http::HeaderValue::from_static(v)),

@@ -119,9 +119,12 @@ pub fn from_parts(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Respo
 
 /// Responses vary by encoding; keep Superset's `Vary` and add it if missing.
 fn ensure_vary_accept_encoding(h: &mut HeaderMap) {
+    // Case-insensitive search without allocating: this runs on every hit.
+    const AE: &[u8] = b"accept-encoding";
     let has = h.get_all(header::VARY).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.to_ascii_lowercase().contains("accept-encoding"))
+        v.as_bytes()
+            .windows(AE.len())
+            .any(|w| w.eq_ignore_ascii_case(AE))
     });
     if !has {
         h.append(header::VARY, HeaderValue::from_static("Accept-Encoding"));
@@ -226,6 +229,22 @@ mod tests {
             };
             assert_eq!(plain, raw);
         }
+    }
+
+    #[test]
+    fn vary_names_accept_encoding_once() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::VARY,
+            HeaderValue::from_static("Cookie, ACCEPT-encoding"),
+        );
+        ensure_vary_accept_encoding(&mut h);
+        assert_eq!(h.get_all(header::VARY).iter().count(), 1);
+        let mut h = HeaderMap::new();
+        h.insert(header::VARY, HeaderValue::from_static("Cookie"));
+        ensure_vary_accept_encoding(&mut h);
+        let v: Vec<_> = h.get_all(header::VARY).iter().collect();
+        assert_eq!(v, ["Cookie", "Accept-Encoding"]);
     }
 
     #[test]
