@@ -4,12 +4,14 @@
 //! chartcache-load upstream   --listen 127.0.0.1:18088 [--latency-min-ms 50 --latency-max-ms 800]
 //! chartcache-load dashboards --target http://127.0.0.1:8080 --upstream http://127.0.0.1:18088 [...]
 //! chartcache-load stampede   --target http://127.0.0.1:8080 --upstream http://127.0.0.1:18088 --n 500
+//! chartcache-load floor      --listen 127.0.0.1:18090 --bytes 1024   (no-work tokio + hyper server)
 //! ```
 //! See `loadtests/README.md` for every option.
 
 mod args;
 mod client;
 mod dashboards;
+mod floor;
 mod payload;
 mod rng;
 mod stampede;
@@ -19,7 +21,7 @@ fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {
         eprintln!(
-            "usage: chartcache-load <upstream|dashboards|stampede|payload> [--option value]..."
+            "usage: chartcache-load <upstream|dashboards|stampede|floor|payload> [--option value]..."
         );
         return std::process::ExitCode::from(2);
     };
@@ -27,6 +29,7 @@ fn main() -> std::process::ExitCode {
         "upstream" => upstream::run(&a),
         "dashboards" => dashboards::run(&a),
         "stampede" => stampede::run(&a),
+        "floor" => floor::run(&a),
         "payload" => {
             // Print a chart-data response of --bytes N (for wrk bodies and checks).
             let n: usize = a.get("bytes", 1024)?;
