@@ -47,8 +47,10 @@ pub enum Limited {
 /// body that replays what was read and streams the rest, so nothing is lost or
 /// altered and memory stays bounded by `limit`.
 pub async fn read_limited(mut body: Body, limit: usize) -> Result<Limited, BoxError> {
+    // A chart request's body nearly always arrives as one frame: keep that
+    // frame as it is and copy only when a second one follows.
+    let mut first: Option<Bytes> = None;
     let mut buf = BytesMut::new();
-    let mut chunks: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame?;
@@ -57,13 +59,13 @@ pub async fn read_limited(mut body: Body, limit: usize) -> Result<Limited, BoxEr
         };
         total += data.len();
         if total > limit {
-            if !buf.is_empty() {
-                chunks.push(buf.freeze());
-            }
-            chunks.push(data);
+            let chunks = first
+                .take()
+                .into_iter()
+                .chain((!buf.is_empty()).then(|| buf.freeze()));
             let head = stream::iter(
                 chunks
-                    .into_iter()
+                    .chain(std::iter::once(data))
                     .map(|c| Ok::<_, BoxError>(Frame::data(c))),
             );
             let tail = http_body_util::BodyStream::new(body);
@@ -71,7 +73,68 @@ pub async fn read_limited(mut body: Body, limit: usize) -> Result<Limited, BoxEr
                 StreamBody::new(head.chain(tail)).boxed_unsync(),
             ));
         }
-        buf.extend_from_slice(&data);
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            Some(f) => {
+                buf.extend_from_slice(&f);
+                buf.extend_from_slice(&data);
+            }
+            None => buf.extend_from_slice(&data),
+        }
     }
-    Ok(Limited::Complete(buf.freeze()))
+    Ok(Limited::Complete(first.unwrap_or_else(|| buf.freeze())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frames(parts: &[&'static [u8]]) -> Body {
+        let s = stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok::<_, BoxError>(Frame::data(Bytes::from_static(p))))
+                .collect::<Vec<_>>(),
+        );
+        StreamBody::new(s).boxed_unsync()
+    }
+
+    async fn collect(b: Body) -> Vec<u8> {
+        b.collect().await.unwrap().to_bytes().to_vec()
+    }
+
+    #[tokio::test]
+    async fn one_frame_is_returned_without_a_copy() {
+        static BODY: &[u8] = br#"{"queries":[{}]}"#;
+        let Limited::Complete(b) = read_limited(frames(&[BODY]), 1024).await.unwrap() else {
+            panic!("under the limit");
+        };
+        assert_eq!(b.as_ptr(), BODY.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn several_frames_are_joined_in_order() {
+        let Limited::Complete(b) = read_limited(frames(&[b"ab", b"", b"cd", b"e"]), 5)
+            .await
+            .unwrap()
+        else {
+            panic!("exactly the limit");
+        };
+        assert_eq!(&b[..], b"abcde");
+    }
+
+    #[tokio::test]
+    async fn over_the_limit_replays_every_byte() {
+        let cases: [&[&[u8]]; 3] = [
+            &[b"abcdef"],
+            &[b"ab", b"cd", b"ef", b"gh"],
+            &[b"abc", b"defg"],
+        ];
+        for parts in cases {
+            let Limited::TooLarge(rest) = read_limited(frames(parts), 4).await.unwrap() else {
+                panic!("over the limit");
+            };
+            assert_eq!(collect(rest).await, parts.concat(), "{parts:?}");
+        }
+    }
 }

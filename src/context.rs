@@ -106,7 +106,7 @@ impl RequestContext {
         }
         if let Some(ttl) = self.ttl {
             s.push_str("; ttl=");
-            s.push_str(&ttl.to_string());
+            s.push_str(itoa::Buffer::new().format(ttl));
         }
         if self.stored {
             s.push_str("; stored");

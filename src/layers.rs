@@ -30,7 +30,9 @@ pub struct RequestId<S> {
 
 fn new_request_id() -> HeaderValue {
     let n: u128 = rand::random();
-    HeaderValue::from_str(&format!("{n:032x}")).expect("hex is a valid header value")
+    let mut hex = [0u8; 32];
+    hex::encode_to_slice(n.to_be_bytes(), &mut hex).expect("32 hex digits for 16 bytes");
+    HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
 }
 
 impl<S, B> Service<Request<B>> for RequestId<S>
@@ -147,5 +149,25 @@ fn record(m: &Metrics, ctx: &RequestContext, access_log: bool) {
             total_us = elapsed.as_micros() as u64,
             bytes = ctx.bytes,
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_32_lowercase_hex_digits_and_differ() {
+        let a = new_request_id();
+        let b = new_request_id();
+        for id in [&a, &b] {
+            let s = id.to_str().unwrap();
+            assert_eq!(s.len(), 32);
+            assert!(
+                s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f')),
+                "{s}"
+            );
+        }
+        assert_ne!(a, b);
     }
 }

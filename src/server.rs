@@ -23,6 +23,9 @@ use crate::app::App;
 use crate::layers::{ObserveLayer, RequestIdLayer};
 use crate::proxy::{self, ConnInfo};
 
+/// hyper's limit on request headers when none is set.
+const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
+
 /// Sent to connections beyond `server.max_connections`, then closed.
 const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 43\r\nconnection: close\r\n\r\n{\"message\": \"chartcache is at capacity\"}\r\n";
 
@@ -63,8 +66,12 @@ fn builder(app: &App) -> auto::Builder<TokioExecutor> {
     b.http1()
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_millis(cfg.server.header_read_timeout_ms))
-        .max_headers(cfg.server.max_headers)
         .max_buf_size(cfg.server.max_header_bytes.max(8192));
+    // With an explicit limit hyper fills a header array of that size for
+    // every request; at its own default (100, ours too) it uses a fixed one.
+    if cfg.server.max_headers != HYPER_DEFAULT_MAX_HEADERS {
+        b.http1().max_headers(cfg.server.max_headers);
+    }
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(cfg.server.max_header_bytes as u32)
