@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod bounded;
 pub mod clock;
 pub mod coalesce;
 pub mod config;

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use xxhash_rust::xxh3::Xxh3;
 
+use crate::bounded::{ByteBounded, byte_bounded};
 use crate::fingerprint::{self, CanonicalRequest, QueryFacts, Unkeyable};
 use crate::route::CachedRoute;
 
@@ -43,7 +44,7 @@ impl From<CanonicalRequest> for Canonical {
 
 /// Bounded (by bytes) memo of `fingerprint::canonicalize`.
 pub struct CanonMemo {
-    cache: moka::sync::Cache<u128, Arc<Memoized>>,
+    cache: Option<ByteBounded<u128, Arc<Memoized>>>,
     /// Per-process seed, so which inputs share a hash cannot be planned.
     seed: u64,
 }
@@ -92,10 +93,10 @@ impl CanonMemo {
     /// A memo holding at most about `max_bytes` (request bodies plus about 256
     /// bytes each); 0 disables it.
     pub fn new(max_bytes: u64) -> CanonMemo {
-        let cache = moka::sync::Cache::builder()
-            .max_capacity(max_bytes)
-            .weigher(|_k, m: &Arc<Memoized>| m.weight())
-            .build();
+        // A typical chart request: a 1–2 KB body plus the fixed overhead.
+        let cache = byte_bounded(max_bytes, 2048, |_k, m: &Arc<Memoized>| {
+            u64::from(m.weight())
+        });
         CanonMemo {
             cache,
             seed: rand::random(),
@@ -111,8 +112,12 @@ impl CanonMemo {
         content_type: Option<&str>,
         body: &[u8],
     ) -> Result<Arc<Canonical>, Unkeyable> {
+        let Some(cache) = &self.cache else {
+            let c = fingerprint::canonicalize(route, path, query, content_type, body)?;
+            return Ok(Arc::new(Canonical::from(c)));
+        };
         let hash = self.hash(route, path, query, content_type, body);
-        if let Some(m) = self.cache.get(&hash)
+        if let Some(m) = cache.get(&hash)
             && m.matches(route, path, query, content_type, body)
         {
             return Ok(m.canon.clone());
@@ -132,7 +137,7 @@ impl CanonMemo {
             body: body.into(),
             canon: canon.clone(),
         };
-        self.cache.insert(hash, Arc::new(m));
+        cache.insert(hash, Arc::new(m));
         Ok(canon)
     }
 
@@ -219,9 +224,10 @@ mod tests {
             .canonicalize(CachedRoute::ChartData, "/p", None, ct, b)
             .unwrap();
         let hb = m.hash(CachedRoute::ChartData, "/p", None, ct, b);
-        let planted = m.cache.get(&hb).unwrap();
+        let cache = m.cache.as_ref().unwrap();
+        let planted = cache.get(&hb).unwrap();
         let ha = m.hash(CachedRoute::ChartData, "/p", None, ct, a);
-        m.cache.insert(ha, planted);
+        cache.insert(ha, planted);
         let got = m
             .canonicalize(CachedRoute::ChartData, "/p", None, ct, a)
             .unwrap();

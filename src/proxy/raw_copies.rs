@@ -10,24 +10,20 @@
 
 use bytes::Bytes;
 
+use crate::bounded::{ByteBounded, byte_bounded};
 use crate::fingerprint::CacheKey;
 use crate::store::Entry;
 
 /// Bounded (by bytes) cache of decompressed entry bodies.
 pub struct RawCopies {
-    cache: Option<moka::sync::Cache<(CacheKey, u64, u32), Bytes>>,
+    cache: Option<ByteBounded<(CacheKey, u64, u32), Bytes>>,
 }
 
 impl RawCopies {
     /// At most about `max_bytes` of copies; 0 disables them (every such hit
     /// decompresses).
     pub fn new(max_bytes: u64) -> RawCopies {
-        let cache = (max_bytes > 0).then(|| {
-            moka::sync::Cache::builder()
-                .max_capacity(max_bytes)
-                .weigher(|_k, b: &Bytes| (b.len() + 64).min(u32::MAX as usize) as u32)
-                .build()
-        });
+        let cache = byte_bounded(max_bytes, 16 * 1024, |_k, b: &Bytes| b.len() as u64 + 64);
         RawCopies { cache }
     }
 
