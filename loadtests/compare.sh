@@ -5,6 +5,9 @@
 #
 #   (a) hot hit path with wrk: 1 KB, 50 KB, 500 KB bodies, 64 connections,
 #       identity and gzip clients (same Accept-Encoding for both proxies);
+#       identity clients also against "floor" (chartcache-load floor), a
+#       tokio + hyper server that does no work: the machine's floor for any
+#       proxy built on that stack (FLOOR=0 leaves it out);
 #   (b) the dashboard workload (chartcache-load dashboards);
 #   (c) a cold stampede: 500 concurrent identical misses (chartcache-load stampede);
 #   (d) optional soak: dashboard load with a small memory cap, sampling RSS and
@@ -55,6 +58,7 @@ SCALE_CONNS=${SCALE_CONNS:-16 64 256}
 SCALE_KEYS=${SCALE_KEYS:-1 1000 20000}
 SCALE_FILL=${SCALE_FILL:-8s}
 REDIS_TIERED=${REDIS_TIERED:-false}
+FLOOR=${FLOOR:-1}
 BASE_PORT=${BASE_PORT:-28100}
 OUT=${OUT:-$ROOT/loadtests/results/$(date -u +%Y%m%dT%H%M%SZ)}
 
@@ -63,6 +67,7 @@ NGINX_PORT=$((BASE_PORT + 1))
 CC_PORT=$((BASE_PORT + 2))
 CC_ADMIN=$((BASE_PORT + 3))
 REDIS_PORT=$((BASE_PORT + 4))
+FLOOR_PORT=$((BASE_PORT + 5))
 # Redis replicas: proxy ports BASE+10.., admin ports BASE+20..
 UP="http://127.0.0.1:$UP_PORT"
 
@@ -263,6 +268,14 @@ if [ $HAVE_REDIS = 1 ]; then
     SYSTEMS+=(chartcache-redis)
 fi
 
+if [ "$FLOOR" = 1 ]; then
+    "$LOAD" floor --listen "127.0.0.1:$FLOOR_PORT" --bytes "$(echo $SIZES | tr ' ' ',')" >"$OUT/floor.log" 2>&1 &
+    SUT_PID[floor]=$!
+    PIDS+=($!)
+    TARGET[floor]="http://127.0.0.1:$FLOOR_PORT"
+    wait_http "http://127.0.0.1:$FLOOR_PORT/"
+fi
+
 SUMMARY="$OUT/summary.tsv"
 printf 'section\tsystem\tcase\trun\tmetric\tvalue\n' >"$SUMMARY"
 record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$SUMMARY"; }
@@ -293,7 +306,10 @@ EOF
     for run in $(seq 1 "$REPEAT"); do
         for size in $SIZES; do
             for enc in $ENCODINGS; do
-                for sys in "${SYSTEMS[@]}"; do
+                local systems=("${SYSTEMS[@]}")
+                # The floor server has no gzip variant: identity clients only.
+                [ "$FLOOR" = 1 ] && [ "$enc" = identity ] && systems+=(floor)
+                for sys in "${systems[@]}"; do
                     local url="${TARGET[$sys]}/api/v1/chart/data"
                     local ae=""
                     [ "$enc" = gzip ] && ae="gzip"

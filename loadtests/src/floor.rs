@@ -1,12 +1,14 @@
 //! `floor`: the cheapest possible HTTP/1 server on the proxy's own stack
-//! (tokio multi-thread runtime + hyper), answering every request with one
-//! fixed chart-data payload after reading the request body. It does no
+//! (tokio multi-thread runtime + hyper), answering every request with a
+//! precomputed chart-data payload (the size the request's `X-Bench-Bytes`
+//! asks for, among `--bytes`) after reading the request body. It does no
 //! routing, keying, lookup or logging, so its CPU per request is the floor
 //! any tokio + hyper proxy pays on this machine; `compare.sh` (section
 //! `floor`) puts it next to nginx and chartcache under the same wrk load.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -15,7 +17,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::args::Args;
 
-async fn serve(listen: SocketAddr, body: Bytes) -> std::io::Result<()> {
+async fn serve(listen: SocketAddr, bodies: Arc<Vec<(u64, Bytes)>>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("floor listening on {}", listener.local_addr()?);
     loop {
@@ -23,10 +25,19 @@ async fn serve(listen: SocketAddr, body: Bytes) -> std::io::Result<()> {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let body = body.clone();
+        let bodies = bodies.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
-                let body = body.clone();
+                let want = req
+                    .headers()
+                    .get("x-bench-bytes")
+                    .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+                let body = bodies
+                    .iter()
+                    .find(|(n, _)| Some(*n) == want)
+                    .unwrap_or(&bodies[0])
+                    .1
+                    .clone();
                 async move {
                     // Read the request body as a proxy must before it can key it.
                     let _ = req.into_body().collect().await;
@@ -50,14 +61,14 @@ async fn serve(listen: SocketAddr, body: Bytes) -> std::io::Result<()> {
     }
 }
 
-/// `chartcache-load floor --listen 127.0.0.1:PORT --bytes N [--threads 0]`
+/// `chartcache-load floor --listen 127.0.0.1:PORT --bytes N[,N...] [--threads 0]`
 /// (threads 0 = one per CPU, as chartcache's default).
 pub fn run(args: &Args) -> Result<(), String> {
     let listen: SocketAddr = args.get("listen", "127.0.0.1:18090".parse().unwrap())?;
     if !listen.ip().is_loopback() {
         return Err("--listen must be a loopback address".into());
     }
-    let bytes: usize = args.get("bytes", 1024)?;
+    let sizes: String = args.get("bytes", "1024".to_string())?;
     let threads: usize = args.get("threads", 0)?;
     args.finish()?;
     let mut rt = tokio::runtime::Builder::new_multi_thread();
@@ -65,6 +76,17 @@ pub fn run(args: &Args) -> Result<(), String> {
         rt.worker_threads(threads);
     }
     let rt = rt.enable_all().build().map_err(|e| e.to_string())?;
-    let body = Bytes::from(crate::payload::superset_response(bytes));
-    rt.block_on(serve(listen, body)).map_err(|e| e.to_string())
+    let mut bodies = Vec::new();
+    for n in sizes.split(',') {
+        let n: u64 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("--bytes: not a size: {n:?}"))?;
+        bodies.push((
+            n,
+            Bytes::from(crate::payload::superset_response(n as usize)),
+        ));
+    }
+    rt.block_on(serve(listen, Arc::new(bodies)))
+        .map_err(|e| e.to_string())
 }
