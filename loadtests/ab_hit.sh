@@ -9,7 +9,13 @@
 # Accept-Encoding ("" for none), ROUNDS [2], DURATION [8s], CONNS [64],
 # THREADS [2], PERF=1 records a cpu-clock profile of each run to
 # $OUT/perf-<name>-<round>.data, BASE_PORT [29100], OUT [/tmp/chartcache-ab].
-# Prints req/s, p50/p99 and the proxy's CPU µs per request for each run.
+# Prints req/s, p50/p99, the proxy's CPU µs per request (user + system) and
+# how often per request the proxy's threads were preempted (involuntary
+# context switches: on two shared cores these grow with the proxy's own CPU
+# time, and each costs several µs more).
+#
+# A binary argument may be a wrapper script that sets CHARTCACHE_* variables
+# and execs the real binary.
 set -euo pipefail
 [ $# -eq 2 ] || { echo "usage: $0 OLD_BINARY NEW_BINARY" >&2; exit 2; }
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -47,19 +53,27 @@ run() { # name binary round
     status=$(warm_status "$URL" "$OUT/body.json" "$BYTES" "$AE")
     case "$status" in *hit*) ;; *) echo "$1: not a hit after warm-up: $status" >&2; return 1 ;; esac
     t0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    local u0 s0 u1 s1 nv0 nv1
+    read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    nv0=$(cat /proc/"$pid"/task/*/status | awk '/^nonvoluntary_ctxt/ {n += $2} END {print n}')
     if [ "${PERF:-0}" = 1 ]; then
         perf record -e cpu-clock -F 2000 -g -p "$pid" -o "$OUT/perf-$1-$3.data" -- sleep "${DURATION%s}" >/dev/null 2>&1 &
         perf_pid=$!
     fi
     wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" --latency -s "$OUT/wrk.lua" "$URL" >"$OUT/wrk-$1-$3.out" 2>&1
     t1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
+    read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+    nv1=$(cat /proc/"$pid"/task/*/status | awk '/^nonvoluntary_ctxt/ {n += $2} END {print n}')
     [ -n "$perf_pid" ] && wait "$perf_pid"
     n=$(awk '/requests in/ {print $1}' "$OUT/wrk-$1-$3.out")
-    printf '%-6s round %s  %9s req/s  p50 %8s  p99 %8s  CPU %s us/request\n' "$1" "$3" \
+    printf '%-6s round %s  %9s req/s  p50 %8s  p99 %8s  CPU %s us/request (user %s, sys %s)  preempted %s/request\n' "$1" "$3" \
         "$(awk '/Requests\/sec/ {print $2}' "$OUT/wrk-$1-$3.out")" \
         "$(awk '$1=="50%" {print $2}' "$OUT/wrk-$1-$3.out")" \
         "$(awk '$1=="99%" {print $2}' "$OUT/wrk-$1-$3.out")" \
-        "$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')"
+        "$(awk -v t=$((t1 - t0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')" \
+        "$(awk -v t=$((u1 - u0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')" \
+        "$(awk -v t=$((s1 - s0)) -v n="$n" -v hz="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')" \
+        "$(awk -v c=$((nv1 - nv0)) -v n="$n" 'BEGIN {printf "%.2f", c / n}')"
     kill "$pid"
     wait "$pid" 2>/dev/null || true
 }
