@@ -8,7 +8,9 @@
 //!   with `X-Bench-Latency-Ms` / `X-Bench-Bytes`. `Accept-Encoding: gzip` gets a
 //!   gzip body, as flask-compress sends; otherwise identity.
 //! - `GET /__stats` returns the counters as JSON (chart queries, `/me` lookups,
-//!   peak concurrency, bytes sent).
+//!   peak concurrency, bytes sent). `GET /__stats?tag=T` adds `tag_queries`:
+//!   the chart queries that carried `X-Bench-Tag: T`, so a workload can count
+//!   its own queries apart from a proxy's background refreshes of other keys.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -49,6 +51,8 @@ struct Counters {
 struct State {
     cfg: Config,
     c: Counters,
+    /// Chart queries per `X-Bench-Tag` value.
+    tagged: Mutex<HashMap<String, u64>>,
     /// (size, gzip) → body. Sizes are bucketed so this stays small.
     payloads: Mutex<HashMap<(usize, bool), Bytes>>,
 }
@@ -145,6 +149,11 @@ async fn handle(
             "peak_inflight": c.peak_inflight.load(Ordering::Relaxed),
             "bytes_sent": c.bytes_sent.load(Ordering::Relaxed),
         });
+        let mut body = body;
+        if let Some(tag) = req.uri().query().and_then(|q| q.strip_prefix("tag=")) {
+            let n = st.tagged.lock().unwrap().get(tag).copied().unwrap_or(0);
+            body["tag_queries"] = n.into();
+        }
         return Ok(json(StatusCode::OK, body.to_string()));
     }
     if path == "/api/v1/me/" {
@@ -184,6 +193,17 @@ async fn handle(
         ));
     }
     st.c.chart_queries.fetch_add(1, Ordering::Relaxed);
+    if let Some(tag) = req
+        .headers()
+        .get("x-bench-tag")
+        .and_then(|v| v.to_str().ok())
+    {
+        *st.tagged
+            .lock()
+            .unwrap()
+            .entry(tag.to_string())
+            .or_insert(0) += 1;
+    }
     let now = st.c.inflight.fetch_add(1, Ordering::Relaxed) + 1;
     st.c.peak_inflight.fetch_max(now, Ordering::Relaxed);
     let pinned_bytes = header_u64(&req, "x-bench-bytes");
@@ -226,6 +246,7 @@ pub async fn serve(listen: SocketAddr, cfg: Config) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     eprintln!("upstream listening on {}", listener.local_addr()?);
     let st = Arc::new(State {
+        tagged: Mutex::new(HashMap::new()),
         cfg,
         c: Counters::default(),
         payloads: Mutex::default(),
