@@ -91,7 +91,7 @@ impl State {
         } else {
             (512_000.0, 2_097_152.0)
         };
-        let s = (lo * (hi / lo as f64).powf(v)) as usize;
+        let s = (lo * (hi / lo).powf(v)) as usize;
         // Bucket to 2^(1/4) steps so the upstream's payload table stays small.
         let b = (s as f64).log2() * 4.0;
         let s = 2f64.powf(b.round() / 4.0) as usize;
