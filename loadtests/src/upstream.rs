@@ -82,7 +82,7 @@ impl State {
     fn chart_size(&self, slice: u64) -> usize {
         let u = (mix(slice ^ 0x5151) >> 11) as f64 / (1u64 << 53) as f64;
         let v = (mix(slice ^ 0xA7A7) >> 11) as f64 / (1u64 << 53) as f64;
-        let (lo, hi) = if u < 0.60 {
+        let (lo, hi): (f64, f64) = if u < 0.60 {
             (1_024.0, 8_192.0)
         } else if u < 0.90 {
             (8_192.0, 102_400.0)
