@@ -96,7 +96,9 @@ async fn round(p: &Params, nonce: u64, templates: &Templates) -> serde_json::Val
     // The round's own queries carry this tag: a proxy's background refresh of
     // an earlier workload's key may reach the upstream during the round, and
     // is not a query of this stampede.
-    let label: String = (p.label.chars())
+    let label: String = p
+        .label
+        .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
         .collect();
     let tag = format!("stampede-{label}-{nonce}");

@@ -141,7 +141,7 @@ async fn handle(
     let path = req.uri().path().to_string();
     if path == "/__stats" {
         let c = &st.c;
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "chart_queries": c.chart_queries.load(Ordering::Relaxed),
             "me_queries": c.me_queries.load(Ordering::Relaxed),
             "other": c.other.load(Ordering::Relaxed),
@@ -149,7 +149,6 @@ async fn handle(
             "peak_inflight": c.peak_inflight.load(Ordering::Relaxed),
             "bytes_sent": c.bytes_sent.load(Ordering::Relaxed),
         });
-        let mut body = body;
         if let Some(tag) = req.uri().query().and_then(|q| q.strip_prefix("tag=")) {
             let n = st.tagged.lock().unwrap().get(tag).copied().unwrap_or(0);
             body["tag_queries"] = n.into();
