@@ -491,3 +491,28 @@ async fn admin_purge_needs_the_token() {
             .contains("fwd=miss")
     );
 }
+
+/// A large response (compressed off the runtime's workers) is stored and
+/// served like a small one.
+#[tokio::test]
+async fn large_responses_are_stored_and_served() {
+    let up = Upstream::start().await;
+    up.set_mode(ChartMode::Large(300 * 1024));
+    let proxy = Proxy::start(test_config(&up.url())).await;
+    let c = TestClient::new();
+    let body = chart_body(BIGNUMBER);
+    let first = c.chart(&proxy, "admin-token", &body).await;
+    assert_eq!(first.cache_status(), "chartcache; fwd=miss; stored");
+    let second = c.chart(&proxy, "admin-token", &body).await;
+    assert!(
+        second.cache_status().starts_with("chartcache; hit"),
+        "{}",
+        second.cache_status()
+    );
+    assert_eq!(first.json(), second.json());
+    assert_eq!(
+        first.json()["result"][0]["filler"].as_str().map(str::len),
+        Some(300 * 1024)
+    );
+    assert_eq!(up.chart_queries(), 1);
+}
