@@ -492,7 +492,7 @@ async fn admin_purge_needs_the_token() {
     );
 }
 
-/// A large response (compressed off the runtime's workers) is stored and
+/// A large response (hundreds of KB, as table charts return) is stored and
 /// served like a small one.
 #[tokio::test]
 async fn large_responses_are_stored_and_served() {

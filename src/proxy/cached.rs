@@ -374,28 +374,6 @@ fn serve_fetched(
     }
 }
 
-/// Bodies from this size on are compressed on tokio's blocking pool.
-const INLINE_COMPRESS_MAX: usize = 64 * 1024;
-
-/// Compress a response into an entry. A large body (a 2 MB table takes
-/// 10–20 ms for zstd and gzip) is compressed off the runtime's workers, so
-/// the hits those workers serve meanwhile are not held up behind it; below
-/// the threshold the hand-off would cost more than the compression.
-async fn build_entry(
-    meta: Meta,
-    body: &Bytes,
-    zstd_level: i32,
-    with_gzip: bool,
-) -> std::io::Result<Entry> {
-    if body.len() < INLINE_COMPRESS_MAX {
-        return Entry::build(meta, body, zstd_level, with_gzip);
-    }
-    let body = body.clone();
-    tokio::task::spawn_blocking(move || Entry::build(meta, &body, zstd_level, with_gzip))
-        .await
-        .map_err(std::io::Error::other)?
-}
-
 /// Forward uncached, recording why.
 async fn bypass(
     app: &App,
@@ -613,7 +591,7 @@ async fn store(
         raw_len: body.len() as u32,
         tags: spec.tags.clone(),
     };
-    let entry = match build_entry(meta, body, cfg.cache.zstd_level, cfg.cache.store_gzip).await {
+    let entry = match Entry::build(meta, body, cfg.cache.zstd_level, cfg.cache.store_gzip) {
         Ok(e) => Arc::new(e),
         Err(e) => {
             tracing::warn!(error = %e, "compressing entry failed");
