@@ -33,15 +33,10 @@ mkdir -p "$OUT"
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-# wait_http, hit_lua, warm_status
+# wait_http, warm_status, hot_setup
 . "$ROOT/loadtests/common.sh"
 
-"$LOAD" upstream --listen "127.0.0.1:$UP_PORT" --threads 1 >"$OUT/upstream.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$UP_PORT/__stats"
-jq -c --argjson n "$BYTES" '.request.body | .queries[0].row_limit = $n' \
-    "$ROOT/tests/fixtures/superset-6.1/20-chart-data-timeseries-admin-miss.json" >"$OUT/body.json"
-hit_lua "$OUT/body.json" "$BYTES" "$AE" >"$OUT/wrk.lua"
+hot_setup "$UP_PORT" "$OUT" "$BYTES" "$AE"
 URL="http://127.0.0.1:$CC_PORT/api/v1/chart/data"
 
 run() { # name binary round

@@ -15,20 +15,15 @@ ROUNDS=${ROUNDS:-2}
 BASE_PORT=${BASE_PORT:-29940}
 OUT=${OUT:-/tmp/chartcache-big-misses}
 UP=$BASE_PORT CC=$((BASE_PORT + 2)) AD=$((BASE_PORT + 3))
-FIXTURE=$ROOT/tests/fixtures/superset-6.1/20-chart-data-timeseries-admin-miss.json
 URL=http://127.0.0.1:$CC/api/v1/chart/data
 mkdir -p "$OUT"
 PIDS=()
 cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT
-# wait_http, hit_lua, warm_status
+# wait_http, warm_status, hot_setup, HOT_FIXTURE
 . "$ROOT/loadtests/common.sh"
 
-"$LOAD" upstream --listen "127.0.0.1:$UP" --threads 1 >"$OUT/upstream.log" 2>&1 &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$UP/__stats"
-jq -c '.request.body | .queries[0].row_limit = 1024' "$FIXTURE" >"$OUT/body.json"
-hit_lua "$OUT/body.json" 1024 "" >"$OUT/wrk.lua"
+hot_setup "$UP" "$OUT" 1024 ""
 
 run() { # name binary
     CHARTCACHE_LOG=warn CHARTCACHE_LOG__ACCESS_LOG=false "$2" --upstream "http://127.0.0.1:$UP" \
@@ -42,7 +37,7 @@ run() { # name binary
     sleep 0.5
     for i in $(seq 1 24); do
         # A distinct body per miss: row_limit differs.
-        jq -c --argjson n $((100000 * ${1##*-} + i)) '.request.body | .queries[0].row_limit = $n' "$FIXTURE" |
+        jq -c --argjson n $((100000 * ${1##*-} + i)) '.request.body | .queries[0].row_limit = $n' "$HOT_FIXTURE" |
             curl -s -o /dev/null -X POST "$URL" -H 'Content-Type: application/json' \
                 -H 'Authorization: Bearer user-1-tok-0' -H 'X-Bench-Bytes: 2000000' \
                 -H 'X-Bench-Latency-Ms: 1' --data-binary @- &

@@ -1,4 +1,8 @@
-# Shell helpers shared by compare.sh and ab_hit.sh (sourced, not run).
+# Shell helpers shared by compare.sh, ab_hit.sh and big_misses.sh (sourced,
+# not run; the sourcing script sets ROOT, and LOAD for hot_setup).
+
+# The chart-data request the hot-path workloads send.
+HOT_FIXTURE="$ROOT/tests/fixtures/superset-6.1/20-chart-data-timeseries-admin-miss.json"
 
 # wait_http URL [TRIES]: wait (100 ms per try, 100 tries by default) until URL answers.
 wait_http() {
@@ -40,4 +44,15 @@ warm_status() {
             "${ae[@]}" --data-binary "@$2" | tr -d '\r' | awk -F': ' 'tolower($1)=="cache-status" {print $2}')
     done
     echo "$cs"
+}
+
+# hot_setup PORT OUT BYTES ACCEPT_ENCODING: start the Superset-shaped upstream
+# on PORT (its pid appended to PIDS) and wait for it; write OUT/body.json
+# (HOT_FIXTURE asking for BYTES) and OUT/wrk.lua (the hit_lua request).
+hot_setup() {
+    "$LOAD" upstream --listen "127.0.0.1:$1" --threads 1 >"$2/upstream.log" 2>&1 &
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$1/__stats"
+    jq -c --argjson n "$3" '.request.body | .queries[0].row_limit = $n' "$HOT_FIXTURE" >"$2/body.json"
+    hit_lua "$2/body.json" "$3" "$4" >"$2/wrk.lua"
 }

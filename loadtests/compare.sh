@@ -283,7 +283,7 @@ record() { printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$@" >>"$SUMMARY"; }
 # ---------------------------------------------------------------- (a) hot hit path
 hot() {
     log "(a) hot hit path: wrk -t$WRK_THREADS -c$WRK_CONNS -d$WRK_DURATION, sizes: $SIZES, encodings: $ENCODINGS"
-    local template="$ROOT/tests/fixtures/superset-6.1/20-chart-data-timeseries-admin-miss.json"
+    local template=$HOT_FIXTURE
     local size enc sys run
     for size in $SIZES; do
         # One body per size (row_limit differs, so keys differ); the upstream answers X-Bench-Bytes.
@@ -442,7 +442,7 @@ scale_cpu_us() {
 
 scaling() {
     log "(e) scaling: connections ($SCALE_CONNS) and keys ($SCALE_KEYS), 1 KB, identity"
-    local template="$ROOT/tests/fixtures/superset-6.1/20-chart-data-timeseries-admin-miss.json"
+    local template=$HOT_FIXTURE
     jq -c '.request.body | .queries[0].row_limit = 1024' "$template" >"$TMP/body-scale.json"
     local sys c k run
     for k in $SCALE_KEYS; do
