@@ -364,3 +364,34 @@ async fn a_held_fetch_lock_outlives_its_ttl_and_is_released_when_dropped() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// The lookup before the lock missed, and then another replica stored the
+/// entry and released its lock: the lock is free again and taking it must not
+/// mean a second Superset query. The entry is served, and the lock just taken
+/// is given back at once.
+#[tokio::test]
+async fn an_entry_stored_before_the_lock_was_taken_is_served_not_fetched() {
+    use chartcache::store::lock::{Remote, coordinate};
+    let r = RedisProc::server(&[]);
+    let s = store(cfg(r.url()));
+    let stored = entry(&[], 60_000, 0);
+    s.put(&key(4), stored.clone()).await.unwrap();
+    match coordinate(s.as_ref(), &key(4), &clock()).await {
+        Remote::Entry(e) => assert_eq!(e.meta.stored_at, stored.meta.stored_at),
+        Remote::Fetch(_) => panic!("a fresh entry was already stored: fetching again"),
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !s.try_lock(&key(4), "other").await.unwrap() {
+        assert!(
+            Instant::now() < deadline,
+            "the lock taken for the re-read stayed held"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A stale-only entry is no answer: the caller fetches, holding the lock.
+    s.put(&key(5), entry(&[], 0, 60_000)).await.unwrap();
+    assert!(matches!(
+        coordinate(s.as_ref(), &key(5), &clock()).await,
+        Remote::Fetch(Some(_))
+    ));
+}

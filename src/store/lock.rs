@@ -5,7 +5,9 @@
 //! token NX PX lock_ttl`. If another replica holds it, this replica waits (for
 //! at most `lock_wait_ms`) for a fresh entry, taking the lock over if it
 //! disappears without one (that leader failed or its response was not
-//! storable). Redis trouble at any point means: fetch yourself. The lock is
+//! storable). A replica that takes the lock reads the store once more before
+//! fetching: the entry may have landed between its last read and its lock.
+//! Redis trouble at any point means: fetch yourself. The lock is
 //! released by compare-and-delete, so an expired lock that another replica
 //! took over is never removed by its former holder. While the holder fetches,
 //! it extends the lock every `lock_ttl_ms / 3` (compare-and-expire), so a chart
@@ -223,9 +225,11 @@ pub async fn coordinate(store: &dyn Store, key: &CacheKey, clock: &SharedClock) 
     let token = format!("{:032x}", rand::random::<u128>());
     // Watch before trying the lock, so a release right after a failed try is seen.
     let mut release = redis.releases().watch(*key);
-    let lock = |redis: Arc<RedisStore>, token: String| RemoteLock::hold(redis, *key, token);
     match redis.try_lock(key, &token).await {
-        Ok(true) => return Remote::Fetch(Some(lock(redis, token))),
+        Ok(true) => {
+            let held = RemoteLock::hold(redis, *key, token);
+            return recheck(store, held, clock).await;
+        }
         Ok(false) => {}
         Err(_) => return Remote::Fetch(None),
     }
@@ -248,13 +252,28 @@ pub async fn coordinate(store: &dyn Store, key: &CacheKey, clock: &SharedClock) 
             Err(_) => return Remote::Fetch(None),
         }
         match redis.try_lock(key, &token).await {
-            Ok(true) => return Remote::Fetch(Some(lock(redis, token))),
+            Ok(true) => {
+                let held = RemoteLock::hold(redis, *key, token);
+                return recheck(store, held, clock).await;
+            }
             Ok(false) => {}
             Err(_) => return Remote::Fetch(None),
         }
     }
     tracing::debug!(key = %key.short(), "cross-replica lock wait timed out; fetching");
     Remote::Fetch(None)
+}
+
+/// The lock is ours, but the read that missed came before it: in between,
+/// another replica may have stored the entry and released its lock (our read
+/// misses, their `put` and unlock land, our `SET NX` succeeds). Read once more
+/// so that replica's query is not sent to Superset again; an entry found now
+/// is served, and dropping the lock releases and announces it at once.
+async fn recheck(store: &dyn Store, held: RemoteLock, clock: &SharedClock) -> Remote {
+    match store.get(&held.key).await {
+        Ok(Some(e)) if clock.now_ms() < e.meta.fresh_until => Remote::Entry(e),
+        _ => Remote::Fetch(Some(held)),
+    }
 }
 
 #[cfg(test)]
