@@ -67,8 +67,9 @@ fn metric(p: &Proxy, name: &str, labels: &str) -> f64 {
 async fn three_replicas_times_100_identical_misses_make_one_upstream_query() {
     let r = RedisProc::server(&[]);
     let up = Upstream::start().await;
-    // Slow enough that all 300 requests arrive while the first fetch runs.
-    up.set_delay(Duration::from_millis(500));
+    // Slow enough that all 300 requests arrive while the first fetch runs,
+    // with room for a loaded CI machine (Redis round trips of 25 ms and more).
+    up.set_delay(Duration::from_millis(1_000));
     // This test is about election, not timeouts: on a loaded machine 300
     // requests at once can push a Redis round trip past 50 ms, and a timed-out
     // lock means "fetch yourself" by design. Give operations room.
