@@ -95,29 +95,62 @@ pub struct Observe<S> {
 impl<S, B, RB> Service<Request<B>> for Observe<S>
 where
     S: Service<Request<B>, Response = Response<RB>>,
-    S::Future: Send + 'static,
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Response<RB>, S::Error>> + Send>>;
+    type Future = Observed<S::Future>;
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let metrics = self.metrics.clone();
-        let access_log = self.access_log;
-        metrics.inflight.inc();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let res = fut.await;
+        self.metrics.inflight.inc();
+        Observed {
+            inner: self.inner.call(req),
+            metrics: Some(self.metrics.clone()),
+            access_log: self.access_log,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The handler's future, recorded when it completes. Not boxed: the
+    /// handler's future is several KB, and boxing it would cost an allocation
+    /// and a copy of it on every request.
+    pub struct Observed<F> {
+        #[pin]
+        inner: F,
+        // Taken when recorded, so a future dropped before completing (client
+        // gone) still leaves the in-flight gauge right (see `PinnedDrop`).
+        metrics: Option<Arc<Metrics>>,
+        access_log: bool,
+    }
+
+    impl<F> PinnedDrop for Observed<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(m) = this.project().metrics.take() {
+                m.inflight.dec();
+            }
+        }
+    }
+}
+
+impl<F, RB, E> Future for Observed<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = F::Output;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = std::task::ready!(this.inner.poll(cx));
+        if let Some(metrics) = this.metrics.take() {
             metrics.inflight.dec();
             if let Ok(resp) = &res
                 && let Some(ctx) = resp.extensions().get::<RequestContext>()
             {
-                record(&metrics, ctx, access_log);
+                record(&metrics, ctx, *this.access_log);
             }
-            res
-        })
+        }
+        Poll::Ready(res)
     }
 }
 
@@ -169,5 +202,26 @@ mod tests {
             );
         }
         assert_ne!(a, b);
+    }
+
+    /// A request whose client goes away mid-flight (hyper drops the handler's
+    /// future) must not stay counted in flight.
+    #[tokio::test]
+    async fn in_flight_gauge_is_released_when_the_future_is_dropped() {
+        let metrics = Arc::new(Metrics::new());
+        let pending = tower::service_fn(|_req: Request<()>| {
+            std::future::pending::<Result<Response<()>, std::convert::Infallible>>()
+        });
+        let ready = tower::service_fn(|_req: Request<()>| async {
+            Ok::<_, std::convert::Infallible>(Response::new(()))
+        });
+        let mut stuck = ObserveLayer::new(metrics.clone(), false).layer(pending);
+        let mut done = ObserveLayer::new(metrics.clone(), false).layer(ready);
+        let fut = stuck.call(Request::new(()));
+        assert_eq!(metrics.inflight.get(), 1);
+        drop(fut);
+        assert_eq!(metrics.inflight.get(), 0);
+        done.call(Request::new(())).await.unwrap();
+        assert_eq!(metrics.inflight.get(), 0, "completed requests are not counted twice");
     }
 }
