@@ -85,15 +85,16 @@ impl Credentials {
     /// blake3 over the whole set, each part length-prefixed and tagged, so no
     /// two different sets share a digest. Only digests are kept in memory maps.
     pub fn digest(&self) -> [u8; 32] {
-        let mut h = blake3::Hasher::new();
+        // Gathered, then hashed at once (see `fingerprint::Gather`).
+        let mut g = crate::fingerprint::Gather::<1024>::default();
         let mut part = |tag: u8, v: Option<&[u8]>| {
-            h.update(&[tag]);
-            crate::fingerprint::hash_optional_part(&mut |b| _ = h.update(b), v);
+            g.push(&[tag]);
+            crate::fingerprint::hash_optional_part(&mut |b| g.push(b), v);
         };
         part(b'a', self.authorization.as_ref().map(|v| v.as_bytes()));
         part(b's', self.session.as_ref().map(|v| v.as_bytes()));
         part(b'g', self.guest_token.as_ref().map(|v| v.as_bytes()));
-        *h.finalize().as_bytes()
+        *blake3::hash(g.as_slice()).as_bytes()
     }
 
     /// Headers to send to Superset's `/me` endpoint: exactly this set.
@@ -319,26 +320,27 @@ impl IdentityResolver {
         if let Some(r) = self.cache.get(&digest).await {
             return Ok(r);
         }
-        self.cache
-            .try_get_with(digest, async {
-                let r = self.lookup(creds, upstream).await;
-                let label = match &r {
-                    Ok(Resolution::Principal(_)) => "principal",
-                    Ok(Resolution::Denied(_)) => "denied",
-                    Err(_) => "error",
-                };
-                self.metrics
-                    .identity_lookups
-                    .with_label_values(&[label])
-                    .inc();
-                r
-            })
-            .await
-            .map_err(|e: Arc<Error>| match &*e {
-                Error::UpstreamTimeout => Error::UpstreamTimeout,
-                Error::UpstreamConnect(m) => Error::UpstreamConnect(m.clone()),
-                other => Error::Upstream(other.to_string()),
-            })
+        // Boxed: a miss's state (the call to Superset) stays out of the
+        // future every hit carries.
+        Box::pin(self.cache.try_get_with(digest, async {
+            let r = self.lookup(creds, upstream).await;
+            let label = match &r {
+                Ok(Resolution::Principal(_)) => "principal",
+                Ok(Resolution::Denied(_)) => "denied",
+                Err(_) => "error",
+            };
+            self.metrics
+                .identity_lookups
+                .with_label_values(&[label])
+                .inc();
+            r
+        }))
+        .await
+        .map_err(|e: Arc<Error>| match &*e {
+            Error::UpstreamTimeout => Error::UpstreamTimeout,
+            Error::UpstreamConnect(m) => Error::UpstreamConnect(m.clone()),
+            other => Error::Upstream(other.to_string()),
+        })
     }
 
     /// Forget every cached mapping (e.g. after a permission change was announced).
@@ -453,22 +455,21 @@ impl IdentityResolver {
         if let Some(r) = self.roles.get(&digest).await {
             return Ok(r);
         }
-        self.roles
-            .try_get_with(digest, async {
-                let r = self.lookup_roles(creds, upstream).await;
-                self.count(match &r {
-                    Ok(RolesResolution::Roles(_)) => "roles",
-                    Ok(RolesResolution::Denied(_)) => "roles-denied",
-                    Err(_) => "roles-error",
-                });
-                r
-            })
-            .await
-            .map_err(|e: Arc<Error>| match &*e {
-                Error::UpstreamTimeout => Error::UpstreamTimeout,
-                Error::UpstreamConnect(m) => Error::UpstreamConnect(m.clone()),
-                other => Error::Upstream(other.to_string()),
-            })
+        Box::pin(self.roles.try_get_with(digest, async {
+            let r = self.lookup_roles(creds, upstream).await;
+            self.count(match &r {
+                Ok(RolesResolution::Roles(_)) => "roles",
+                Ok(RolesResolution::Denied(_)) => "roles-denied",
+                Err(_) => "roles-error",
+            });
+            r
+        }))
+        .await
+        .map_err(|e: Arc<Error>| match &*e {
+            Error::UpstreamTimeout => Error::UpstreamTimeout,
+            Error::UpstreamConnect(m) => Error::UpstreamConnect(m.clone()),
+            other => Error::Upstream(other.to_string()),
+        })
     }
 
     async fn lookup_roles(
