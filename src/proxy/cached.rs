@@ -228,9 +228,26 @@ pub(super) async fn handle(
     }
 
     // 7. Miss: one fetch per key (forced refreshes coalesce among themselves).
+    // Boxed: the miss path's state (coalescing, locks, the upstream exchange)
+    // is most of this function's future, and a hit should neither carry nor
+    // copy it.
     let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn);
-    let coalesce_key = if canon.force { force_key(&key) } else { key };
     let wait = Duration::from_millis(cfg.cache.coalesce_wait_ms);
+    Box::pin(miss(app, spec, canon.force, wait, stale, accept, ctx)).await
+}
+
+/// Step 7 of [`handle`]: lead the fetch of `spec.key` or follow the leader's.
+async fn miss(
+    app: &App,
+    spec: FetchSpec,
+    force: bool,
+    wait: Duration,
+    stale: Option<Arc<Entry>>,
+    accept: Accept,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, Error> {
+    let key = spec.key;
+    let coalesce_key = if force { force_key(&key) } else { key };
     match app.coalescer.acquire(coalesce_key, wait).await {
         Role::Follower(f) => {
             app.metrics.coalesced.with_label_values(&["local"]).inc();
@@ -239,7 +256,7 @@ pub(super) async fn handle(
         }
         Role::Leader(guard) => {
             // Across replicas: another replica may be fetching this key already.
-            let _remote_lock = match remote_leader(app, &key, canon.force).await {
+            let _remote_lock = match remote_leader(app, &key, force).await {
                 Ok(lock) => lock,
                 Err(fetched) => {
                     app.metrics
@@ -374,8 +391,21 @@ fn serve_fetched(
     }
 }
 
-/// Forward uncached, recording why.
-async fn bypass(
+/// Forward uncached, recording why. Boxed, like the miss path: the upstream
+/// exchange's state stays out of the hit path's future.
+fn bypass<'a>(
+    app: &'a App,
+    parts: http::request::Parts,
+    body: Body,
+    conn: ConnInfo,
+    ctx: &'a mut RequestContext,
+    why: Bypass,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Error>> + Send + 'a>>
+{
+    Box::pin(bypass_inner(app, parts, body, conn, ctx, why))
+}
+
+async fn bypass_inner(
     app: &App,
     parts: http::request::Parts,
     body: Body,

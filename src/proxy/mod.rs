@@ -55,16 +55,18 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Respon
     let result = match route {
         Route::Pass => {
             ctx.outcome = Outcome::Pass;
-            forward_streaming(&app, req, conn, &mut ctx, "pass").await
+            // Boxed (as every path but the hit): its state stays out of the
+            // hit's future.
+            Box::pin(forward_streaming(&app, req, conn, &mut ctx, "pass")).await
         }
         Route::Write(target) => {
             ctx.outcome = Outcome::Pass;
-            let resp = forward_streaming(&app, req, conn, &mut ctx, "write").await;
+            let resp = Box::pin(forward_streaming(&app, req, conn, &mut ctx, "write")).await;
             if let Ok(r) = &resp
                 && r.status().is_success()
             {
                 let purge = crate::invalidate::purge_for(&target);
-                let _ = crate::invalidate::apply(&app, &purge, "write").await;
+                let _ = Box::pin(crate::invalidate::apply(&app, &purge, "write")).await;
             }
             resp
         }
