@@ -222,6 +222,10 @@ mod tests {
         drop(fut);
         assert_eq!(metrics.inflight.get(), 0);
         done.call(Request::new(())).await.unwrap();
-        assert_eq!(metrics.inflight.get(), 0, "completed requests are not counted twice");
+        assert_eq!(
+            metrics.inflight.get(),
+            0,
+            "completed requests are not counted twice"
+        );
     }
 }
