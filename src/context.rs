@@ -3,9 +3,17 @@
 
 use std::time::Instant;
 
-use http::HeaderValue;
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue};
 
 use crate::fingerprint::CacheKey;
+use crate::policy::TierConfig;
+
+/// `x-request-id`, as a constant: a name given as `&str` is parsed and, not
+/// being a standard header, copied on every insert.
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+/// RFC 9211 `Cache-Status`.
+pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
 /// How a request was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,14 +54,15 @@ pub struct RequestContext {
     pub request_id: HeaderValue,
     pub start: Instant,
     pub method: http::Method,
-    pub path: String,
+    /// The request's URI (a shared copy: no allocation).
+    pub uri: http::Uri,
     pub route: &'static str,
     pub outcome: Outcome,
     /// Short reason (`no-credential`, `status`, ...).
     pub detail: Option<&'static str>,
     pub key: Option<CacheKey>,
     pub scope_kind: Option<&'static str>,
-    pub tier: Option<String>,
+    pub tier: Option<std::sync::Arc<TierConfig>>,
     /// Whether the fetched response was stored.
     pub stored: bool,
     /// The response was a forced refresh (`fwd=request`).
@@ -68,12 +77,12 @@ pub struct RequestContext {
 }
 
 impl RequestContext {
-    pub fn new(request_id: HeaderValue, method: http::Method, path: String) -> RequestContext {
+    pub fn new(request_id: HeaderValue, method: http::Method, uri: http::Uri) -> RequestContext {
         RequestContext {
             request_id,
             start: Instant::now(),
             method,
-            path,
+            uri,
             route: "pass",
             outcome: Outcome::Pass,
             detail: None,
@@ -120,7 +129,8 @@ impl RequestContext {
             s.push_str("; detail=");
             s.push_str(d);
         }
-        HeaderValue::from_str(&s).ok()
+        // The string's buffer becomes the value's: one allocation, not two.
+        HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
     }
 }
 
@@ -132,7 +142,7 @@ mod tests {
         let mut c = RequestContext::new(
             HeaderValue::from_static("id"),
             http::Method::POST,
-            "/".into(),
+            http::Uri::from_static("/"),
         );
         c.outcome = o;
         c

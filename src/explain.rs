@@ -64,7 +64,7 @@ pub fn explain(
             ScopeKind::User => "user",
             ScopeKind::Roles => "roles",
         },
-        "rule": d.rule,
+        "rule": &*d.rule,
         "tier": d.tier.as_ref().map(|t| json!({
             "name": t.name,
             "fresh_secs": t.fresh_secs,

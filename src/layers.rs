@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
-use crate::context::RequestContext;
+use crate::context::{RequestContext, X_REQUEST_ID};
 use crate::metrics::Metrics;
 
 /// Gives every request an `x-request-id` (kept when the client sent a sane one).
@@ -48,10 +48,10 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let ok = req
             .headers()
-            .get("x-request-id")
+            .get(X_REQUEST_ID)
             .is_some_and(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok());
         if !ok {
-            req.headers_mut().insert("x-request-id", new_request_id());
+            req.headers_mut().insert(X_REQUEST_ID, new_request_id());
         }
         self.inner.call(req)
     }
@@ -170,14 +170,14 @@ fn record(m: &Metrics, ctx: &RequestContext, access_log: bool) {
             target: "access",
             request_id = ctx.request_id.to_str().unwrap_or("-"),
             method = %ctx.method,
-            path = %ctx.path,
+            path = ctx.uri.path(),
             status = ctx.status,
             route = ctx.route,
             outcome,
             detail = ctx.detail.unwrap_or(""),
             key = %ctx.key.map(|k| k.short()).unwrap_or_default(),
             scope = ctx.scope_kind.unwrap_or(""),
-            tier = ctx.tier.as_deref().unwrap_or(""),
+            tier = ctx.tier.as_ref().map_or("", |t| t.name.as_str()),
             upstream_ms = ctx.upstream_ms,
             total_us = elapsed.as_micros() as u64,
             bytes = ctx.bytes,

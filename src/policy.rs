@@ -175,8 +175,8 @@ pub struct RuleConfig {
 /// What policy decided for a request.
 #[derive(Debug, Clone)]
 pub struct Decision {
-    /// Name of the matched rule, or `default`.
-    pub rule: String,
+    /// Name of the matched rule, or `default` (shared: no allocation per request).
+    pub rule: Arc<str>,
     /// `None` means bypass.
     pub tier: Option<Arc<TierConfig>>,
     pub scope: ScopeKind,
@@ -187,12 +187,14 @@ pub struct Decision {
 
 struct Rule {
     cfg: RuleConfig,
+    name: Arc<str>,
     tier: Option<Arc<TierConfig>>,
 }
 
 /// Compiled tiers and rules.
 pub struct Policy {
     rules: Vec<Rule>,
+    default_rule: Arc<str>,
     default: Arc<TierConfig>,
     tiers: Vec<Arc<TierConfig>>,
 }
@@ -250,10 +252,12 @@ impl Policy {
             }
             let mut cfg = r.clone();
             cfg.name = label;
-            rules.push(Rule { cfg, tier });
+            let name = Arc::from(cfg.name.as_str());
+            rules.push(Rule { cfg, name, tier });
         }
         Ok(Policy {
             rules,
+            default_rule: Arc::from("default"),
             default,
             tiers,
         })
@@ -279,7 +283,7 @@ impl Policy {
                 && any_or(&r.cfg.identity, Some(&identity))
             {
                 return Decision {
-                    rule: r.cfg.name.clone(),
+                    rule: r.name.clone(),
                     tier: r.tier.clone(),
                     scope: r.cfg.scope,
                     respect_superset_timeout: r.cfg.respect_superset_timeout.unwrap_or(true),
@@ -289,7 +293,7 @@ impl Policy {
             }
         }
         Decision {
-            rule: "default".into(),
+            rule: self.default_rule.clone(),
             tier: Some(self.default.clone()),
             scope: ScopeKind::User,
             respect_superset_timeout: true,
@@ -598,13 +602,13 @@ mod tests {
         };
         let d = p.decide(CachedRoute::ChartData, "/api/v1/chart/data", &f, U, NOW);
         assert_eq!(
-            (d.rule.as_str(), d.tier.unwrap().name.as_str()),
+            (&*d.rule, d.tier.unwrap().name.as_str()),
             ("hist", "historical")
         );
         f.time_ranges = vec!["Last week".into()];
         let d = p.decide(CachedRoute::ChartData, "/api/v1/chart/data", &f, U, NOW);
         assert_eq!(
-            (d.rule.as_str(), d.tier.unwrap().name.as_str()),
+            (&*d.rule, d.tier.unwrap().name.as_str()),
             ("pie", "realtime")
         );
         f.result_format = Some("csv".into());
@@ -612,7 +616,7 @@ mod tests {
         assert!(d.tier.is_none());
         let d = p.decide(CachedRoute::ChartData, "/p", &QueryFacts::default(), U, NOW);
         assert_eq!(
-            (d.rule.as_str(), d.tier.unwrap().name.as_str()),
+            (&*d.rule, d.tier.unwrap().name.as_str()),
             ("default", "standard")
         );
     }
@@ -636,10 +640,10 @@ mod tests {
         ]);
         let f = QueryFacts::default();
         let d = |k| p.decide(CachedRoute::ChartData, "/api/v1/chart/data", &f, k, NOW);
-        assert_eq!(d(IdentityKind::Guest).rule, "embedded");
+        assert_eq!(&*d(IdentityKind::Guest).rule, "embedded");
         let a = d(IdentityKind::Anonymous);
-        assert_eq!((a.rule.as_str(), a.scope), ("anon", ScopeKind::Public));
-        assert_eq!(d(IdentityKind::User).rule, "default");
+        assert_eq!((&*a.rule, a.scope), ("anon", ScopeKind::Public));
+        assert_eq!(&*d(IdentityKind::User).rule, "default");
 
         use crate::identity::Credentials;
         assert_eq!(IdentityKind::of(None), IdentityKind::Anonymous);
@@ -684,7 +688,7 @@ respect_superset_timeout = false
             IdentityKind::Anonymous,
             NOW,
         );
-        assert_eq!(d.rule, "anon-kpis");
+        assert_eq!(&*d.rule, "anon-kpis");
         assert_eq!(d.scope, ScopeKind::Public);
         assert!(!d.respect_superset_timeout);
         assert_eq!(d.tier.unwrap().name, "realtime");
@@ -695,7 +699,7 @@ respect_superset_timeout = false
             IdentityKind::Guest,
             NOW,
         );
-        assert_eq!(d.rule, "default");
+        assert_eq!(&*d.rule, "default");
     }
 
     #[test]

@@ -181,7 +181,7 @@ pub fn prepare_request_headers(
     {
         headers.insert("x-forwarded-host", h);
     }
-    headers.insert("x-request-id", request_id.clone());
+    headers.insert(crate::context::X_REQUEST_ID, request_id.clone());
 }
 
 #[cfg(test)]

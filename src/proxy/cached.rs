@@ -131,7 +131,7 @@ pub(super) async fn handle(
     let Some(tier) = decision.tier.clone() else {
         return bypass(app, parts, body::full(body), conn, ctx, Bypass::Rule).await;
     };
-    ctx.tier = Some(tier.name.clone());
+    ctx.tier = Some(tier.clone());
 
     // 4. Identity: never serve one principal's data to another.
     let scope = match decision.scope {
@@ -176,13 +176,15 @@ pub(super) async fn handle(
     ctx.scope_kind = Some(scope.kind());
 
     // 5. The key.
-    let key = fingerprint::build_key(
-        route,
-        parts.uri.path(),
-        &canon.query,
-        &scope.key_part(),
-        &canon.body_digest,
-    );
+    let key = scope.with_key_part(|scope| {
+        fingerprint::build_key(
+            route,
+            parts.uri.path(),
+            &canon.query,
+            scope,
+            &canon.body_digest,
+        )
+    });
     ctx.key = Some(key);
     let accept = respond::negotiate(&parts.headers);
 
@@ -373,8 +375,7 @@ fn serve_entry(
     let mut resp = respond::from_entry(entry, accept, || app.raw_copies.body(key, entry))
         .map_err(|e| Error::Store(format!("corrupt entry: {e}")))?;
     let age = now.saturating_sub(entry.meta.stored_at) / 1000;
-    resp.headers_mut()
-        .insert(header::AGE, HeaderValue::from(age));
+    resp.headers_mut().insert(header::AGE, respond::number(age));
     Ok(resp)
 }
 
@@ -479,13 +480,13 @@ pub(crate) async fn background_fetch(app: &App, spec: &FetchSpec) -> Result<Arc<
     let request_id = spec
         .parts
         .headers
-        .get("x-request-id")
+        .get(crate::context::X_REQUEST_ID)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("-"));
     let mut ctx = RequestContext::new(
         request_id,
         spec.parts.method.clone(),
-        spec.parts.uri.path().to_string(),
+        spec.parts.uri.clone(),
     );
     match fetch_inner(app, spec, &mut ctx).await? {
         FetchResult::Complete { fetched, .. } => Ok(fetched),

@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::body::{self, Body};
-use crate::context::{Outcome, RequestContext};
+use crate::context::{CACHE_STATUS, Outcome, RequestContext, X_REQUEST_ID};
 use crate::error::Error;
 use crate::route::{self, Route};
 use crate::upstream::{prepare_request_headers, strip_hop_by_hop};
@@ -36,14 +36,10 @@ pub struct ConnInfo {
 pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
     let request_id = req
         .headers()
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .cloned()
         .unwrap_or_else(|| HeaderValue::from_static("-"));
-    let mut ctx = RequestContext::new(
-        request_id,
-        req.method().clone(),
-        req.uri().path().to_string(),
-    );
+    let mut ctx = RequestContext::new(request_id, req.method().clone(), req.uri().clone());
     let cfg = app.config.load();
     let route = route::classify(
         req.method(),
@@ -79,10 +75,10 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Respon
     });
     ctx.status = resp.status().as_u16();
     if let Some(cs) = ctx.cache_status() {
-        resp.headers_mut().insert("cache-status", cs);
+        resp.headers_mut().insert(CACHE_STATUS, cs);
     }
     resp.headers_mut()
-        .insert("x-request-id", ctx.request_id.clone());
+        .insert(X_REQUEST_ID, ctx.request_id.clone());
     resp.extensions_mut().insert(ctx);
     resp
 }

@@ -78,8 +78,16 @@ pub fn from_entry(
         h.insert(header::CONTENT_ENCODING, HeaderValue::from_static(enc));
     }
     ensure_vary_accept_encoding(h);
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    h.insert(header::CONTENT_LENGTH, number(body.len() as u64));
     Ok(resp)
+}
+
+/// A decimal header value in one allocation (`HeaderValue::from(usize)`
+/// takes two: a buffer, then the shared handle it is frozen into).
+pub(crate) fn number(n: u64) -> HeaderValue {
+    let mut buf = itoa::Buffer::new();
+    let digits = Bytes::from(buf.format(n).as_bytes().to_vec());
+    HeaderValue::from_maybe_shared(digits).expect("digits are a valid header value")
 }
 
 /// The uncompressed body of an entry, decompressed with a zstd context reused
@@ -113,7 +121,7 @@ pub fn from_parts(status: StatusCode, headers: &HeaderMap, body: Bytes) -> Respo
     *resp.status_mut() = status;
     *resp.headers_mut() = headers.clone();
     resp.headers_mut()
-        .insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        .insert(header::CONTENT_LENGTH, number(len as u64));
     resp
 }
 
@@ -174,6 +182,13 @@ pub fn without_cookies(h: &HeaderMap) -> HeaderMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn number_values_are_the_decimal_digits() {
+        for n in [0u64, 7, 1_234_567, u64::MAX] {
+            assert_eq!(number(n), HeaderValue::from(n));
+        }
+    }
     use crate::store::Meta;
     use http_body_util::BodyExt;
 
