@@ -29,6 +29,7 @@ use http_body_util::BodyExt;
 use crate::body::empty;
 use crate::config::IdentityConfig;
 use crate::error::Error;
+use crate::fingerprint::DigestHash;
 use crate::jwt::{AccessTokenVerifier, GuestTokenVerifier};
 use crate::metrics::Metrics;
 use crate::policy::ScopeKind;
@@ -237,8 +238,8 @@ pub enum ScopeOutcome {
 
 /// Resolves credential sets to principals, with a TTL cache and coalesced lookups.
 pub struct IdentityResolver {
-    cache: moka::future::Cache<[u8; 32], Resolution>,
-    roles: moka::future::Cache<[u8; 32], RolesResolution>,
+    cache: moka::future::Cache<[u8; 32], Resolution, DigestHash>,
+    roles: moka::future::Cache<[u8; 32], RolesResolution, DigestHash>,
     access: Option<AccessTokenVerifier>,
     guest: Option<GuestTokenVerifier>,
     cfg: IdentityConfig,
@@ -291,11 +292,11 @@ impl IdentityResolver {
         let cache = moka::future::Cache::builder()
             .max_capacity(cfg.max_entries)
             .expire_after(expiry())
-            .build();
+            .build_with_hasher(DigestHash);
         let roles = moka::future::Cache::builder()
             .max_capacity(cfg.max_entries)
             .expire_after(expiry())
-            .build();
+            .build_with_hasher(DigestHash);
         let access = crate::jwt::load_secret(
             cfg.jwt_secret_env.as_deref(),
             cfg.jwt_secret_file.as_deref(),

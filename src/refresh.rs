@@ -31,7 +31,7 @@ use tokio::sync::{Notify, Semaphore};
 use crate::app::App;
 use crate::clock::SharedClock;
 use crate::coalesce::LeaderGuard;
-use crate::fingerprint::CacheKey;
+use crate::fingerprint::{CacheKey, DigestHash};
 use crate::identity::{Credentials, Scope, ScopeOutcome};
 use crate::policy::{ScopeKind, TierConfig};
 use crate::proxy::Fetched;
@@ -260,7 +260,7 @@ const MAX_TICK: Duration = Duration::from_secs(1);
 /// Tracks hot entries and refreshes them ahead of expiry.
 pub struct Refresher {
     /// Hot jobs by key, sharded so credential updates on hot hits rarely contend.
-    shards: [Mutex<HashMap<CacheKey, Arc<HotJob>>>; SHARDS],
+    shards: [Mutex<HashMap<CacheKey, Arc<HotJob>, DigestHash>>; SHARDS],
     tracked: AtomicUsize,
     /// Jobs taken off the schedule whose refresh has not finished.
     running: AtomicUsize,
@@ -274,7 +274,7 @@ impl Refresher {
     /// from the current configuration, so a reload applies them.
     pub fn new(cfg: &RefreshAheadConfig) -> Arc<Refresher> {
         Arc::new(Refresher {
-            shards: std::array::from_fn(|_| Mutex::new(HashMap::new())),
+            shards: std::array::from_fn(|_| Mutex::new(HashMap::with_hasher(DigestHash))),
             tracked: AtomicUsize::new(0),
             running: AtomicUsize::new(0),
             permits: Arc::new(Semaphore::new(cfg.max_concurrent.max(1))),
@@ -300,7 +300,7 @@ impl Refresher {
         }
     }
 
-    fn shard(&self, key: &CacheKey) -> &Mutex<HashMap<CacheKey, Arc<HotJob>>> {
+    fn shard(&self, key: &CacheKey) -> &Mutex<HashMap<CacheKey, Arc<HotJob>, DigestHash>> {
         &self.shards[key.0[0] as usize % SHARDS]
     }
 

@@ -8,11 +8,11 @@ use async_trait::async_trait;
 
 use super::{Entry, Purge, Store, StoreError};
 use crate::clock::SharedClock;
-use crate::fingerprint::CacheKey;
+use crate::fingerprint::{CacheKey, DigestHash};
 
 /// In-process store holding decoded entries.
 pub struct MemoryStore {
-    cache: moka::sync::Cache<CacheKey, Arc<Entry>>,
+    cache: moka::sync::Cache<CacheKey, Arc<Entry>, DigestHash>,
     /// tag → keys. Keys of evicted entries are removed by the eviction listener.
     tags: Arc<Mutex<HashMap<String, HashSet<CacheKey>>>>,
     clock: SharedClock,
@@ -45,7 +45,7 @@ impl MemoryStore {
                     }
                 }
             })
-            .build();
+            .build_with_hasher(DigestHash);
         MemoryStore { cache, tags, clock }
     }
 
