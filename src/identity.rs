@@ -236,10 +236,43 @@ pub enum ScopeOutcome {
     Denied(&'static str),
 }
 
+/// A mapping and the instant it stops being valid.
+#[derive(Clone)]
+struct Timed<V> {
+    value: V,
+    until: Instant,
+}
+
+/// The hit path's copy of the mappings. moka (below it) coalesces lookups
+/// and shares their errors, but each of its reads also queues itself for the
+/// eviction policy; a quick_cache read is a hash and a probe. Entries carry
+/// moka's own expiry instant, so both forget a mapping at the same moment.
+type Front<V> = quick_cache::sync::Cache<[u8; 32], Timed<V>, quick_cache::UnitWeighter, DigestHash>;
+
+fn front<V: Clone>(max_entries: u64) -> Front<V> {
+    let n = max_entries.clamp(16, 1 << 20);
+    quick_cache::sync::Cache::with(
+        n as usize,
+        n,
+        quick_cache::UnitWeighter,
+        DigestHash,
+        Default::default(),
+    )
+}
+
+fn fresh<V: Clone>(front: &Front<V>, digest: &[u8; 32]) -> Option<V> {
+    front
+        .get(digest)
+        .filter(|t| Instant::now() < t.until)
+        .map(|t| t.value)
+}
+
 /// Resolves credential sets to principals, with a TTL cache and coalesced lookups.
 pub struct IdentityResolver {
-    cache: moka::future::Cache<[u8; 32], Resolution, DigestHash>,
-    roles: moka::future::Cache<[u8; 32], RolesResolution, DigestHash>,
+    front: Front<Resolution>,
+    roles_front: Front<RolesResolution>,
+    cache: moka::future::Cache<[u8; 32], Timed<Resolution>, DigestHash>,
+    roles: moka::future::Cache<[u8; 32], Timed<RolesResolution>, DigestHash>,
     access: Option<AccessTokenVerifier>,
     guest: Option<GuestTokenVerifier>,
     cfg: IdentityConfig,
@@ -247,36 +280,21 @@ pub struct IdentityResolver {
     metrics: Arc<Metrics>,
 }
 
-struct ResolutionExpiry {
-    ttl: Duration,
-    negative_ttl: Duration,
-}
+/// moka expires each mapping at the instant it carries.
+struct ResolutionExpiry;
 
-impl moka::Expiry<[u8; 32], Resolution> for ResolutionExpiry {
-    fn expire_after_create(
-        &self,
-        _k: &[u8; 32],
-        v: &Resolution,
-        _now: Instant,
-    ) -> Option<Duration> {
-        Some(match v {
-            Resolution::Principal(_) => self.ttl,
-            Resolution::Denied(_) => self.negative_ttl,
-        })
+impl<V> moka::Expiry<[u8; 32], Timed<V>> for ResolutionExpiry {
+    fn expire_after_create(&self, _k: &[u8; 32], v: &Timed<V>, now: Instant) -> Option<Duration> {
+        Some(v.until.saturating_duration_since(now))
     }
 }
 
-impl moka::Expiry<[u8; 32], RolesResolution> for ResolutionExpiry {
-    fn expire_after_create(
-        &self,
-        _k: &[u8; 32],
-        v: &RolesResolution,
-        _now: Instant,
-    ) -> Option<Duration> {
-        Some(match v {
-            RolesResolution::Roles(_) => self.ttl,
-            RolesResolution::Denied(_) => self.negative_ttl,
-        })
+/// A lookup error shared by every caller that waited for it.
+fn shared_error(e: Arc<Error>) -> Error {
+    match &*e {
+        Error::UpstreamTimeout => Error::UpstreamTimeout,
+        Error::UpstreamConnect(m) => Error::UpstreamConnect(m.clone()),
+        other => Error::Upstream(other.to_string()),
     }
 }
 
@@ -285,17 +303,13 @@ impl IdentityResolver {
     /// that is configured but cannot be read is a startup error).
     pub fn new(cfg: &IdentityConfig, metrics: Arc<Metrics>) -> anyhow::Result<IdentityResolver> {
         let guest_header = HeaderName::from_bytes(cfg.guest_token_header.as_bytes())?;
-        let expiry = || ResolutionExpiry {
-            ttl: Duration::from_secs(cfg.ttl_secs),
-            negative_ttl: Duration::from_secs(cfg.negative_ttl_secs),
-        };
         let cache = moka::future::Cache::builder()
             .max_capacity(cfg.max_entries)
-            .expire_after(expiry())
+            .expire_after(ResolutionExpiry)
             .build_with_hasher(DigestHash);
         let roles = moka::future::Cache::builder()
             .max_capacity(cfg.max_entries)
-            .expire_after(expiry())
+            .expire_after(ResolutionExpiry)
             .build_with_hasher(DigestHash);
         let access = crate::jwt::load_secret(
             cfg.jwt_secret_env.as_deref(),
@@ -312,6 +326,8 @@ impl IdentityResolver {
             GuestTokenVerifier::new(&s, cfg.guest_token_audience.as_deref().unwrap_or_default())
         });
         Ok(IdentityResolver {
+            front: front(cfg.max_entries),
+            roles_front: front(cfg.max_entries),
             cache,
             roles,
             access,
@@ -335,34 +351,57 @@ impl IdentityResolver {
         upstream: &Upstream,
     ) -> Result<Resolution, Error> {
         let digest = creds.digest();
-        if let Some(r) = self.cache.get(&digest).await {
+        if let Some(r) = fresh(&self.front, &digest) {
             return Ok(r);
         }
         // Boxed: a miss's state (the call to Superset) stays out of the
         // future every hit carries.
-        Box::pin(self.cache.try_get_with(digest, async {
-            let r = self.lookup(creds, upstream).await;
-            let label = match &r {
-                Ok(Resolution::Principal(_)) => "principal",
-                Ok(Resolution::Denied(_)) => "denied",
-                Err(_) => "error",
-            };
-            self.metrics
-                .identity_lookups
-                .with_label_values(&[label])
-                .inc();
-            r
-        }))
-        .await
-        .map_err(|e: Arc<Error>| match &*e {
-            Error::UpstreamTimeout => Error::UpstreamTimeout,
-            Error::UpstreamConnect(m) => Error::UpstreamConnect(m.clone()),
-            other => Error::Upstream(other.to_string()),
-        })
+        Box::pin(self.resolve_slow(digest, creds, upstream)).await
+    }
+
+    async fn resolve_slow(
+        &self,
+        digest: [u8; 32],
+        creds: &Credentials,
+        upstream: &Upstream,
+    ) -> Result<Resolution, Error> {
+        let timed = match self.cache.get(&digest).await {
+            Some(t) => t,
+            None => self
+                .cache
+                .try_get_with(digest, async {
+                    let r = self.lookup(creds, upstream).await;
+                    let label = match &r {
+                        Ok(Resolution::Principal(_)) => "principal",
+                        Ok(Resolution::Denied(_)) => "denied",
+                        Err(_) => "error",
+                    };
+                    self.metrics
+                        .identity_lookups
+                        .with_label_values(&[label])
+                        .inc();
+                    r.map(|value| {
+                        let ttl = match value {
+                            Resolution::Principal(_) => self.cfg.ttl_secs,
+                            Resolution::Denied(_) => self.cfg.negative_ttl_secs,
+                        };
+                        Timed {
+                            value,
+                            until: Instant::now() + Duration::from_secs(ttl),
+                        }
+                    })
+                })
+                .await
+                .map_err(shared_error)?,
+        };
+        self.front.insert(digest, timed.clone());
+        Ok(timed.value)
     }
 
     /// Forget every cached mapping (e.g. after a permission change was announced).
     pub fn clear(&self) {
+        self.front.clear();
+        self.roles_front.clear();
         self.cache.invalidate_all();
         self.roles.invalidate_all();
     }
@@ -470,24 +509,45 @@ impl IdentityResolver {
         upstream: &Upstream,
     ) -> Result<RolesResolution, Error> {
         let digest = creds.digest();
-        if let Some(r) = self.roles.get(&digest).await {
+        if let Some(r) = fresh(&self.roles_front, &digest) {
             return Ok(r);
         }
-        Box::pin(self.roles.try_get_with(digest, async {
-            let r = self.lookup_roles(creds, upstream).await;
-            self.count(match &r {
-                Ok(RolesResolution::Roles(_)) => "roles",
-                Ok(RolesResolution::Denied(_)) => "roles-denied",
-                Err(_) => "roles-error",
-            });
-            r
-        }))
-        .await
-        .map_err(|e: Arc<Error>| match &*e {
-            Error::UpstreamTimeout => Error::UpstreamTimeout,
-            Error::UpstreamConnect(m) => Error::UpstreamConnect(m.clone()),
-            other => Error::Upstream(other.to_string()),
-        })
+        Box::pin(self.resolve_roles_slow(digest, creds, upstream)).await
+    }
+
+    async fn resolve_roles_slow(
+        &self,
+        digest: [u8; 32],
+        creds: &Credentials,
+        upstream: &Upstream,
+    ) -> Result<RolesResolution, Error> {
+        let timed = match self.roles.get(&digest).await {
+            Some(t) => t,
+            None => self
+                .roles
+                .try_get_with(digest, async {
+                    let r = self.lookup_roles(creds, upstream).await;
+                    self.count(match &r {
+                        Ok(RolesResolution::Roles(_)) => "roles",
+                        Ok(RolesResolution::Denied(_)) => "roles-denied",
+                        Err(_) => "roles-error",
+                    });
+                    r.map(|value| {
+                        let ttl = match value {
+                            RolesResolution::Roles(_) => self.cfg.ttl_secs,
+                            RolesResolution::Denied(_) => self.cfg.negative_ttl_secs,
+                        };
+                        Timed {
+                            value,
+                            until: Instant::now() + Duration::from_secs(ttl),
+                        }
+                    })
+                })
+                .await
+                .map_err(shared_error)?,
+        };
+        self.roles_front.insert(digest, timed.clone());
+        Ok(timed.value)
     }
 
     async fn lookup_roles(
