@@ -21,45 +21,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-/// Superset-shaped upstream: `/api/v1/me/` names user 1; chart data answers a
-/// payload whose size is the first query's `row_limit` (bytes).
-async fn upstream(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = req.uri().path().to_string();
-    let json = |b: Vec<u8>| {
-        Response::builder()
-            .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
-            .header(header::VARY, "Accept-Encoding, Cookie")
-            .header("x-frame-options", "SAMEORIGIN")
-            .body(Full::new(Bytes::from(b)))
-            .unwrap()
-    };
-    if path == "/api/v1/me/" {
-        return Ok(json(br#"{"result":{"id":1,"username":"admin"}}"#.to_vec()));
-    }
-    let body = req.into_body().collect().await.unwrap().to_bytes();
-    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    let size = v["queries"][0]["row_limit"].as_u64().unwrap_or(1024) as usize;
-    Ok(json(common::superset_response(size)))
-}
-
-async fn start_upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            tokio::spawn(async move {
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(upstream))
-                    .await;
-            });
-        }
-    });
-    addr
-}
-
 fn request(body: &Bytes, accept_encoding: Option<&'static str>) -> Request<chartcache::body::Body> {
     let mut b = Request::post("/api/v1/chart/data")
         .header(header::HOST, "superset.local")
@@ -92,7 +53,7 @@ fn hit_path(c: &mut Criterion) {
         .build()
         .unwrap();
     let app = rt.block_on(async {
-        let addr = start_upstream().await;
+        let addr = common::start_upstream().await;
         let cfg = Config {
             upstream: format!("http://{addr}"),
             ..Config::default()

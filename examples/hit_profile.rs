@@ -16,7 +16,6 @@ mod common;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::Mutex;
 
@@ -26,10 +25,8 @@ use chartcache::body::full;
 use chartcache::clock::SystemClock;
 use chartcache::config::Config;
 use chartcache::proxy::{self, ConnInfo};
-use http::{Request, Response, header};
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::{Request, header};
+use http_body_util::BodyExt;
 
 struct A;
 thread_local! {
@@ -74,40 +71,13 @@ unsafe impl GlobalAlloc for A {
 #[global_allocator]
 static G: A = A;
 
-async fn upstream(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
-    let path = req.uri().path().to_string();
-    let json = |b: Vec<u8>| {
-        Response::builder()
-            .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
-            .header(header::VARY, "Accept-Encoding, Cookie")
-            .body(Full::new(Bytes::from(b)))
-            .unwrap()
-    };
-    if path == "/api/v1/me/" {
-        return Ok(json(br#"{"result":{"id":1,"username":"admin"}}"#.to_vec()));
-    }
-    let _ = req.into_body().collect().await.unwrap().to_bytes();
-    Ok(json(common::superset_response(1024)))
-}
-
 fn main() {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move {
-            loop {
-                let (s, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(s), hyper::service::service_fn(upstream))
-                        .await;
-                });
-            }
-        });
+        let addr = common::start_upstream().await;
         let cfg = Config {
             upstream: format!("http://{addr}"),
             ..Config::default()

@@ -365,36 +365,51 @@ impl IdentityResolver {
         creds: &Credentials,
         upstream: &Upstream,
     ) -> Result<Resolution, Error> {
-        let timed = match self.cache.get(&digest).await {
+        let lookup = async {
+            let r = self.lookup(creds, upstream).await;
+            self.count(match &r {
+                Ok(Resolution::Principal(_)) => "principal",
+                Ok(Resolution::Denied(_)) => "denied",
+                Err(_) => "error",
+            });
+            r
+        };
+        let positive = |r: &Resolution| matches!(r, Resolution::Principal(_));
+        self.through(&self.front, &self.cache, digest, positive, lookup)
+            .await
+    }
+
+    /// A mapping from moka (filled by `lookup`, which concurrent callers
+    /// share, errors included), copied to the hit path's `front`. Positive
+    /// mappings live `ttl_secs`, refusals `negative_ttl_secs`.
+    async fn through<V: Clone + Send + Sync + 'static>(
+        &self,
+        front: &Front<V>,
+        cache: &moka::future::Cache<[u8; 32], Timed<V>, DigestHash>,
+        digest: [u8; 32],
+        positive: impl Fn(&V) -> bool,
+        lookup: impl std::future::Future<Output = Result<V, Error>>,
+    ) -> Result<V, Error> {
+        let timed = match cache.get(&digest).await {
             Some(t) => t,
-            None => self
-                .cache
+            None => cache
                 .try_get_with(digest, async {
-                    let r = self.lookup(creds, upstream).await;
-                    let label = match &r {
-                        Ok(Resolution::Principal(_)) => "principal",
-                        Ok(Resolution::Denied(_)) => "denied",
-                        Err(_) => "error",
-                    };
-                    self.metrics
-                        .identity_lookups
-                        .with_label_values(&[label])
-                        .inc();
-                    r.map(|value| {
-                        let ttl = match value {
-                            Resolution::Principal(_) => self.cfg.ttl_secs,
-                            Resolution::Denied(_) => self.cfg.negative_ttl_secs,
+                    lookup.await.map(|value| {
+                        let secs = if positive(&value) {
+                            self.cfg.ttl_secs
+                        } else {
+                            self.cfg.negative_ttl_secs
                         };
                         Timed {
                             value,
-                            until: Instant::now() + Duration::from_secs(ttl),
+                            until: Instant::now() + Duration::from_secs(secs),
                         }
                     })
                 })
                 .await
                 .map_err(shared_error)?,
         };
-        self.front.insert(digest, timed.clone());
+        front.insert(digest, timed.clone());
         Ok(timed.value)
     }
 
@@ -521,33 +536,18 @@ impl IdentityResolver {
         creds: &Credentials,
         upstream: &Upstream,
     ) -> Result<RolesResolution, Error> {
-        let timed = match self.roles.get(&digest).await {
-            Some(t) => t,
-            None => self
-                .roles
-                .try_get_with(digest, async {
-                    let r = self.lookup_roles(creds, upstream).await;
-                    self.count(match &r {
-                        Ok(RolesResolution::Roles(_)) => "roles",
-                        Ok(RolesResolution::Denied(_)) => "roles-denied",
-                        Err(_) => "roles-error",
-                    });
-                    r.map(|value| {
-                        let ttl = match value {
-                            RolesResolution::Roles(_) => self.cfg.ttl_secs,
-                            RolesResolution::Denied(_) => self.cfg.negative_ttl_secs,
-                        };
-                        Timed {
-                            value,
-                            until: Instant::now() + Duration::from_secs(ttl),
-                        }
-                    })
-                })
-                .await
-                .map_err(shared_error)?,
+        let lookup = async {
+            let r = self.lookup_roles(creds, upstream).await;
+            self.count(match &r {
+                Ok(RolesResolution::Roles(_)) => "roles",
+                Ok(RolesResolution::Denied(_)) => "roles-denied",
+                Err(_) => "roles-error",
+            });
+            r
         };
-        self.roles_front.insert(digest, timed.clone());
-        Ok(timed.value)
+        let positive = |r: &RolesResolution| matches!(r, RolesResolution::Roles(_));
+        self.through(&self.roles_front, &self.roles, digest, positive, lookup)
+            .await
     }
 
     async fn lookup_roles(

@@ -2,7 +2,15 @@
 
 #![allow(dead_code)]
 
+use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+
+use bytes::Bytes;
+use http::{Request, Response, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 
 /// Directory of the Superset 6.1 fixtures.
 pub fn fixtures_dir() -> PathBuf {
@@ -103,3 +111,42 @@ pub fn superset_response(target: usize) -> Vec<u8> {
 
 /// Payload sizes used across benches.
 pub const SIZES: [(&str, usize); 3] = [("1KB", 1024), ("50KB", 50 * 1024), ("500KB", 500 * 1024)];
+
+/// Superset-shaped upstream: `/api/v1/me/` names user 1; chart data answers a
+/// payload whose size is the first query's `row_limit` (bytes).
+pub async fn upstream(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let path = req.uri().path().to_string();
+    let json = |b: Vec<u8>| {
+        Response::builder()
+            .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .header(header::VARY, "Accept-Encoding, Cookie")
+            .header("x-frame-options", "SAMEORIGIN")
+            .body(Full::new(Bytes::from(b)))
+            .unwrap()
+    };
+    if path == "/api/v1/me/" {
+        return Ok(json(br#"{"result":{"id":1,"username":"admin"}}"#.to_vec()));
+    }
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let size = v["queries"][0]["row_limit"].as_u64().unwrap_or(1024) as usize;
+    Ok(json(superset_response(size)))
+}
+
+pub async fn start_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), hyper::service::service_fn(upstream))
+                    .await;
+            });
+        }
+    });
+    addr
+}
