@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -16,8 +15,8 @@ use chartcache::clock::SystemClock;
 use chartcache::config::Config;
 use chartcache::proxy::{self, ConnInfo};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use http::{Request, Response, header};
-use http_body_util::{BodyExt, Full};
+use http::{Request, header};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
