@@ -17,8 +17,6 @@ use chartcache::proxy::{self, ConnInfo};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use http::{Request, header};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 
 fn request(body: &Bytes, accept_encoding: Option<&'static str>) -> Request<chartcache::body::Body> {
     let mut b = Request::post("/api/v1/chart/data")
