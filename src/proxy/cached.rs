@@ -401,8 +401,7 @@ fn bypass<'a>(
     conn: ConnInfo,
     ctx: &'a mut RequestContext,
     why: Bypass,
-) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, Error>> + Send + 'a>>
-{
+) -> futures_util::future::BoxFuture<'a, Result<Response<Body>, Error>> {
     Box::pin(bypass_inner(app, parts, body, conn, ctx, why))
 }
 
