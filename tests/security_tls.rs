@@ -175,9 +175,21 @@ async fn https_listener_serves_and_rotates_certificates_without_dropping_connect
     // Rotate: new connections get the new certificate...
     let second = ca.leaf("second", ExtendedKeyUsagePurpose::ServerAuth);
     install(dir.path(), &second);
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let (mut b, peer) = open(proxy.addr, &conn).await.unwrap();
-    assert_eq!(peer, second.der, "rotated certificate not served");
+    // The files are checked at a handshake once `reload_check_ms` has passed:
+    // new connections until one is served the new pair (bounded).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut b = loop {
+        let (s, peer) = open(proxy.addr, &conn).await.unwrap();
+        if peer == second.der {
+            break s;
+        }
+        assert_eq!(peer, first.der);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rotated certificate not served"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     let (status, headers, _) = request(&mut b, chart_req()).await.unwrap();
     assert_eq!(status, 200);
     assert!(headers["cache-status"].to_str().unwrap().contains("hit"));
