@@ -356,15 +356,6 @@ impl IdentityResolver {
         }
         // Boxed: a miss's state (the call to Superset) stays out of the
         // future every hit carries.
-        Box::pin(self.resolve_slow(digest, creds, upstream)).await
-    }
-
-    async fn resolve_slow(
-        &self,
-        digest: [u8; 32],
-        creds: &Credentials,
-        upstream: &Upstream,
-    ) -> Result<Resolution, Error> {
         let lookup = async {
             let r = self.lookup(creds, upstream).await;
             self.count(match &r {
@@ -375,8 +366,7 @@ impl IdentityResolver {
             r
         };
         let positive = |r: &Resolution| matches!(r, Resolution::Principal(_));
-        self.through(&self.front, &self.cache, digest, positive, lookup)
-            .await
+        Box::pin(self.through(&self.front, &self.cache, digest, positive, lookup)).await
     }
 
     /// A mapping from moka (filled by `lookup`, which concurrent callers
@@ -527,15 +517,6 @@ impl IdentityResolver {
         if let Some(r) = fresh(&self.roles_front, &digest) {
             return Ok(r);
         }
-        Box::pin(self.resolve_roles_slow(digest, creds, upstream)).await
-    }
-
-    async fn resolve_roles_slow(
-        &self,
-        digest: [u8; 32],
-        creds: &Credentials,
-        upstream: &Upstream,
-    ) -> Result<RolesResolution, Error> {
         let lookup = async {
             let r = self.lookup_roles(creds, upstream).await;
             self.count(match &r {
@@ -546,8 +527,7 @@ impl IdentityResolver {
             r
         };
         let positive = |r: &RolesResolution| matches!(r, RolesResolution::Roles(_));
-        self.through(&self.roles_front, &self.roles, digest, positive, lookup)
-            .await
+        Box::pin(self.through(&self.roles_front, &self.roles, digest, positive, lookup)).await
     }
 
     async fn lookup_roles(
