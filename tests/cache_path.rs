@@ -145,7 +145,10 @@ async fn concurrent_identical_misses_make_one_upstream_query() {
 #[tokio::test]
 async fn force_refresh_skips_the_read_and_stores_the_result() {
     let up = Upstream::start().await;
-    let proxy = Proxy::start(test_config(&up.url())).await;
+    // A stopped clock: the refresh is stored in the same millisecond as the
+    // first response, at the same length, and must still be what is served.
+    let clock = chartcache::clock::ManualClock::new(1_700_000_000_000);
+    let proxy = Proxy::start_with_clock(test_config(&up.url()), clock).await;
     let c = TestClient::new();
     let mut body = chart_body(BIGNUMBER);
     let first = c.chart(&proxy, "admin-token", &body).await;

@@ -4,9 +4,13 @@
 //! (`redis.tiered = false`). Without this each such hit decompressed the entry
 //! again: 9 µs at 1 KB, 40 µs at 50 KB, 300 µs at 500 KB.
 //!
-//! A copy is found by the entry's key, its `stored_at` and its length: the
-//! same stored response, whether it came from the memory store or from Redis.
-//! A refreshed entry has a new `stored_at`, so it never meets an old copy.
+//! A copy is found by the entry's key, its `stored_at` and its length, and
+//! then used only if the entry's compressed bytes are the ones it was made
+//! from: a refresh (a forced one, say) can store new content under the same
+//! key within the same millisecond and at the same length, and must never be
+//! answered with the old copy. The check is a pointer comparison for the
+//! memory store (the same buffer) and a compare of the compressed bytes, a
+//! few per cent of the raw size, for Redis.
 
 use bytes::Bytes;
 
@@ -16,14 +20,31 @@ use crate::store::Entry;
 
 /// Bounded (by bytes) cache of decompressed entry bodies.
 pub struct RawCopies {
-    cache: Option<ByteBounded<(CacheKey, u64, u32), Bytes>>,
+    cache: Option<ByteBounded<(CacheKey, u64, u32), RawCopy>>,
+}
+
+/// A decompressed body and the compressed bytes it came from.
+#[derive(Clone)]
+struct RawCopy {
+    zstd: Bytes,
+    raw: Bytes,
+}
+
+impl RawCopy {
+    /// Made from exactly these compressed bytes?
+    fn of(&self, zstd: &Bytes) -> bool {
+        // The memory store hands out the very buffer the copy was made from.
+        (self.zstd.as_ptr() == zstd.as_ptr() && self.zstd.len() == zstd.len()) || self.zstd == *zstd
+    }
 }
 
 impl RawCopies {
     /// At most about `max_bytes` of copies; 0 disables them (every such hit
     /// decompresses).
     pub fn new(max_bytes: u64) -> RawCopies {
-        let cache = byte_bounded(max_bytes, 16 * 1024, |_k, b: &Bytes| b.len() as u64 + 64);
+        let cache = byte_bounded(max_bytes, 16 * 1024, |_k, c: &RawCopy| {
+            (c.raw.len() + c.zstd.len()) as u64 + 96
+        });
         RawCopies { cache }
     }
 
@@ -34,11 +55,20 @@ impl RawCopies {
             return super::respond::decompress(entry);
         };
         let id = (*key, entry.meta.stored_at, entry.meta.raw_len);
-        if let Some(b) = cache.get(&id) {
-            return Ok(b);
+        if let Some(c) = cache.get(&id)
+            && c.of(&entry.zstd)
+        {
+            return Ok(c.raw);
         }
         let raw = super::respond::decompress(entry)?;
-        cache.insert(id, raw.clone());
+        let zstd = entry.zstd.clone();
+        cache.insert(
+            id,
+            RawCopy {
+                zstd,
+                raw: raw.clone(),
+            },
+        );
         Ok(raw)
     }
 }
@@ -78,6 +108,21 @@ mod tests {
             copies.body(&key, &new).unwrap(),
             &br#"{"result":[{"data":[2]}]}"#[..]
         );
+        // Same key, same millisecond, same length, new content (a forced
+        // refresh right after the first store): never the old copy.
+        let same_ms = entry(br#"{"result":[{"data":[4]}]}"#, 2000);
+        assert_eq!(
+            copies.body(&key, &same_ms).unwrap(),
+            &br#"{"result":[{"data":[4]}]}"#[..]
+        );
+        // The same content read again (from Redis: a new buffer) reuses the copy.
+        let reread = Entry {
+            zstd: Bytes::copy_from_slice(&same_ms.zstd),
+            ..same_ms.clone()
+        };
+        let c = copies.body(&key, &reread).unwrap();
+        assert_eq!(c, copies.body(&key, &same_ms).unwrap());
+        assert_eq!(c.as_ptr(), copies.body(&key, &reread).unwrap().as_ptr());
         // Another key with the same stored_at: its own body.
         let other = CacheKey([8; 32]);
         let e = entry(br#"{"result":[{"data":[3]}]}"#, 1000);
