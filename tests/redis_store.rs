@@ -332,6 +332,44 @@ async fn fetch_lock_is_exclusive_and_released_by_token() {
     assert!((1..=300).contains(&pttl), "{pttl}");
 }
 
+/// Releasing a lock announces it on `{prefix}:rel` in the same script, and
+/// only a release that really removed our lock is announced.
+#[tokio::test]
+async fn a_release_is_announced_only_by_its_holder() {
+    use futures_util::StreamExt;
+    let r = RedisProc::server(&[]);
+    let s = store(cfg(r.url()));
+    let raw = redis::Client::open(r.url()).unwrap();
+    let mut ps = raw.get_async_pubsub().await.unwrap();
+    ps.subscribe("chartcache:rel").await.unwrap();
+    assert!(s.try_lock(&key(6), "a").await.unwrap());
+    // Not ours: the lock stays and nothing is announced.
+    assert!(!s.unlock_and_announce(&key(6), "b").await.unwrap());
+    assert!(!s.try_lock(&key(6), "c").await.unwrap());
+    assert!(s.unlock_and_announce(&key(6), "a").await.unwrap());
+    // Already gone: nothing to announce either.
+    assert!(!s.unlock_and_announce(&key(6), "a").await.unwrap());
+    let mut c = client(&r.url()).await;
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("chartcache:rel")
+        .arg("end")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // Messages arrive in order: exactly one announcement, then the marker.
+    let mut msgs = ps.on_message();
+    let mut next = async || {
+        tokio::time::timeout(Duration::from_secs(5), msgs.next())
+            .await
+            .expect("a message within 5 s")
+            .expect("subscription open")
+            .get_payload_bytes()
+            .to_vec()
+    };
+    assert_eq!(next().await, key(6).0.to_vec());
+    assert_eq!(next().await, b"end".to_vec());
+}
+
 /// A holder that fetches for longer than `lock_ttl_ms` keeps its lock (it is
 /// extended while held), and releases it when done. (A holder that dies stops
 /// extending: its lock lapses by the TTL, as `fetch_lock_is_exclusive_and_released_by_token` shows.)

@@ -258,7 +258,7 @@ async fn miss(
         }
         Role::Leader(guard) => {
             // Across replicas: another replica may be fetching this key already.
-            let _remote_lock = match remote_leader(app, &key, force).await {
+            let remote_lock = match remote_leader(app, &key, force).await {
                 Ok(lock) => lock,
                 Err(fetched) => {
                     app.metrics
@@ -271,6 +271,11 @@ async fn miss(
                 }
             };
             let res = fetch(app, &spec, ctx, stale.as_ref()).await;
+            // The entry is stored (or will not be): release the lock now, before
+            // this replica's own followers are woken. Releasing announces it to
+            // the other replicas' waiters, and the announcement would otherwise
+            // queue behind this replica's burst of follower responses.
+            drop(remote_lock);
             match res {
                 Ok(FetchResult::Complete {
                     fetched,

@@ -29,9 +29,17 @@ use super::{Entry, Store, StoreError};
 use crate::clock::SharedClock;
 use crate::fingerprint::CacheKey;
 
-/// Release a lock only if it still holds our token.
+/// Release a lock only if it still holds our token, and announce the release
+/// on channel `ARGV[2]` (payload `ARGV[3]`, the key) in the same step: one
+/// round trip, so a waiting replica hears of the entry as soon as Redis does.
+/// Only the holder that really released it announces: an expired lock taken
+/// over by another replica is theirs to announce.
 pub(crate) const UNLOCK_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  if ARGV[2] then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+  return 1
+end
 return 0";
 
 /// Extend a lock only if it still holds our token.
@@ -90,12 +98,7 @@ impl Drop for RemoteLock {
         // Drop may run outside a runtime only at shutdown; the lock then expires.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
-                // Only the holder that really released it wakes the waiters: an
-                // expired lock taken over by another replica is theirs to announce.
-                if let Ok(true) = store.unlock(&key, &token).await {
-                    let ch = store.release_channel();
-                    let _ = store.publish_on(ch, key.0.to_vec()).await;
-                }
+                let _ = store.unlock_and_announce(&key, &token).await;
             });
         }
     }
@@ -134,10 +137,30 @@ impl RedisStore {
         .map(|n| n == 1)
     }
 
-    /// Compare-and-delete: true when our lock was removed.
+    /// Compare-and-delete: true when our lock was removed. Waiters are not
+    /// told (see [`RedisStore::unlock_and_announce`]).
     pub async fn unlock(&self, key: &CacheKey, token: &str) -> Result<bool, StoreError> {
         let mut inv = self.unlock_script.prepare_invoke();
         inv.key(self.lock_key(key)).arg(token);
+        self.run_unlock(inv).await
+    }
+
+    /// Compare-and-delete, and when our lock was removed, publish the key on
+    /// the release channel in the same script: true when removed.
+    pub async fn unlock_and_announce(
+        &self,
+        key: &CacheKey,
+        token: &str,
+    ) -> Result<bool, StoreError> {
+        let mut inv = self.unlock_script.prepare_invoke();
+        inv.key(self.lock_key(key))
+            .arg(token)
+            .arg(self.release_channel())
+            .arg(&key.0[..]);
+        self.run_unlock(inv).await
+    }
+
+    async fn run_unlock(&self, inv: redis::ScriptInvocation<'_>) -> Result<bool, StoreError> {
         self.run("unlock", self.config().timeout(), |mut c| async move {
             inv.invoke_async::<i64>(&mut c).await
         })
