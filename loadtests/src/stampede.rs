@@ -31,12 +31,15 @@ struct Params {
 }
 
 struct Done {
+    /// Index of the target (replica) the client used.
+    target: usize,
     outcome: Outcome,
     sent: Instant,
     done: Instant,
 }
 
 async fn one(
+    target: usize,
     addr: String,
     path_and_query: String,
     headers: Arc<Vec<(String, String)>>,
@@ -81,6 +84,7 @@ async fn one(
     };
     let (status, cs) = tokio::time::timeout(timeout, fut).await.ok()??;
     Some(Done {
+        target,
         outcome: if status >= 400 {
             Outcome::Error
         } else {
@@ -140,6 +144,7 @@ async fn round(p: &Params, nonce: u64, templates: &Templates) -> serde_json::Val
     let mut tasks = Vec::with_capacity(p.n);
     for i in 0..p.n {
         tasks.push(tokio::spawn(one(
+            i % addrs.len(),
             addrs[i % addrs.len()].clone(),
             "/api/v1/chart/data".to_string(),
             headers.clone(),
@@ -176,6 +181,19 @@ async fn round(p: &Params, nonce: u64, templates: &Templates) -> serde_json::Val
         .iter()
         .map(|d| d.done.duration_since(first).as_micros() as u64)
         .collect();
+    // Per replica: the leader's replica answers its followers itself; the
+    // others wait for its lock release and read the entry from Redis.
+    let leader = done.iter().min_by_key(|d| d.done).map_or(0, |d| d.target);
+    let by_target: Vec<serde_json::Value> = (0..addrs.len())
+        .map(|t| {
+            let l: Vec<u64> = done
+                .iter()
+                .filter(|d| d.target == t)
+                .map(|d| d.done.duration_since(first).as_micros() as u64)
+                .collect();
+            json!({"target": addrs[t], "leader": t == leader, "lag": client::summary(l)})
+        })
+        .collect();
     let total: Vec<u64> = done
         .iter()
         .map(|d| d.done.duration_since(d.sent).as_micros() as u64)
@@ -191,6 +209,7 @@ async fn round(p: &Params, nonce: u64, templates: &Templates) -> serde_json::Val
         "failed": failed,
         "first_response_ms": client::round3(first.duration_since(t0).as_secs_f64() * 1000.0),
         "lag_after_first": client::summary(lag),
+        "lag_by_target": by_target,
         "latency": client::summary(total),
         "outcomes": outcomes,
     })
@@ -274,6 +293,21 @@ pub fn run(args: &Args) -> Result<(), String> {
             l["max_ms"],
             r["outcomes"]
         );
+        let targets = r["lag_by_target"].as_array().map_or(&[][..], |a| a.as_slice());
+        if targets.len() > 1 {
+            for t in targets {
+                let l = &t["lag"];
+                println!(
+                    "{:>5} {:>28} lag p50 {} p90 {} max {}{}",
+                    "",
+                    t["target"].as_str().unwrap_or("?"),
+                    l["p50_ms"],
+                    l["p90_ms"],
+                    l["max_ms"],
+                    if t["leader"] == true { "  (leader's replica)" } else { "" }
+                );
+            }
+        }
     }
     println!("RESULT_JSON {}", v);
     Ok(())
