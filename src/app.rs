@@ -32,9 +32,9 @@ pub struct App {
     pub coalescer: Arc<Coalescer<Arc<Fetched>>>,
     /// Canonical forms of recently seen request bodies (hit-path CPU saver).
     pub canon_memo: crate::proxy::memo::CanonMemo,
-    /// Uncompressed copies of entries served to clients that take neither
-    /// zstd nor the stored gzip copy (hit-path CPU saver).
-    pub raw_copies: crate::proxy::raw_copies::RawCopies,
+    /// Uncompressed and gzip copies of entries, for clients whose encoding
+    /// an entry does not carry (hit-path CPU and socket saver).
+    pub copies: crate::proxy::copies::Copies,
     /// Refresh-ahead of hot entries (and its in-memory credentials).
     pub refresher: Arc<Refresher>,
     pub metrics: Arc<Metrics>,
@@ -79,7 +79,7 @@ impl App {
         };
         let refresher = Refresher::new(&cfg.refresh_ahead);
         let canon_memo = crate::proxy::memo::CanonMemo::new(cfg.cache.canonical_memo_bytes);
-        let raw_copies = crate::proxy::raw_copies::RawCopies::new(cfg.cache.raw_copy_bytes);
+        let copies = crate::proxy::copies::Copies::new(cfg.cache.raw_copy_bytes);
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
             policy: ArcSwap::from_pointee(policy),
@@ -89,7 +89,7 @@ impl App {
             memory,
             coalescer: Coalescer::new(),
             canon_memo,
-            raw_copies,
+            copies,
             refresher,
             metrics,
             clock,

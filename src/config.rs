@@ -168,15 +168,18 @@ pub struct CacheConfig {
     /// the request body plus about 256 bytes per distinct chart request (1.2–2
     /// KB for typical chart-data bodies, so 32 MiB holds roughly 16 000–25 000).
     pub canonical_memo_bytes: u64,
-    /// Memory for uncompressed copies of recently served entries, for clients
-    /// that accept neither zstd nor gzip (and gzip clients when entries carry
-    /// no gzip copy, as with `redis.tiered = false`): such hits then skip
-    /// decompression. 0 disables the copies.
+    /// Memory for copies of recently served entries in an encoding the entry
+    /// lacks, each made once per entry: uncompressed, for clients that accept
+    /// neither zstd nor gzip; gzip (with `store_gzip`), for gzip-only clients
+    /// of entries read from Redis without an L1 (`redis.tiered = false`).
+    /// 0 disables the copies: such hits then decompress every time, and
+    /// gzip-only clients of those entries get the uncompressed body.
     pub raw_copy_bytes: u64,
     /// zstd level used once per stored entry.
     pub zstd_level: i32,
     /// Also keep a gzip copy of each entry so gzip-only clients are served
-    /// without per-request compression.
+    /// without per-request compression (in memory; Redis holds zstd only, and
+    /// replicas make the gzip copy when they first serve the entry).
     pub store_gzip: bool,
     /// How long followers wait for a coalesced leader before fetching themselves (ms).
     pub coalesce_wait_ms: u64,

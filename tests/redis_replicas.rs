@@ -221,6 +221,65 @@ async fn a_lock_release_wakes_the_other_replica_without_polling() {
     assert_eq!(b.app.store.remote().unwrap().releases().waiting(), 0);
 }
 
+/// Redis holds zstd only. A Redis-only replica (no L1) answers gzip-only
+/// clients with a gzip copy it makes once per entry, not with the
+/// uncompressed body; with `cache.store_gzip = false` they get the
+/// uncompressed body (no compression per request either way).
+#[tokio::test]
+async fn a_redis_only_replica_answers_gzip_clients_with_gzip() {
+    let r = RedisProc::server(&[]);
+    let up = Upstream::start().await;
+    up.set_mode(ChartMode::Large(40_000));
+    let a = start(&up, redis_cfg(r.url(), false)).await;
+    let b = start(&up, redis_cfg(r.url(), false)).await;
+    let c = TestClient::new();
+    let lead = c.chart(&a, "admin-token", &body(3)).await;
+    assert!(
+        lead.cache_status().contains("stored"),
+        "{}",
+        lead.cache_status()
+    );
+    let gzip_client = |p: &Proxy| {
+        let c = c.clone();
+        let url = p.url("/api/v1/chart/data");
+        async move {
+            c.send(
+                Method::POST,
+                &url,
+                &[
+                    ("authorization", "Bearer admin-token"),
+                    ("content-type", "application/json"),
+                    ("accept-encoding", "gzip"),
+                ],
+                serde_json::to_vec(&body(3)).unwrap(),
+            )
+            .await
+        }
+    };
+    for _ in 0..2 {
+        let gz = gzip_client(&b).await;
+        assert!(gz.cache_status().contains("hit"), "{}", gz.cache_status());
+        assert_eq!(gz.header("content-encoding").as_deref(), Some("gzip"));
+        assert!(
+            gz.body.len() < lead.body.len() / 4,
+            "{} bytes",
+            gz.body.len()
+        );
+        let mut raw = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz.body[..]), &mut raw)
+            .unwrap();
+        assert_eq!(raw, lead.body);
+    }
+    let mut cfg = (**b.app.config.load()).clone();
+    cfg.cache.store_gzip = false;
+    b.app.reload(cfg).unwrap();
+    let plain = gzip_client(&b).await;
+    assert!(plain.cache_status().contains("hit"));
+    assert_eq!(plain.header("content-encoding"), None);
+    assert_eq!(plain.body, lead.body);
+    assert_eq!(up.chart_queries(), 1);
+}
+
 #[tokio::test]
 async fn purge_on_one_replica_evicts_l1_on_the_others() {
     let r = RedisProc::server(&[]);

@@ -377,8 +377,12 @@ fn serve_entry(
     accept: Accept,
     now: u64,
 ) -> Result<Response<Body>, Error> {
-    let mut resp = respond::from_entry(entry, accept, || app.raw_copies.body(key, entry))
-        .map_err(|e| Error::Store(format!("corrupt entry: {e}")))?;
+    let mut resp = respond::from_entry(entry, accept, |a| {
+        // gzip copies only where the operator keeps gzip (`cache.store_gzip`).
+        let gzip = a == Accept::Gzip && app.config.load().cache.store_gzip;
+        app.copies.body(key, entry, gzip)
+    })
+    .map_err(|e| Error::Store(format!("corrupt entry: {e}")))?;
     let age = now.saturating_sub(entry.meta.stored_at) / 1000;
     resp.headers_mut().insert(header::AGE, respond::number(age));
     Ok(resp)

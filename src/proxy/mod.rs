@@ -17,8 +17,8 @@ use crate::route::{self, Route};
 use crate::upstream::{prepare_request_headers, strip_hop_by_hop};
 
 pub(crate) mod cached;
+pub mod copies;
 pub mod memo;
-pub mod raw_copies;
 pub mod respond;
 
 pub use cached::Fetched;

@@ -54,18 +54,18 @@ pub fn negotiate(headers: &HeaderMap) -> Accept {
 
 /// A response from a stored entry, in the best encoding the client accepts.
 /// Headers are the stored end-to-end headers plus `Content-Encoding`/`Vary`.
-/// `raw` gives the uncompressed body, asked only when the client takes
-/// neither zstd nor a stored gzip copy (see `raw_copies`).
+/// `copy` gives the body and its encoding, asked only when the client takes
+/// neither zstd nor a gzip copy the entry carries (see `copies`).
 pub fn from_entry(
     entry: &Entry,
     accept: Accept,
-    raw: impl FnOnce() -> std::io::Result<Bytes>,
+    copy: impl FnOnce(Accept) -> std::io::Result<(Bytes, Option<&'static str>)>,
 ) -> std::io::Result<Response<Body>> {
     let (body, encoding): (Bytes, Option<&'static str>) = match (accept, &entry.gzip) {
         (Accept::Zstd, _) => (entry.zstd.clone(), Some("zstd")),
         (Accept::Gzip, Some(g)) => (g.clone(), Some("gzip")),
-        // No gzip copy (store_gzip = false): identity is always acceptable.
-        _ => (raw()?, None),
+        // Identity clients, and gzip clients of an entry without a gzip copy.
+        (accept, _) => copy(accept)?,
     };
     let mut resp = Response::new(full(body.clone()));
     *resp.status_mut() = StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK);
@@ -225,7 +225,7 @@ mod tests {
         };
         let e = Entry::build(meta, &raw, 3, true).unwrap();
         for a in [Accept::Zstd, Accept::Gzip, Accept::Identity] {
-            let r = from_entry(&e, a, || decompress(&e)).unwrap();
+            let r = from_entry(&e, a, |_| Ok((decompress(&e)?, None))).unwrap();
             let enc = r
                 .headers()
                 .get(header::CONTENT_ENCODING)

@@ -237,7 +237,8 @@ impl Entry {
     }
 }
 
-fn gzip(raw: &[u8]) -> std::io::Result<Bytes> {
+/// Gzip `raw` once (fast level: a copy made per entry, not per request).
+pub(crate) fn gzip(raw: &[u8]) -> std::io::Result<Bytes> {
     use std::io::Write;
     let mut enc = flate2::write::GzEncoder::new(
         Vec::with_capacity(raw.len() / 4 + 64),
