@@ -139,6 +139,9 @@ impl App {
         if old.server.worker_threads != new.server.worker_threads {
             needs_restart.push("server.worker_threads");
         }
+        if old.server.transparent_huge_pages != new.server.transparent_huge_pages {
+            needs_restart.push("server.transparent_huge_pages");
+        }
         // The resolver (TTLs, cookie and header names, JWT secrets) is built once.
         if serde_json::to_value(&old.identity).ok() != serde_json::to_value(&new.identity).ok() {
             needs_restart.push("identity");

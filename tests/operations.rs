@@ -457,3 +457,34 @@ async fn sighup_reloads_the_config_file_and_logs_are_json() {
     );
     drop(up);
 }
+
+/// `THP_enabled:` of a process, from /proc (Linux 5.0+; None where absent).
+fn thp_enabled(pid: u32) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_string()))
+}
+
+/// The proxy opts out of transparent huge pages unless
+/// `server.transparent_huge_pages` is on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transparent_huge_pages_are_off_unless_asked_for() {
+    if thp_enabled(std::process::id()).is_none() {
+        eprintln!("no THP_enabled in /proc/self/status: nothing to check on this kernel");
+        return;
+    }
+    let up = Upstream::start().await;
+    let c = TestClient::new();
+    let off = Proc::start(&up.url(), &[], None);
+    off.wait_ready(&c).await;
+    assert_eq!(thp_enabled(off.child.id()).as_deref(), Some("0"));
+    let on = Proc::start(
+        &up.url(),
+        &[("CHARTCACHE_SERVER__TRANSPARENT_HUGE_PAGES", "true")],
+        None,
+    );
+    on.wait_ready(&c).await;
+    // Whatever this machine's own setting is (a test runner may have opted out).
+    assert_eq!(thp_enabled(on.child.id()), thp_enabled(std::process::id()));
+}
