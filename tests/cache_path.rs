@@ -293,9 +293,7 @@ async fn encodings_negotiate_to_the_same_json() {
     assert_eq!(zstd.header("content-encoding").as_deref(), Some("zstd"));
     assert_eq!(gzip.header("content-encoding").as_deref(), Some("gzip"));
     assert_eq!(plain.header("content-encoding"), None);
-    let dz = zstd::stream::decode_all(&zstd.body[..]).unwrap();
-    let mut dg = Vec::new();
-    std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gzip.body[..]), &mut dg).unwrap();
+    let (dz, dg) = (zstd.decoded(), gzip.decoded());
     let want: serde_json::Value = serde_json::from_slice(&plain.body).unwrap();
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&dz).unwrap(),
@@ -306,23 +304,10 @@ async fn encodings_negotiate_to_the_same_json() {
         want
     );
     assert_eq!(
-        serde_json::from_slice::<serde_json::Value>(&decode_any(&miss)).unwrap(),
+        serde_json::from_slice::<serde_json::Value>(&miss.decoded()).unwrap(),
         want
     );
     assert_eq!(up.chart_queries(), 1);
-}
-
-fn decode_any(r: &Resp) -> Vec<u8> {
-    match r.header("content-encoding").as_deref() {
-        Some("zstd") => zstd::stream::decode_all(&r.body[..]).unwrap(),
-        Some("gzip") => {
-            let mut out = Vec::new();
-            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&r.body[..]), &mut out)
-                .unwrap();
-            out
-        }
-        _ => r.body.to_vec(),
-    }
 }
 
 #[tokio::test]

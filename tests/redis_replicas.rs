@@ -239,25 +239,9 @@ async fn a_redis_only_replica_answers_gzip_clients_with_gzip() {
         "{}",
         lead.cache_status()
     );
-    let gzip_client = |p: &Proxy| {
-        let c = c.clone();
-        let url = p.url("/api/v1/chart/data");
-        async move {
-            c.send(
-                Method::POST,
-                &url,
-                &[
-                    ("authorization", "Bearer admin-token"),
-                    ("content-type", "application/json"),
-                    ("accept-encoding", "gzip"),
-                ],
-                serde_json::to_vec(&body(3)).unwrap(),
-            )
-            .await
-        }
-    };
+    let gzip = [("accept-encoding", "gzip")];
     for _ in 0..2 {
-        let gz = gzip_client(&b).await;
+        let gz = c.chart_with(&b, "admin-token", &body(3), &gzip).await;
         assert!(gz.cache_status().contains("hit"), "{}", gz.cache_status());
         assert_eq!(gz.header("content-encoding").as_deref(), Some("gzip"));
         assert!(
@@ -265,15 +249,12 @@ async fn a_redis_only_replica_answers_gzip_clients_with_gzip() {
             "{} bytes",
             gz.body.len()
         );
-        let mut raw = Vec::new();
-        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&gz.body[..]), &mut raw)
-            .unwrap();
-        assert_eq!(raw, lead.body);
+        assert_eq!(gz.decoded(), lead.body);
     }
     let mut cfg = (**b.app.config.load()).clone();
     cfg.cache.store_gzip = false;
     b.app.reload(cfg).unwrap();
-    let plain = gzip_client(&b).await;
+    let plain = c.chart_with(&b, "admin-token", &body(3), &gzip).await;
     assert!(plain.cache_status().contains("hit"));
     assert_eq!(plain.header("content-encoding"), None);
     assert_eq!(plain.body, lead.body);
@@ -298,16 +279,7 @@ async fn purge_on_one_replica_evicts_l1_on_the_others() {
     assert!(hit.cache_status().contains("hit"));
     // Redis holds only zstd; the L1 copy gets the gzip one for gzip-only clients.
     let gz = c
-        .send(
-            Method::POST,
-            &b.url("/api/v1/chart/data"),
-            &[
-                ("authorization", "Bearer admin-token"),
-                ("content-type", "application/json"),
-                ("accept-encoding", "gzip"),
-            ],
-            serde_json::to_vec(&body(1)).unwrap(),
-        )
+        .chart_with(&b, "admin-token", &body(1), &[("accept-encoding", "gzip")])
         .await;
     assert!(gz.cache_status().contains("hit"));
     assert_eq!(gz.header("content-encoding").as_deref(), Some("gzip"));

@@ -132,6 +132,23 @@ impl Resp {
             .get(name)
             .map(|v| v.to_str().unwrap().to_string())
     }
+    /// The body with its `Content-Encoding` (zstd or gzip) undone.
+    pub fn decoded(&self) -> Vec<u8> {
+        match self.header("content-encoding").as_deref() {
+            Some("zstd") => zstd::stream::decode_all(&self.body[..]).unwrap(),
+            Some("gzip") => {
+                let mut out = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::GzDecoder::new(&self.body[..]),
+                    &mut out,
+                )
+                .unwrap();
+                out
+            }
+            None => self.body.to_vec(),
+            Some(other) => panic!("unexpected content-encoding {other}"),
+        }
+    }
 }
 
 /// A pooled test client.
@@ -193,14 +210,27 @@ impl TestClient {
 
     /// POST a chart-data body as `token` (a Bearer token).
     pub async fn chart(&self, proxy: &Proxy, token: &str, body: &serde_json::Value) -> Resp {
+        self.chart_with(proxy, token, body, &[]).await
+    }
+
+    /// [`TestClient::chart`] with more request headers (e.g. `accept-encoding`).
+    pub async fn chart_with(
+        &self,
+        proxy: &Proxy,
+        token: &str,
+        body: &serde_json::Value,
+        more: &[(&str, &str)],
+    ) -> Resp {
         let auth = format!("Bearer {token}");
+        let mut headers = vec![
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        headers.extend_from_slice(more);
         self.send(
             Method::POST,
             &proxy.url("/api/v1/chart/data"),
-            &[
-                ("authorization", &auth),
-                ("content-type", "application/json"),
-            ],
+            &headers,
             serde_json::to_vec(body).unwrap(),
         )
         .await
