@@ -277,7 +277,23 @@ impl Policy {
         identity: IdentityKind,
         now_ms: u64,
     ) -> Decision {
-        let time_range = classify_time_ranges(&facts.time_ranges, now_ms);
+        let end = time_range_end(&facts.time_ranges);
+        self.decide_with(route, path, facts, end, identity, now_ms)
+    }
+
+    /// [`Policy::decide`] with the facts' [`time_range_end`] already known: the
+    /// hit path keeps it with the memoized canonical form, so a hit does not
+    /// parse the time ranges again.
+    pub fn decide_with(
+        &self,
+        route: CachedRoute,
+        path: &str,
+        facts: &QueryFacts,
+        end: TimeRangeEnd,
+        identity: IdentityKind,
+        now_ms: u64,
+    ) -> Decision {
+        let time_range = end.classify(now_ms);
         for r in &self.rules {
             if rule_matches(&r.cfg, route, path, facts, time_range)
                 && any_or(&r.cfg.identity, Some(&identity))
@@ -338,21 +354,48 @@ fn rule_matches(
 /// Classify all time ranges of a query: any relative → relative; all absolute
 /// and ended → absolute_past; none at all → none.
 pub fn classify_time_ranges(ranges: &[String], now_ms: u64) -> TimeRangeClass {
-    if ranges.is_empty() {
-        return TimeRangeClass::None;
-    }
-    let today = (now_ms / 86_400_000) as i64;
+    time_range_end(ranges).classify(now_ms)
+}
+
+/// What a query's time ranges say whatever the day: the part of
+/// [`classify_time_ranges`] that needs parsing, done once per canonical form.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TimeRangeEnd {
+    /// No time range at all.
+    None,
+    /// At least one range is not two fixed dates.
+    Relative,
+    /// All ranges are fixed; the latest ends (exclusively) on this day since
+    /// the Unix epoch.
+    Until(i64),
+}
+
+/// Parse a query's time ranges into a [`TimeRangeEnd`].
+pub fn time_range_end(ranges: &[String]) -> TimeRangeEnd {
+    let mut last = None;
     for r in ranges {
         let Some((start, end)) = r.split_once(" : ") else {
-            return TimeRangeClass::Relative;
+            return TimeRangeEnd::Relative;
         };
         match (parse_day(start.trim()), parse_day(end.trim())) {
-            // The end is exclusive in Superset; a range ending today still moves.
-            (Some(_), Some(end_day)) if end_day <= today => {}
-            _ => return TimeRangeClass::Relative,
+            (Some(_), Some(end_day)) => last = Some(last.map_or(end_day, |l: i64| l.max(end_day))),
+            _ => return TimeRangeEnd::Relative,
         }
     }
-    TimeRangeClass::AbsolutePast
+    last.map_or(TimeRangeEnd::None, TimeRangeEnd::Until)
+}
+
+impl TimeRangeEnd {
+    /// The class on the day of `now_ms`.
+    pub fn classify(self, now_ms: u64) -> TimeRangeClass {
+        let today = (now_ms / 86_400_000) as i64;
+        match self {
+            TimeRangeEnd::None => TimeRangeClass::None,
+            // The end is exclusive in Superset; a range ending today still moves.
+            TimeRangeEnd::Until(day) if day <= today => TimeRangeClass::AbsolutePast,
+            TimeRangeEnd::Until(_) | TimeRangeEnd::Relative => TimeRangeClass::Relative,
+        }
+    }
 }
 
 /// Days since the Unix epoch for `YYYY-MM-DD` optionally followed by `THH:MM:SS`
@@ -562,6 +605,46 @@ mod tests {
         assert_eq!(parse_day("1970-01-01"), Some(0));
         assert_eq!(parse_day("2026-11-25"), Some(20_782));
         assert_eq!(parse_day("2026-11-25T10:00:00"), Some(20_783));
+    }
+
+    /// The parsed summary is independent of the day; only its classification
+    /// moves: a range ending today is relative, from the next day on it is past.
+    #[test]
+    fn time_range_end_is_parsed_once_and_classified_per_day() {
+        let end = |v: &[&str]| time_range_end(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(end(&[]), TimeRangeEnd::None);
+        assert_eq!(end(&["Last week"]), TimeRangeEnd::Relative);
+        assert_eq!(
+            end(&["2026-01-01 : 2026-11-25", "2023-01-01 : 2024-01-01"]),
+            TimeRangeEnd::Until(20_782)
+        );
+        assert_eq!(
+            end(&["2023-01-01 : 2024-01-01", "today : now"]),
+            TimeRangeEnd::Relative
+        );
+        let e = end(&["2026-01-01 : 2026-11-26", "2023-01-01 : 2024-01-01"]);
+        assert_eq!(e.classify(NOW), TimeRangeClass::Relative);
+        assert_eq!(e.classify(NOW + DAY), TimeRangeClass::AbsolutePast);
+        assert_eq!(TimeRangeEnd::None.classify(NOW), TimeRangeClass::None);
+        // decide_with with the summary decides as decide does.
+        let p = policy(vec![RuleConfig {
+            name: "hist".into(),
+            time_range: vec![TimeRangeClass::AbsolutePast],
+            tier: Some("historical".into()),
+            ..RuleConfig::default()
+        }]);
+        let f = QueryFacts {
+            time_ranges: vec!["2026-01-01 : 2026-11-26".into()],
+            ..QueryFacts::default()
+        };
+        let route = CachedRoute::ChartData;
+        let path = "/api/v1/chart/data";
+        for now in [NOW, NOW + DAY] {
+            let a = p.decide(route, path, &f, U, now);
+            let b = p.decide_with(route, path, &f, time_range_end(&f.time_ranges), U, now);
+            assert_eq!((a.rule.clone(), a.time_range), (b.rule, b.time_range));
+        }
+        assert_eq!(&*p.decide(route, path, &f, U, NOW + DAY).rule, "hist");
     }
 
     fn policy(rules: Vec<RuleConfig>) -> Policy {

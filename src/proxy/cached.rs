@@ -121,10 +121,11 @@ pub(super) async fn handle(
 
     // 3. Policy: tier or bypass, and the identity scope.
     let creds = app.identity.credentials(&parts.headers);
-    let decision = app.policy.load().decide(
+    let decision = app.policy.load().decide_with(
         route,
         parts.uri.path(),
         &canon.facts,
+        canon.time_range_end,
         IdentityKind::of(creds.as_ref()),
         app.clock.now_ms(),
     );

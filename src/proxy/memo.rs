@@ -15,6 +15,7 @@ use xxhash_rust::xxh3::{xxh3_64_with_seed, xxh3_128_with_seed};
 
 use crate::bounded::{ByteBounded, byte_bounded};
 use crate::fingerprint::{self, CanonicalRequest, QueryFacts, Unkeyable};
+use crate::policy::{TimeRangeEnd, time_range_end};
 use crate::route::CachedRoute;
 
 /// What the request path needs of a canonical form: everything but the
@@ -29,6 +30,8 @@ pub struct Canonical {
     /// Superset's "Force refresh" was asked for.
     pub force: bool,
     pub facts: QueryFacts,
+    /// `facts.time_ranges` parsed once (`policy::time_range_end`).
+    pub time_range_end: TimeRangeEnd,
 }
 
 impl From<CanonicalRequest> for Canonical {
@@ -37,6 +40,7 @@ impl From<CanonicalRequest> for Canonical {
             body_digest: c.body_digest,
             query: c.query,
             force: c.force,
+            time_range_end: time_range_end(&c.facts.time_ranges),
             facts: c.facts,
         }
     }
