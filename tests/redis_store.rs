@@ -318,9 +318,9 @@ async fn fetch_lock_is_exclusive_and_released_by_token() {
     assert!(s.try_lock(&key(1), "a").await.unwrap());
     assert!(!s.try_lock(&key(1), "b").await.unwrap());
     // Not ours: stays.
-    assert!(!s.unlock(&key(1), "b").await.unwrap());
+    assert!(!s.unlock_and_announce(&key(1), "b").await.unwrap());
     assert!(!s.try_lock(&key(1), "b").await.unwrap());
-    assert!(s.unlock(&key(1), "a").await.unwrap());
+    assert!(s.unlock_and_announce(&key(1), "a").await.unwrap());
     assert!(s.try_lock(&key(1), "b").await.unwrap());
     // It expires by itself (lock_ttl_ms), so a dead holder cannot wedge a key.
     let mut c = client(&r.url()).await;

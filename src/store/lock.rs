@@ -37,7 +37,7 @@ use crate::fingerprint::CacheKey;
 pub(crate) const UNLOCK_SCRIPT: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then
   redis.call('DEL', KEYS[1])
-  if ARGV[2] then redis.call('PUBLISH', ARGV[2], ARGV[3]) end
+  redis.call('PUBLISH', ARGV[2], ARGV[3])
   return 1
 end
 return 0";
@@ -137,14 +137,6 @@ impl RedisStore {
         .map(|n| n == 1)
     }
 
-    /// Compare-and-delete: true when our lock was removed. Waiters are not
-    /// told (see [`RedisStore::unlock_and_announce`]).
-    pub async fn unlock(&self, key: &CacheKey, token: &str) -> Result<bool, StoreError> {
-        let mut inv = self.unlock_script.prepare_invoke();
-        inv.key(self.lock_key(key)).arg(token);
-        self.run_unlock(inv).await
-    }
-
     /// Compare-and-delete, and when our lock was removed, publish the key on
     /// the release channel in the same script: true when removed.
     pub async fn unlock_and_announce(
@@ -157,10 +149,6 @@ impl RedisStore {
             .arg(token)
             .arg(self.release_channel())
             .arg(&key.0[..]);
-        self.run_unlock(inv).await
-    }
-
-    async fn run_unlock(&self, inv: redis::ScriptInvocation<'_>) -> Result<bool, StoreError> {
         self.run("unlock", self.config().timeout(), |mut c| async move {
             inv.invoke_async::<i64>(&mut c).await
         })
