@@ -26,6 +26,13 @@ use crate::refresh::{self, Hotness, Window};
 use crate::route::CachedRoute;
 use crate::store::{Entry, Meta};
 
+/// Responses from this size on are compressed on the blocking pool. zstd and
+/// the gzip copy of a 2 MB result take tens of ms, and a runtime thread held
+/// that long delays every hit queued behind it (with `server.runtime =
+/// "per_core"` no other thread takes them over). Below it, the hand-over
+/// would cost more than the compression.
+const COMPRESS_OFF_THREAD_BYTES: usize = 64 * 1024;
+
 /// A complete upstream response shared between a leader and its followers.
 #[derive(Debug)]
 pub struct Fetched {
@@ -631,7 +638,16 @@ async fn store(
         raw_len: body.len() as u32,
         tags: spec.tags.clone(),
     };
-    let entry = match Entry::build(meta, body, cfg.cache.zstd_level, cfg.cache.store_gzip) {
+    let (level, gzip) = (cfg.cache.zstd_level, cfg.cache.store_gzip);
+    let built = if body.len() < COMPRESS_OFF_THREAD_BYTES {
+        Entry::build(meta, body, level, gzip)
+    } else {
+        let body = body.clone();
+        tokio::task::spawn_blocking(move || Entry::build(meta, &body, level, gzip))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+    };
+    let entry = match built {
         Ok(e) => Arc::new(e),
         Err(e) => {
             tracing::warn!(error = %e, "compressing entry failed");
