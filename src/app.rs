@@ -139,6 +139,9 @@ impl App {
         if old.server.worker_threads != new.server.worker_threads {
             needs_restart.push("server.worker_threads");
         }
+        if old.server.runtime != new.server.runtime {
+            needs_restart.push("server.runtime");
+        }
         if old.server.transparent_huge_pages != new.server.transparent_huge_pages {
             needs_restart.push("server.transparent_huge_pages");
         }

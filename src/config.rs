@@ -268,12 +268,29 @@ pub struct ServerConfig {
     /// next to a Superset pod may want 1, leaving the other cores to Superset.
     /// Read at startup only (a reload does not change it).
     pub worker_threads: usize,
+    /// How connections are spread over the worker threads. `per_core` (the
+    /// default): each worker runs its own single-threaded runtime and accepts
+    /// its own connections from the shared listening socket, as nginx's worker
+    /// processes do; a connection and the work it spawns stay on the thread
+    /// that accepted it. `work_stealing`: one runtime whose idle workers take
+    /// tasks from busy ones. Read at startup only.
+    pub runtime: RuntimeFlavor,
     /// Let the kernel back this process's heap with 2 MiB transparent huge
     /// pages where the allocator asks for them (Linux). Off by default: the
     /// first touch of each huge page zeroes all 2 MiB, which stalled the first
     /// burst after a start (a cold replica's coalesced followers waited 30 ms
     /// longer), and it rounds memory up. Read at startup only.
     pub transparent_huge_pages: bool,
+}
+
+/// `server.runtime`: how the proxy's connections are spread over threads.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RuntimeFlavor {
+    /// One single-threaded runtime per worker, each accepting its own connections.
+    PerCore,
+    /// One multi-threaded, work-stealing runtime.
+    WorkStealing,
 }
 
 /// TLS for a listener: PEM files, re-read when they change on disk.
@@ -313,6 +330,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             tls: None,
             worker_threads: 0,
+            runtime: RuntimeFlavor::PerCore,
             transparent_huge_pages: false,
         }
     }

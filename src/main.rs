@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use chartcache::app::App;
 use chartcache::clock::SystemClock;
-use chartcache::config::Config;
+use chartcache::config::{Config, RuntimeFlavor};
 
 /// mimalloc instead of the system allocator (feature `mimalloc`, on by
 /// default): the hit path allocates small, short-lived buffers on every request
@@ -206,10 +206,15 @@ fn serve(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
     if !cfg.server.transparent_huge_pages {
         disable_transparent_huge_pages();
     }
+    let per_core = cfg.server.runtime == RuntimeFlavor::PerCore;
+    let workers = match cfg.server.worker_threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if cfg.server.worker_threads > 0 {
-        rt.worker_threads(cfg.server.worker_threads);
-    }
+    // Per core, this runtime only starts up and then runs the admin listener,
+    // signals and background tasks: the proxy has its own threads.
+    rt.worker_threads(if per_core { 1 } else { workers });
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
         let token = cfg.admin.resolve_token()?.map(Arc::<str>::from);
@@ -234,7 +239,15 @@ fn serve(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
             tracing::info!("shutdown signal received");
             signals.cancel();
         });
-        chartcache::server::serve(app, listener, shutdown).await;
+        if per_core {
+            let listener = listener.into_std()?;
+            tokio::task::spawn_blocking(move || {
+                chartcache::server::serve_per_core(app, listener, workers, shutdown)
+            })
+            .await??;
+        } else {
+            chartcache::server::serve(app, listener, shutdown).await;
+        }
         admin_shutdown.cancel();
         tracing::info!("stopped");
         Ok(())

@@ -82,9 +82,19 @@ fn builder(app: &App) -> auto::Builder<TokioExecutor> {
 /// Serve the proxy on `listener` until `shutdown` fires, then stop accepting,
 /// mark not-ready and drain in-flight requests for up to `drain_timeout_secs`.
 pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
+    let limit = Arc::new(Semaphore::new(app.config.load().server.max_connections));
+    serve_limited(app, listener, limit, shutdown).await
+}
+
+/// [`serve`] with a connection limit shared with other accept loops.
+async fn serve_limited(
+    app: Arc<App>,
+    listener: TcpListener,
+    limit: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
     let builder = builder(&app);
     let graceful = GracefulShutdown::new();
-    let limit = Arc::new(Semaphore::new(app.config.load().server.max_connections));
     let mut stop_at: Option<tokio::time::Instant> = None;
     let tls = app.tls.clone();
     let handshake_timeout = Duration::from_millis(app.config.load().server.header_read_timeout_ms);
@@ -156,6 +166,47 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationT
         _ = graceful.shutdown() => tracing::info!("drained"),
         _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
+}
+
+/// Serve the proxy on `threads` threads, each running its own single-threaded
+/// runtime and its own accept loop on a duplicate of `listener`
+/// (`server.runtime = "per_core"`). The kernel hands each new connection to
+/// one of the threads waiting in `accept`, so an idle thread takes the next
+/// one; after that a connection, its requests and the tasks they spawn stay on
+/// that thread, with no hand-over between workers. The connection limit is
+/// shared. Returns when every thread has drained.
+pub fn serve_per_core(
+    app: Arc<App>,
+    listener: std::net::TcpListener,
+    threads: usize,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    let limit = Arc::new(Semaphore::new(app.config.load().server.max_connections));
+    let mut handles = Vec::with_capacity(threads);
+    for i in 0..threads.max(1) {
+        let listener = listener.try_clone()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (app, limit, shutdown) = (app.clone(), limit.clone(), shutdown.clone());
+        let handle = std::thread::Builder::new()
+            .name(format!("chartcache-{i}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    match TcpListener::from_std(listener) {
+                        Ok(listener) => serve_limited(app, listener, limit, shutdown).await,
+                        Err(e) => tracing::error!(error = %e, "cannot register the listener"),
+                    }
+                })
+            })?;
+        handles.push(handle);
+    }
+    drop(listener);
+    for h in handles {
+        let _ = h.join();
+    }
+    Ok(())
 }
 
 /// Serve the admin listener until `shutdown` fires.

@@ -6,6 +6,7 @@ mod support;
 
 use std::time::Duration;
 
+use chartcache::config::RuntimeFlavor;
 use http::Method;
 use support::*;
 
@@ -104,11 +105,24 @@ async fn session_cookie_wins_over_bearer_and_is_keyed_as_such() {
     );
 }
 
+/// 200 clients on their own connections: with the default runtime the
+/// connections land on both threads, whose requests must still share one query.
 #[tokio::test]
 async fn concurrent_identical_misses_make_one_upstream_query() {
+    concurrent_identical_misses(RuntimeFlavor::PerCore).await;
+}
+
+#[tokio::test]
+async fn concurrent_identical_misses_make_one_upstream_query_work_stealing() {
+    concurrent_identical_misses(RuntimeFlavor::WorkStealing).await;
+}
+
+async fn concurrent_identical_misses(runtime: RuntimeFlavor) {
     let up = Upstream::start().await;
     up.set_delay(Duration::from_millis(300));
-    let proxy = Proxy::start(test_config(&up.url())).await;
+    let mut cfg = test_config(&up.url());
+    cfg.server.runtime = runtime;
+    let proxy = Proxy::start(cfg).await;
     let c = TestClient::new();
     let body = chart_body(BIGNUMBER);
     let mut tasks = Vec::new();

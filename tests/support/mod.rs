@@ -18,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use chartcache::app::App;
 use chartcache::clock::{SharedClock, SystemClock};
-use chartcache::config::Config;
+use chartcache::config::{Config, RuntimeFlavor};
 
 #[allow(unused_imports)]
 pub use upstream::{ChartMode, Upstream};
@@ -84,11 +84,27 @@ impl Proxy {
             token,
             admin_shutdown.clone(),
         ));
-        let served = tokio::spawn(chartcache::server::serve(
-            app.clone(),
-            listener,
-            shutdown.clone(),
-        ));
+        let served = match cfg.server.runtime {
+            RuntimeFlavor::WorkStealing => tokio::spawn(chartcache::server::serve(
+                app.clone(),
+                listener,
+                shutdown.clone(),
+            )),
+            // The default: two threads of their own, as on a two-core machine.
+            // `served` completes when both have drained.
+            RuntimeFlavor::PerCore => {
+                let listener = listener.into_std().unwrap();
+                let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+                let (app, shutdown) = (app.clone(), shutdown.clone());
+                std::thread::spawn(move || {
+                    chartcache::server::serve_per_core(app, listener, 2, shutdown).unwrap();
+                    let _ = done_tx.send(());
+                });
+                tokio::spawn(async move {
+                    let _ = done_rx.await;
+                })
+            }
+        };
         Proxy {
             addr,
             admin,
