@@ -269,10 +269,10 @@ pub struct ServerConfig {
     /// Read at startup only (a reload does not change it).
     pub worker_threads: usize,
     /// How connections are spread over the worker threads. `per_core` (the
-    /// default): each worker runs its own single-threaded runtime and accepts
-    /// its own connections from the shared listening socket, as nginx's worker
-    /// processes do; a connection and the work it spawns stay on the thread
-    /// that accepted it. `work_stealing`: one runtime whose idle workers take
+    /// default): each worker runs its own single-threaded runtime, each new
+    /// connection goes to the worker with the fewest open ones, and the
+    /// connection and the work it spawns stay there, as with nginx's worker
+    /// processes. `work_stealing`: one runtime whose idle workers take
     /// tasks from busy ones. Read at startup only.
     pub runtime: RuntimeFlavor,
     /// Let the kernel back this process's heap with 2 MiB transparent huge
@@ -287,7 +287,7 @@ pub struct ServerConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum RuntimeFlavor {
-    /// One single-threaded runtime per worker, each accepting its own connections.
+    /// One single-threaded runtime per worker, each serving the connections handed to it.
     PerCore,
     /// One multi-threaded, work-stealing runtime.
     WorkStealing,

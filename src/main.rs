@@ -212,8 +212,8 @@ fn serve(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
         n => n,
     };
     let mut rt = tokio::runtime::Builder::new_multi_thread();
-    // Per core, this runtime only starts up and then runs the admin listener,
-    // signals and background tasks: the proxy has its own threads.
+    // Per core, this runtime starts up and then runs the accept loop, the admin
+    // listener, signals and background tasks: connections have threads of their own.
     rt.worker_threads(if per_core { 1 } else { workers });
     let rt = rt.enable_all().build()?;
     rt.block_on(async move {
@@ -240,11 +240,7 @@ fn serve(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
             signals.cancel();
         });
         if per_core {
-            let listener = listener.into_std()?;
-            tokio::task::spawn_blocking(move || {
-                chartcache::server::serve_per_core(app, listener, workers, shutdown)
-            })
-            .await??;
+            chartcache::server::serve_per_core(app, listener, workers, shutdown).await?;
         } else {
             chartcache::server::serve(app, listener, shutdown).await;
         }

@@ -26,6 +26,7 @@ pub const PURGED_ENTRIES_TOTAL: &str = "chartcache_purged_entries_total";
 pub const STORED_BYTES_TOTAL: &str = "chartcache_stored_bytes_total";
 pub const NOT_STORED_TOTAL: &str = "chartcache_not_stored_total";
 pub const BACKGROUND_REFRESHES_TOTAL: &str = "chartcache_background_refreshes_total";
+pub const WORKER_CONNECTIONS: &str = "chartcache_worker_connections";
 
 /// All metrics of one process.
 pub struct Metrics {
@@ -67,6 +68,8 @@ pub struct Metrics {
     pub not_stored: IntCounterVec,
     /// kind (swr|ahead), result (stored|not_stored|error|skipped|inflight|elsewhere|no_credential)
     pub background_refreshes: IntCounterVec,
+    /// worker: open client connections per proxy thread (`server.runtime = "per_core"`)
+    pub worker_connections: IntGaugeVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -192,6 +195,17 @@ impl Metrics {
                 BACKGROUND_REFRESHES_TOTAL,
                 "Background refreshes (stale-while-revalidate, refresh-ahead) by result",
                 &["kind", "result"],
+            ),
+            worker_connections: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        WORKER_CONNECTIONS,
+                        "Open client connections per proxy thread (server.runtime = per_core)",
+                    ),
+                    &["worker"],
+                )
+                .unwrap(),
             ),
             registry: r,
         };

@@ -13,9 +13,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus::IntGauge;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
@@ -79,25 +80,25 @@ fn builder(app: &App) -> auto::Builder<TokioExecutor> {
     b
 }
 
-/// Serve the proxy on `listener` until `shutdown` fires, then stop accepting,
-/// mark not-ready and drain in-flight requests for up to `drain_timeout_secs`.
-pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
-    let limit = Arc::new(Semaphore::new(app.config.load().server.max_connections));
-    serve_limited(app, listener, limit, shutdown).await
+/// A client connection accepted under the connection limit.
+struct Admitted {
+    stream: TcpStream,
+    remote: SocketAddr,
+    /// Held for the connection's lifetime: its slot under `server.max_connections`.
+    permit: OwnedSemaphorePermit,
 }
 
-/// [`serve`] with a connection limit shared with other accept loops.
-async fn serve_limited(
-    app: Arc<App>,
+/// Accept connections until `shutdown` fires and the shutdown delay has passed,
+/// answering those beyond `server.max_connections` with a 503, and hand every
+/// other one to `dispatch`.
+async fn accept_loop(
+    app: &App,
     listener: TcpListener,
-    limit: Arc<Semaphore>,
     shutdown: CancellationToken,
+    mut dispatch: impl FnMut(Admitted),
 ) {
-    let builder = builder(&app);
-    let graceful = GracefulShutdown::new();
+    let limit = Arc::new(Semaphore::new(app.config.load().server.max_connections));
     let mut stop_at: Option<tokio::time::Instant> = None;
-    let tls = app.tls.clone();
-    let handshake_timeout = Duration::from_millis(app.config.load().server.header_read_timeout_ms);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
@@ -118,36 +119,7 @@ async fn serve_limited(
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let proto = if tls.is_some() { "https" } else { "http" };
-                let conn = ConnInfo { remote: Some(remote), proto };
-                let svc = service_stack(app.clone(), conn);
-                let builder = builder.clone();
-                let watcher = graceful.watcher();
-                let tls = tls.clone();
-                tokio::spawn(async move {
-                    let res = match tls {
-                        None => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned()).await,
-                        Some(acceptor) => {
-                            // The handshake counts against the header-read budget:
-                            // a client that stalls in it is a slowloris too.
-                            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => watcher.watch(builder.serve_connection_with_upgrades(TokioIo::new(tls), svc).into_owned()).await,
-                                Ok(Err(e)) => {
-                                    tracing::debug!(error = %e, "TLS handshake failed");
-                                    Ok(())
-                                }
-                                Err(_) => {
-                                    tracing::debug!("TLS handshake timed out");
-                                    Ok(())
-                                }
-                            }
-                        }
-                    };
-                    if let Err(e) = res {
-                        tracing::debug!(error = %e, "connection ended with error");
-                    }
-                    drop(permit);
-                });
+                dispatch(Admitted { stream, remote, permit });
             }
             _ = shutdown.cancelled(), if stop_at.is_none() => {
                 // Report not-ready at once, but keep accepting for the shutdown
@@ -159,54 +131,219 @@ async fn serve_limited(
             _ = tokio::time::sleep_until(stop_at.unwrap_or_else(tokio::time::Instant::now)), if stop_at.is_some() => break,
         }
     }
-    drop(listener);
-    let drain = Duration::from_secs(app.config.load().server.drain_timeout_secs);
-    tracing::info!(connections = graceful.count(), "draining");
-    tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("drained"),
-        _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+}
+
+/// Serves admitted connections on the runtime it is used on, and drains them.
+struct Connections {
+    app: Arc<App>,
+    builder: auto::Builder<TokioExecutor>,
+    graceful: GracefulShutdown,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    handshake_timeout: Duration,
+}
+
+impl Connections {
+    fn new(app: Arc<App>) -> Connections {
+        let handshake_timeout =
+            Duration::from_millis(app.config.load().server.header_read_timeout_ms);
+        Connections {
+            builder: builder(&app),
+            graceful: GracefulShutdown::new(),
+            tls: app.tls.clone(),
+            handshake_timeout,
+            app,
+        }
+    }
+
+    /// Serve `conn` in a task of its own; `closed` runs when it ends.
+    fn spawn(&self, conn: Admitted, closed: impl FnOnce() + Send + 'static) {
+        let Admitted {
+            stream,
+            remote,
+            permit,
+        } = conn;
+        let proto = if self.tls.is_some() { "https" } else { "http" };
+        let info = ConnInfo {
+            remote: Some(remote),
+            proto,
+        };
+        let svc = service_stack(self.app.clone(), info);
+        let builder = self.builder.clone();
+        let watcher = self.graceful.watcher();
+        let tls = self.tls.clone();
+        let handshake_timeout = self.handshake_timeout;
+        tokio::spawn(async move {
+            let res = match tls {
+                None => {
+                    watcher
+                        .watch(
+                            builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                .into_owned(),
+                        )
+                        .await
+                }
+                Some(acceptor) => {
+                    // The handshake counts against the header-read budget:
+                    // a client that stalls in it is a slowloris too.
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            watcher
+                                .watch(
+                                    builder
+                                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
+                                        .into_owned(),
+                                )
+                                .await
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            tracing::debug!("TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = res {
+                tracing::debug!(error = %e, "connection ended with error");
+            }
+            drop(permit);
+            closed();
+        });
+    }
+
+    /// Let open connections finish their requests, for up to `drain_timeout_secs`.
+    async fn drain(self) {
+        let drain = Duration::from_secs(self.app.config.load().server.drain_timeout_secs);
+        tracing::info!(connections = self.graceful.count(), "draining");
+        tokio::select! {
+            _ = self.graceful.shutdown() => tracing::info!("drained"),
+            _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+        }
     }
 }
 
-/// Serve the proxy on `threads` threads, each running its own single-threaded
-/// runtime and its own accept loop on a duplicate of `listener`
-/// (`server.runtime = "per_core"`). The kernel hands each new connection to
-/// one of the threads waiting in `accept`, so an idle thread takes the next
-/// one; after that a connection, its requests and the tasks they spawn stay on
-/// that thread, with no hand-over between workers. The connection limit is
-/// shared. Returns when every thread has drained.
-pub fn serve_per_core(
+/// Serve the proxy on `listener` until `shutdown` fires, then stop accepting,
+/// mark not-ready and drain in-flight requests for up to `drain_timeout_secs`.
+/// Connections are served on the current runtime (`server.runtime =
+/// "work_stealing"`).
+pub async fn serve(app: Arc<App>, listener: TcpListener, shutdown: CancellationToken) {
+    let conns = Connections::new(app.clone());
+    accept_loop(&app, listener, shutdown, |c| conns.spawn(c, || {})).await;
+    conns.drain().await;
+}
+
+/// A connection on its way to a worker thread: the socket itself, because a
+/// tokio stream stays bound to the runtime that registered it.
+struct Handoff {
+    stream: std::net::TcpStream,
+    remote: SocketAddr,
+    permit: OwnedSemaphorePermit,
+}
+
+/// [`serve`] with `server.runtime = "per_core"`: `threads` threads, each
+/// running a single-threaded runtime, serve the connections that this task
+/// accepts. Each new connection goes to the thread with the fewest open
+/// connections, so even an ingress holding a handful of keep-alive
+/// connections keeps every thread busy; after that the connection, its
+/// requests and the tasks they spawn stay on that thread, with no hand-over
+/// between workers on the hit path. Returns when every thread has drained.
+pub async fn serve_per_core(
     app: Arc<App>,
-    listener: std::net::TcpListener,
+    listener: TcpListener,
     threads: usize,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    listener.set_nonblocking(true)?;
-    let limit = Arc::new(Semaphore::new(app.config.load().server.max_connections));
-    let mut handles = Vec::with_capacity(threads);
+    let mut senders = Vec::new();
+    let mut open = Vec::new();
+    let mut done = Vec::new();
     for i in 0..threads.max(1) {
-        let listener = listener.try_clone()?;
+        let (tx, rx) = mpsc::unbounded_channel::<Handoff>();
+        let gauge = app
+            .metrics
+            .worker_connections
+            .with_label_values(&[&i.to_string()]);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (app, limit, shutdown) = (app.clone(), limit.clone(), shutdown.clone());
-        let handle = std::thread::Builder::new()
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let (app, closed) = (app.clone(), gauge.clone());
+        std::thread::Builder::new()
             .name(format!("chartcache-{i}"))
             .spawn(move || {
-                rt.block_on(async move {
-                    match TcpListener::from_std(listener) {
-                        Ok(listener) => serve_limited(app, listener, limit, shutdown).await,
-                        Err(e) => tracing::error!(error = %e, "cannot register the listener"),
-                    }
-                })
+                rt.block_on(worker(app, rx, closed));
+                let _ = done_tx.send(());
             })?;
-        handles.push(handle);
+        senders.push(tx);
+        open.push(gauge);
+        done.push(done_rx);
     }
-    drop(listener);
-    for h in handles {
-        let _ = h.join();
+    let mut next = 0;
+    accept_loop(&app, listener, shutdown, |c| {
+        let i = least_loaded(&open, next);
+        next = (i + 1) % open.len();
+        match c.stream.into_std() {
+            Ok(stream) => {
+                // Counted here, not in the worker, so the next pick in a burst sees it.
+                open[i].inc();
+                let handoff = Handoff {
+                    stream,
+                    remote: c.remote,
+                    permit: c.permit,
+                };
+                if senders[i].send(handoff).is_err() {
+                    open[i].dec();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot hand a connection to a worker"),
+        }
+    })
+    .await;
+    // Closing the channels tells the workers to drain.
+    drop(senders);
+    for d in done {
+        let _ = d.await;
     }
     Ok(())
+}
+
+/// The index with the fewest open connections; ties go to the first at or
+/// after `start`, so that equal threads take turns.
+fn least_loaded(open: &[IntGauge], start: usize) -> usize {
+    let n = open.len();
+    (0..n)
+        .map(|k| (start + k) % n)
+        .min_by_key(|&i| open[i].get())
+        .unwrap_or(0)
+}
+
+/// One per-core thread: serve the connections handed to it until the channel
+/// closes, then drain them.
+async fn worker(app: Arc<App>, mut handoffs: mpsc::UnboundedReceiver<Handoff>, open: IntGauge) {
+    let conns = Connections::new(app);
+    while let Some(h) = handoffs.recv().await {
+        let stream = match TcpStream::from_std(h.stream) {
+            Ok(s) => s,
+            Err(e) => {
+                open.dec();
+                tracing::warn!(error = %e, "cannot register a connection");
+                continue;
+            }
+        };
+        let closed = open.clone();
+        conns.spawn(
+            Admitted {
+                stream,
+                remote: h.remote,
+                permit: h.permit,
+            },
+            move || closed.dec(),
+        );
+    }
+    conns.drain().await;
 }
 
 /// Serve the admin listener until `shutdown` fires.
@@ -261,4 +398,44 @@ pub async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
     TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr} ({what}): {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gauges(counts: &[i64]) -> Vec<IntGauge> {
+        counts
+            .iter()
+            .map(|&c| {
+                let g = IntGauge::new("g", "g").unwrap();
+                g.set(c);
+                g
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_new_connection_goes_to_the_thread_with_the_fewest() {
+        assert_eq!(least_loaded(&gauges(&[3, 1, 2]), 0), 1);
+        assert_eq!(least_loaded(&gauges(&[3, 1, 2]), 2), 1);
+        assert_eq!(least_loaded(&gauges(&[0, 5]), 1), 0);
+    }
+
+    #[test]
+    fn equal_threads_take_turns() {
+        let open = gauges(&[0, 0, 0]);
+        let mut next = 0;
+        let mut picked = Vec::new();
+        for _ in 0..6 {
+            let i = least_loaded(&open, next);
+            next = (i + 1) % open.len();
+            open[i].inc();
+            picked.push(i);
+        }
+        assert_eq!(picked, [0, 1, 2, 0, 1, 2]);
+        // Connections that closed on one thread send the next ones there.
+        open[1].sub(2);
+        assert_eq!(least_loaded(&open, next), 1);
+    }
 }

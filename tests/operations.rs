@@ -22,6 +22,54 @@ fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Open connections per proxy thread, from `/metrics`.
+async fn worker_connections(c: &TestClient, proxy: &Proxy) -> [f64; 2] {
+    let m = c
+        .send(Method::GET, &proxy.admin_url("/metrics"), &[], "")
+        .await;
+    let t = String::from_utf8(m.body.to_vec()).unwrap();
+    [0, 1].map(|w| {
+        metric(
+            &t,
+            &format!("chartcache_worker_connections{{worker=\"{w}\"}}"),
+        )
+    })
+}
+
+/// With the default runtime each new connection goes to the proxy thread with
+/// the fewest open ones: four keep-alive connections (an ingress's, say) are
+/// served two per thread, and a closed one frees its thread's slot.
+#[tokio::test]
+async fn connections_are_spread_evenly_over_the_proxy_threads() {
+    let up = Upstream::start().await;
+    let proxy = Proxy::start(test_config(&up.url())).await;
+    let c = TestClient::new();
+    let mut conns = Vec::new();
+    for _ in 0..4 {
+        conns.push(tokio::net::TcpStream::connect(proxy.addr).await.unwrap());
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut open = worker_connections(&c, &proxy).await;
+    while open[0] + open[1] < 4.0 {
+        assert!(
+            Instant::now() < deadline,
+            "connections not accepted: {open:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        open = worker_connections(&c, &proxy).await;
+    }
+    assert_eq!(open, [2.0, 2.0]);
+    conns.clear();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while worker_connections(&c, &proxy).await != [0.0, 0.0] {
+        assert!(
+            Instant::now() < deadline,
+            "closed connections still counted"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test]
 async fn metrics_count_known_traffic_exactly() {
     let up = Upstream::start().await;

@@ -91,17 +91,12 @@ impl Proxy {
                 shutdown.clone(),
             )),
             // The default: two threads of their own, as on a two-core machine.
-            // `served` completes when both have drained.
             RuntimeFlavor::PerCore => {
-                let listener = listener.into_std().unwrap();
-                let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
                 let (app, shutdown) = (app.clone(), shutdown.clone());
-                std::thread::spawn(move || {
-                    chartcache::server::serve_per_core(app, listener, 2, shutdown).unwrap();
-                    let _ = done_tx.send(());
-                });
                 tokio::spawn(async move {
-                    let _ = done_rx.await;
+                    chartcache::server::serve_per_core(app, listener, 2, shutdown)
+                        .await
+                        .unwrap();
                 })
             }
         };
