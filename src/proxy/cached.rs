@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 
 use super::respond::{self, Accept};
-use super::{ConnInfo, build_upstream_request, send};
+use super::{ConnInfo, build_upstream_request, copies, send};
 use crate::app::App;
 use crate::body::{self, Body, Limited};
 use crate::coalesce::Role;
@@ -206,7 +206,7 @@ pub(super) async fn handle(
             Window::Fresh => {
                 ctx.outcome = Outcome::Hit;
                 ctx.ttl = Some(((entry.meta.fresh_until - now) / 1000) as i64);
-                let resp = serve_entry(app, &key, &entry, accept, now);
+                let resp = serve_entry(app, &key, &entry, accept, now).await;
                 // Refresh-ahead: one atomic add per hit; more only for hot entries.
                 match app.refresher.count_hit(&entry, cfg.refresh_ahead.hot_hits) {
                     Hotness::Cold => {}
@@ -227,7 +227,7 @@ pub(super) async fn handle(
                 // Stale-while-revalidate: answer now, refresh in the background.
                 ctx.outcome = Outcome::Stale;
                 ctx.ttl = Some(-(stale_secs(&entry, now)));
-                let resp = serve_entry(app, &key, &entry, accept, now);
+                let resp = serve_entry(app, &key, &entry, accept, now).await;
                 let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn);
                 refresh::revalidate(app, spec);
                 return resp;
@@ -262,7 +262,7 @@ async fn miss(
         Role::Follower(f) => {
             app.metrics.coalesced.with_label_values(&["local"]).inc();
             ctx.outcome = Outcome::Coalesced;
-            serve_fetched(app, &key, &f, accept, app.clock.now_ms())
+            serve_fetched(app, &key, &f, accept, app.clock.now_ms()).await
         }
         Role::Leader(guard) => {
             // Across replicas: another replica may be fetching this key already.
@@ -275,7 +275,7 @@ async fn miss(
                         .inc();
                     ctx.outcome = Outcome::Coalesced;
                     guard.publish(fetched.clone());
-                    return serve_fetched(app, &key, &fetched, accept, app.clock.now_ms());
+                    return serve_fetched(app, &key, &fetched, accept, app.clock.now_ms()).await;
                 }
             };
             let res = fetch(app, &spec, ctx, stale.as_ref()).await;
@@ -290,7 +290,8 @@ async fn miss(
                     set_cookie,
                 }) => {
                     guard.publish(fetched.clone());
-                    let mut resp = serve_fetched(app, &key, &fetched, accept, app.clock.now_ms())?;
+                    let mut resp =
+                        serve_fetched(app, &key, &fetched, accept, app.clock.now_ms()).await?;
                     // The leader's own cookies go to the leader only.
                     for c in set_cookie {
                         resp.headers_mut().append(header::SET_COOKIE, c);
@@ -314,7 +315,8 @@ async fn miss(
                     fetched,
                     set_cookie,
                 } => {
-                    let mut resp = serve_fetched(app, &key, &fetched, accept, app.clock.now_ms())?;
+                    let mut resp =
+                        serve_fetched(app, &key, &fetched, accept, app.clock.now_ms()).await?;
                     for c in set_cookie {
                         resp.headers_mut().append(header::SET_COOKIE, c);
                     }
@@ -378,25 +380,29 @@ pub(crate) async fn lookup(app: &App, key: &CacheKey) -> Option<Arc<Entry>> {
     }
 }
 
-fn serve_entry(
+async fn serve_entry(
     app: &App,
     key: &CacheKey,
-    entry: &Entry,
+    entry: &Arc<Entry>,
     accept: Accept,
     now: u64,
 ) -> Result<Response<Body>, Error> {
-    let mut resp = respond::from_entry(entry, accept, |a| {
-        // gzip copies only where the operator keeps gzip (`cache.store_gzip`).
-        let gzip = a == Accept::Gzip && app.config.load().cache.store_gzip;
-        app.copies.body(key, entry, gzip)
-    })
-    .map_err(|e| Error::Store(format!("corrupt entry: {e}")))?;
+    // gzip copies only where the operator keeps gzip (`cache.store_gzip`).
+    let gzip_copy = |a: Accept| a == Accept::Gzip && app.config.load().cache.store_gzip;
+    // A large entry's copy is made off this thread (the check is one compare
+    // for the entries that need none).
+    if entry.meta.raw_len >= copies::OFF_THREAD_BYTES && respond::needs_copy(entry, accept) {
+        app.copies.prepare(key, entry, gzip_copy(accept)).await;
+    }
+    let mut resp =
+        respond::from_entry(entry, accept, |a| app.copies.body(key, entry, gzip_copy(a)))
+            .map_err(|e| Error::Store(format!("corrupt entry: {e}")))?;
     let age = now.saturating_sub(entry.meta.stored_at) / 1000;
     resp.headers_mut().insert(header::AGE, respond::number(age));
     Ok(resp)
 }
 
-fn serve_fetched(
+async fn serve_fetched(
     app: &App,
     key: &CacheKey,
     f: &Fetched,
@@ -404,7 +410,7 @@ fn serve_fetched(
     now: u64,
 ) -> Result<Response<Body>, Error> {
     match &f.entry {
-        Some(e) => serve_entry(app, key, e, accept, now),
+        Some(e) => serve_entry(app, key, e, accept, now).await,
         None => Ok(respond::from_parts(f.status, &f.headers, f.body.clone())),
     }
 }

@@ -12,6 +12,10 @@
 //!   what a burst of coalesced followers on another replica pays most for. Made
 //!   only when `cache.store_gzip` is on, the operator's choice to serve gzip.
 //!
+//! Copies of entries of 64 KiB and more are made on the blocking pool
+//! ([`Copies::prepare`]), one per entry however many requests ask at once, so
+//! a 2 MB body's decompression or gzip never holds up a runtime thread.
+//!
 //! A copy is found by the entry's key, its `stored_at`, its length and the
 //! encoding, and then used only if the entry's compressed bytes are the ones
 //! it was made from: a refresh (a forced one, say) can store new content under
@@ -19,6 +23,9 @@
 //! never be answered with the old copy. The check is a pointer comparison for
 //! the memory store (the same buffer) and a compare of the compressed bytes, a
 //! few per cent of the raw size, for Redis.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 
@@ -28,8 +35,16 @@ use crate::store::Entry;
 
 /// Bounded (by bytes) cache of uncompressed and gzip copies of entry bodies.
 pub struct Copies {
-    cache: Option<ByteBounded<(CacheKey, u64, u32, bool), Kept>>,
+    /// Shared with the blocking pool, where [`Copies::prepare`] makes large copies.
+    cache: Option<Arc<Cache>>,
+    /// Copies made so far.
+    made: AtomicU64,
 }
+
+type Cache = ByteBounded<CopyId, Kept>;
+
+/// Key, `stored_at`, uncompressed length, gzip.
+type CopyId = (CacheKey, u64, u32, bool);
 
 /// A body in one encoding and the compressed (zstd) bytes it came from.
 #[derive(Clone)]
@@ -46,6 +61,43 @@ impl Kept {
     }
 }
 
+/// Entries from this uncompressed size on get their copies made on the
+/// blocking pool ([`Copies::prepare`]): decompressing 2 MB takes milliseconds
+/// and gzipping it tens of them, which would hold up every hit queued on the
+/// same runtime thread.
+pub const OFF_THREAD_BYTES: u32 = 64 * 1024;
+
+fn id(key: &CacheKey, entry: &Entry, gzip: bool) -> CopyId {
+    (*key, entry.meta.stored_at, entry.meta.raw_len, gzip)
+}
+
+/// The kept copy for `id`, if it was made from `entry`'s bytes.
+fn kept(cache: &Cache, id: &CopyId, entry: &Entry) -> Option<Bytes> {
+    cache.get(id).filter(|c| c.of(&entry.zstd)).map(|c| c.body)
+}
+
+/// The copy of `entry`'s body: gzip or uncompressed.
+fn copy(entry: &Entry, gzip: bool) -> std::io::Result<Kept> {
+    let raw = super::respond::decompress(entry)?;
+    let body = if gzip {
+        crate::store::entry::gzip(&raw)?
+    } else {
+        raw
+    };
+    Ok(Kept {
+        zstd: entry.zstd.clone(),
+        body,
+    })
+}
+
+/// Make the copy for `id` from `entry` and keep it.
+fn make(cache: &Cache, id: CopyId, entry: &Entry) -> std::io::Result<Bytes> {
+    let kept = copy(entry, id.3)?;
+    let body = kept.body.clone();
+    cache.insert(id, kept);
+    Ok(body)
+}
+
 impl Copies {
     /// At most about `max_bytes` of copies; 0 disables them (every such hit
     /// decompresses, and gzip-only clients of zstd-only entries get the
@@ -54,7 +106,15 @@ impl Copies {
         let cache = byte_bounded(max_bytes, 16 * 1024, |_k, c: &Kept| {
             (c.body.len() + c.zstd.len()) as u64 + 96
         });
-        Copies { cache }
+        Copies {
+            cache: cache.map(Arc::new),
+            made: AtomicU64::new(0),
+        }
+    }
+
+    /// How many copies were made (each kept one is made once per entry).
+    pub fn made(&self) -> u64 {
+        self.made.load(Ordering::Relaxed)
     }
 
     /// The body of `entry` (stored under `key`), gzip or uncompressed, and its
@@ -69,26 +129,47 @@ impl Copies {
         let Some(cache) = &self.cache else {
             return Ok((super::respond::decompress(entry)?, None));
         };
-        let id = (*key, entry.meta.stored_at, entry.meta.raw_len, gzip);
+        let id = id(key, entry, gzip);
         let encoding = gzip.then_some("gzip");
-        if let Some(c) = cache.get(&id)
-            && c.of(&entry.zstd)
-        {
-            return Ok((c.body, encoding));
+        if let Some(body) = kept(cache, &id, entry) {
+            return Ok((body, encoding));
         }
-        let raw = super::respond::decompress(entry)?;
-        let body = if gzip {
-            crate::store::entry::gzip(&raw)?
-        } else {
-            raw
-        };
-        let zstd = entry.zstd.clone();
-        let copy = Kept {
-            zstd,
-            body: body.clone(),
-        };
-        cache.insert(id, copy);
+        let body = make(cache, id, entry)?;
+        self.made.fetch_add(1, Ordering::Relaxed);
         Ok((body, encoding))
+    }
+
+    /// For an entry of [`OFF_THREAD_BYTES`] or more, make the copy
+    /// [`Copies::body`] will be asked for on the blocking pool, unless it is
+    /// kept already. Smaller entries are left to `body`: the hand-over would
+    /// cost more than the copy.
+    pub async fn prepare(&self, key: &CacheKey, entry: &Arc<Entry>, gzip: bool) {
+        let Some(cache) = &self.cache else { return };
+        if entry.meta.raw_len < OFF_THREAD_BYTES {
+            return;
+        }
+        let id = id(key, entry, gzip);
+        // Concurrent asks for the same copy (a burst of coalesced followers)
+        // wait for one maker instead of each making it.
+        let guard = match cache.get_value_or_guard_async(&id).await {
+            Ok(c) if c.of(&entry.zstd) => return,
+            // A copy of older content under the same id: replaced below.
+            Ok(_) => None,
+            Err(guard) => Some(guard),
+        };
+        let e = entry.clone();
+        // On failure the guard is dropped, its waiters try again, and `body`
+        // meets and reports the error.
+        let Ok(Ok(kept)) = tokio::task::spawn_blocking(move || copy(&e, gzip)).await else {
+            return;
+        };
+        self.made.fetch_add(1, Ordering::Relaxed);
+        match guard {
+            Some(g) => {
+                let _ = g.insert(kept);
+            }
+            None => cache.insert(id, kept),
+        }
     }
 }
 
@@ -196,5 +277,48 @@ mod tests {
         let b = raw(&disabled, &key, &e);
         assert_eq!(a, b);
         assert_ne!(a.as_ptr(), b.as_ptr());
+    }
+
+    #[tokio::test]
+    async fn large_copies_are_made_on_the_blocking_pool_and_then_served() {
+        let copies = Copies::new(16 << 20);
+        let key = CacheKey([5; 32]);
+        let body = br#"{"result":[{"data":"abcabcabcabcabcabcabcabcabcabc"}]}"#.repeat(2_000);
+        assert!(body.len() as u32 >= OFF_THREAD_BYTES);
+        let e = Arc::new(entry(&body, 1000));
+        let cache = copies.cache.as_ref().unwrap();
+        for gzip in [false, true] {
+            assert!(kept(cache, &id(&key, &e, gzip), &e).is_none());
+            copies.prepare(&key, &e, gzip).await;
+            let made = kept(cache, &id(&key, &e, gzip), &e).expect("copy made");
+            // `body` answers with that very copy.
+            let (b, _) = copies.body(&key, &e, gzip).unwrap();
+            assert_eq!(b.as_ptr(), made.as_ptr());
+        }
+        // A small entry is left to `body`.
+        let small = Arc::new(entry(b"{}", 1000));
+        copies.prepare(&key, &small, false).await;
+        assert!(kept(cache, &id(&key, &small, false), &small).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_asks_for_one_large_copy_make_it_once() {
+        let copies = Arc::new(Copies::new(16 << 20));
+        let key = CacheKey([6; 32]);
+        let body = br#"{"result":[{"data":"abcabcabcabcabcabcabcabcabcabc"}]}"#.repeat(4_000);
+        let e = Arc::new(entry(&body, 1000));
+        let tasks: Vec<_> = (0..50)
+            .map(|_| {
+                let (copies, e) = (copies.clone(), e.clone());
+                tokio::spawn(async move { copies.prepare(&key, &e, true).await })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert_eq!(copies.made(), 1);
+        let (g, _) = copies.body(&key, &e, true).unwrap();
+        assert_eq!(gunzip(&g), body);
+        assert_eq!(copies.made(), 1, "body answered with the prepared copy");
     }
 }

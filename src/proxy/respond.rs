@@ -52,6 +52,15 @@ pub fn negotiate(headers: &HeaderMap) -> Accept {
     }
 }
 
+/// Does answering `accept` from `entry` take a copy ([`from_entry`]'s `copy`)?
+pub fn needs_copy(entry: &Entry, accept: Accept) -> bool {
+    match accept {
+        Accept::Zstd => false,
+        Accept::Gzip => entry.gzip.is_none(),
+        Accept::Identity => true,
+    }
+}
+
 /// A response from a stored entry, in the best encoding the client accepts.
 /// Headers are the stored end-to-end headers plus `Content-Encoding`/`Vary`.
 /// `copy` gives the body and its encoding, asked only when the client takes
