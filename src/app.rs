@@ -35,6 +35,8 @@ pub struct App {
     /// Uncompressed and gzip copies of entries, for clients whose encoding
     /// an entry does not carry (hit-path CPU and socket saver).
     pub copies: crate::proxy::copies::Copies,
+    /// Threads for compression and large copies, off the runtime threads.
+    pub offload: crate::offload::Offload,
     /// Refresh-ahead of hot entries (and its in-memory credentials).
     pub refresher: Arc<Refresher>,
     pub metrics: Arc<Metrics>,
@@ -80,6 +82,7 @@ impl App {
         let refresher = Refresher::new(&cfg.refresh_ahead);
         let canon_memo = crate::proxy::memo::CanonMemo::new(cfg.cache.canonical_memo_bytes);
         let copies = crate::proxy::copies::Copies::new(cfg.cache.raw_copy_bytes);
+        let offload = crate::offload::Offload::new(cfg.server.workers())?;
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
             policy: ArcSwap::from_pointee(policy),
@@ -90,6 +93,7 @@ impl App {
             coalescer: Coalescer::new(),
             canon_memo,
             copies,
+            offload,
             refresher,
             metrics,
             clock,

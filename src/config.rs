@@ -319,6 +319,17 @@ impl Default for TlsConfig {
     }
 }
 
+impl ServerConfig {
+    /// `worker_threads`, with 0 resolved to the CPUs this process may use
+    /// (affinity and cgroup CPU limits count).
+    pub fn workers(&self) -> usize {
+        match self.worker_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+    }
+}
+
 impl Default for ServerConfig {
     fn default() -> Self {
         Self {

@@ -23,6 +23,7 @@ pub mod invalidate;
 pub mod jwt;
 pub mod layers;
 pub mod metrics;
+pub mod offload;
 pub mod policy;
 pub mod proxy;
 pub mod refresh;

@@ -207,10 +207,7 @@ fn serve(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
         disable_transparent_huge_pages();
     }
     let per_core = cfg.server.runtime == RuntimeFlavor::PerCore;
-    let workers = match cfg.server.worker_threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
+    let workers = cfg.server.workers();
     let mut rt = tokio::runtime::Builder::new_multi_thread();
     // Per core, this runtime starts up and then runs the accept loop, the admin
     // listener, signals and background tasks: connections have threads of their own.

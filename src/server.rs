@@ -1,6 +1,9 @@
 //! Listeners: the proxy and the admin surface, served with hyper-util's `auto`
 //! builder (HTTP/1.1 and h2c), a connection limit, a header-read timeout, and
-//! graceful shutdown with a drain timeout.
+//! graceful shutdown with a drain timeout. The proxy's connections are served
+//! either on threads of their own, one single-threaded runtime each
+//! ([`serve_per_core`], the default), or on the work-stealing runtime that
+//! accepts them ([`serve`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -26,7 +26,7 @@ use crate::refresh::{self, Hotness, Window};
 use crate::route::CachedRoute;
 use crate::store::{Entry, Meta};
 
-/// Responses from this size on are compressed on the blocking pool. zstd and
+/// Responses from this size on are compressed on the offload threads. zstd and
 /// the gzip copy of a 2 MB result take tens of ms, and a runtime thread held
 /// that long delays every hit queued behind it (with `server.runtime =
 /// "per_core"` no other thread takes them over). Below it, the hand-over
@@ -392,7 +392,9 @@ async fn serve_entry(
     // A large entry's copy is made off this thread (the check is one compare
     // for the entries that need none).
     if entry.meta.raw_len >= copies::OFF_THREAD_BYTES && respond::needs_copy(entry, accept) {
-        app.copies.prepare(key, entry, gzip_copy(accept)).await;
+        app.copies
+            .prepare(&app.offload, key, entry, gzip_copy(accept))
+            .await;
     }
     let mut resp =
         respond::from_entry(entry, accept, |a| app.copies.body(key, entry, gzip_copy(a)))
@@ -649,9 +651,10 @@ async fn store(
         Entry::build(meta, body, level, gzip)
     } else {
         let body = body.clone();
-        tokio::task::spawn_blocking(move || Entry::build(meta, &body, level, gzip))
+        app.offload
+            .run(move || Entry::build(meta, &body, level, gzip))
             .await
-            .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+            .unwrap_or_else(|| Err(std::io::Error::other("compression failed")))
     };
     let entry = match built {
         Ok(e) => Arc::new(e),

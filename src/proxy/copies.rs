@@ -12,7 +12,7 @@
 //!   what a burst of coalesced followers on another replica pays most for. Made
 //!   only when `cache.store_gzip` is on, the operator's choice to serve gzip.
 //!
-//! Copies of entries of 64 KiB and more are made on the blocking pool
+//! Copies of entries of 64 KiB and more are made on the offload threads
 //! ([`Copies::prepare`]), one per entry however many requests ask at once, so
 //! a 2 MB body's decompression or gzip never holds up a runtime thread.
 //!
@@ -31,11 +31,12 @@ use bytes::Bytes;
 
 use crate::bounded::{ByteBounded, byte_bounded};
 use crate::fingerprint::CacheKey;
+use crate::offload::Offload;
 use crate::store::Entry;
 
 /// Bounded (by bytes) cache of uncompressed and gzip copies of entry bodies.
 pub struct Copies {
-    /// Shared with the blocking pool, where [`Copies::prepare`] makes large copies.
+    /// Shared with the offload threads, where [`Copies::prepare`] makes large copies.
     cache: Option<Arc<Cache>>,
     /// Copies made so far.
     made: AtomicU64,
@@ -62,7 +63,7 @@ impl Kept {
 }
 
 /// Entries from this uncompressed size on get their copies made on the
-/// blocking pool ([`Copies::prepare`]): decompressing 2 MB takes milliseconds
+/// offload threads ([`Copies::prepare`]): decompressing 2 MB takes milliseconds
 /// and gzipping it tens of them, which would hold up every hit queued on the
 /// same runtime thread.
 pub const OFF_THREAD_BYTES: u32 = 64 * 1024;
@@ -140,10 +141,10 @@ impl Copies {
     }
 
     /// For an entry of [`OFF_THREAD_BYTES`] or more, make the copy
-    /// [`Copies::body`] will be asked for on the blocking pool, unless it is
+    /// [`Copies::body`] will be asked for on the offload threads, unless it is
     /// kept already. Smaller entries are left to `body`: the hand-over would
     /// cost more than the copy.
-    pub async fn prepare(&self, key: &CacheKey, entry: &Arc<Entry>, gzip: bool) {
+    pub async fn prepare(&self, pool: &Offload, key: &CacheKey, entry: &Arc<Entry>, gzip: bool) {
         let Some(cache) = &self.cache else { return };
         if entry.meta.raw_len < OFF_THREAD_BYTES {
             return;
@@ -160,7 +161,7 @@ impl Copies {
         let e = entry.clone();
         // On failure the guard is dropped, its waiters try again, and `body`
         // meets and reports the error.
-        let Ok(Ok(kept)) = tokio::task::spawn_blocking(move || copy(&e, gzip)).await else {
+        let Some(Ok(kept)) = pool.run(move || copy(&e, gzip)).await else {
             return;
         };
         self.made.fetch_add(1, Ordering::Relaxed);
@@ -280,8 +281,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn large_copies_are_made_on_the_blocking_pool_and_then_served() {
+    async fn large_copies_are_made_on_the_offload_threads_and_then_served() {
         let copies = Copies::new(16 << 20);
+        let pool = Offload::new(1).unwrap();
         let key = CacheKey([5; 32]);
         let body = br#"{"result":[{"data":"abcabcabcabcabcabcabcabcabcabc"}]}"#.repeat(2_000);
         assert!(body.len() as u32 >= OFF_THREAD_BYTES);
@@ -289,7 +291,7 @@ mod tests {
         let cache = copies.cache.as_ref().unwrap();
         for gzip in [false, true] {
             assert!(kept(cache, &id(&key, &e, gzip), &e).is_none());
-            copies.prepare(&key, &e, gzip).await;
+            copies.prepare(&pool, &key, &e, gzip).await;
             let made = kept(cache, &id(&key, &e, gzip), &e).expect("copy made");
             // `body` answers with that very copy.
             let (b, _) = copies.body(&key, &e, gzip).unwrap();
@@ -297,20 +299,21 @@ mod tests {
         }
         // A small entry is left to `body`.
         let small = Arc::new(entry(b"{}", 1000));
-        copies.prepare(&key, &small, false).await;
+        copies.prepare(&pool, &key, &small, false).await;
         assert!(kept(cache, &id(&key, &small, false), &small).is_none());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_asks_for_one_large_copy_make_it_once() {
         let copies = Arc::new(Copies::new(16 << 20));
+        let pool = Arc::new(Offload::new(2).unwrap());
         let key = CacheKey([6; 32]);
         let body = br#"{"result":[{"data":"abcabcabcabcabcabcabcabcabcabc"}]}"#.repeat(4_000);
         let e = Arc::new(entry(&body, 1000));
         let tasks: Vec<_> = (0..50)
             .map(|_| {
-                let (copies, e) = (copies.clone(), e.clone());
-                tokio::spawn(async move { copies.prepare(&key, &e, true).await })
+                let (copies, pool, e) = (copies.clone(), pool.clone(), e.clone());
+                tokio::spawn(async move { copies.prepare(&pool, &key, &e, true).await })
             })
             .collect();
         for t in tasks {
