@@ -13,6 +13,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
+/// Bodies from this size on are compressed, or copied into another encoding,
+/// on these threads. zstd plus the gzip copy of a 2 MB result take tens of
+/// ms, and a runtime thread held that long delays every hit queued on it
+/// (with `server.runtime = "per_core"` no other thread takes them over).
+/// Below it, the hand-over would cost more than the work.
+pub const MIN_BYTES: usize = 64 * 1024;
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Threads that run closures and hand their results back to async callers.

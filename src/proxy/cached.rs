@@ -11,7 +11,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode};
 
 use super::respond::{self, Accept};
-use super::{ConnInfo, build_upstream_request, copies, send};
+use super::{ConnInfo, build_upstream_request, send};
 use crate::app::App;
 use crate::body::{self, Body, Limited};
 use crate::coalesce::Role;
@@ -19,19 +19,13 @@ use crate::context::{Outcome, RequestContext};
 use crate::error::Error;
 use crate::fingerprint::{self, CacheKey, QueryFacts};
 use crate::identity::{Scope, ScopeOutcome};
+use crate::offload;
 use crate::policy::{
     self, Bypass, Cacheability, Decision, IdentityKind, NotStorable, ScopeKind, TierConfig,
 };
 use crate::refresh::{self, Hotness, Window};
 use crate::route::CachedRoute;
 use crate::store::{Entry, Meta};
-
-/// Responses from this size on are compressed on the offload threads. zstd and
-/// the gzip copy of a 2 MB result take tens of ms, and a runtime thread held
-/// that long delays every hit queued behind it (with `server.runtime =
-/// "per_core"` no other thread takes them over). Below it, the hand-over
-/// would cost more than the compression.
-const COMPRESS_OFF_THREAD_BYTES: usize = 64 * 1024;
 
 /// A complete upstream response shared between a leader and its followers.
 #[derive(Debug)]
@@ -391,7 +385,7 @@ async fn serve_entry(
     let gzip_copy = |a: Accept| a == Accept::Gzip && app.config.load().cache.store_gzip;
     // A large entry's copy is made off this thread (the check is one compare
     // for the entries that need none).
-    if entry.meta.raw_len >= copies::OFF_THREAD_BYTES && respond::needs_copy(entry, accept) {
+    if entry.meta.raw_len as usize >= offload::MIN_BYTES && respond::needs_copy(entry, accept) {
         app.copies
             .prepare(&app.offload, key, entry, gzip_copy(accept))
             .await;
@@ -647,7 +641,7 @@ async fn store(
         tags: spec.tags.clone(),
     };
     let (level, gzip) = (cfg.cache.zstd_level, cfg.cache.store_gzip);
-    let built = if body.len() < COMPRESS_OFF_THREAD_BYTES {
+    let built = if body.len() < offload::MIN_BYTES {
         Entry::build(meta, body, level, gzip)
     } else {
         let body = body.clone();

@@ -31,7 +31,7 @@ use bytes::Bytes;
 
 use crate::bounded::{ByteBounded, byte_bounded};
 use crate::fingerprint::CacheKey;
-use crate::offload::Offload;
+use crate::offload::{self, Offload};
 use crate::store::Entry;
 
 /// Bounded (by bytes) cache of uncompressed and gzip copies of entry bodies.
@@ -61,12 +61,6 @@ impl Kept {
         (self.zstd.as_ptr() == zstd.as_ptr() && self.zstd.len() == zstd.len()) || self.zstd == *zstd
     }
 }
-
-/// Entries from this uncompressed size on get their copies made on the
-/// offload threads ([`Copies::prepare`]): decompressing 2 MB takes milliseconds
-/// and gzipping it tens of them, which would hold up every hit queued on the
-/// same runtime thread.
-pub const OFF_THREAD_BYTES: u32 = 64 * 1024;
 
 fn id(key: &CacheKey, entry: &Entry, gzip: bool) -> CopyId {
     (*key, entry.meta.stored_at, entry.meta.raw_len, gzip)
@@ -140,13 +134,13 @@ impl Copies {
         Ok((body, encoding))
     }
 
-    /// For an entry of [`OFF_THREAD_BYTES`] or more, make the copy
+    /// For an entry of [`offload::MIN_BYTES`] or more, make the copy
     /// [`Copies::body`] will be asked for on the offload threads, unless it is
     /// kept already. Smaller entries are left to `body`: the hand-over would
     /// cost more than the copy.
     pub async fn prepare(&self, pool: &Offload, key: &CacheKey, entry: &Arc<Entry>, gzip: bool) {
         let Some(cache) = &self.cache else { return };
-        if entry.meta.raw_len < OFF_THREAD_BYTES {
+        if (entry.meta.raw_len as usize) < offload::MIN_BYTES {
             return;
         }
         let id = id(key, entry, gzip);
@@ -286,7 +280,7 @@ mod tests {
         let pool = Offload::new(1).unwrap();
         let key = CacheKey([5; 32]);
         let body = br#"{"result":[{"data":"abcabcabcabcabcabcabcabcabcabc"}]}"#.repeat(2_000);
-        assert!(body.len() as u32 >= OFF_THREAD_BYTES);
+        assert!(body.len() >= offload::MIN_BYTES);
         let e = Arc::new(entry(&body, 1000));
         let cache = copies.cache.as_ref().unwrap();
         for gzip in [false, true] {
