@@ -85,14 +85,6 @@ fn copy(entry: &Entry, gzip: bool) -> std::io::Result<Kept> {
     })
 }
 
-/// Make the copy for `id` from `entry` and keep it.
-fn make(cache: &Cache, id: CopyId, entry: &Entry) -> std::io::Result<Bytes> {
-    let kept = copy(entry, id.3)?;
-    let body = kept.body.clone();
-    cache.insert(id, kept);
-    Ok(body)
-}
-
 impl Copies {
     /// At most about `max_bytes` of copies; 0 disables them (every such hit
     /// decompresses, and gzip-only clients of zstd-only entries get the
@@ -129,7 +121,9 @@ impl Copies {
         if let Some(body) = kept(cache, &id, entry) {
             return Ok((body, encoding));
         }
-        let body = make(cache, id, entry)?;
+        let kept = copy(entry, gzip)?;
+        let body = kept.body.clone();
+        cache.insert(id, kept);
         self.made.fetch_add(1, Ordering::Relaxed);
         Ok((body, encoding))
     }
