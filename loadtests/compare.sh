@@ -13,7 +13,9 @@
 #   (d) optional soak: dashboard load with a small memory cap, sampling RSS and
 #       the memory store's bytes (SECTIONS=soak);
 #   (e) optional scaling: throughput against connections and number of keys
-#       (SECTIONS=scaling).
+#       (SECTIONS=scaling);
+#   (f) optional fixed rate: hit latency of every system at the same offered
+#       load, open loop (chartcache-load rate; SECTIONS=rate).
 #
 # Everything it starts (upstream, nginx, chartcache, redis-server) runs as its
 # own processes on 127.0.0.1 ports and is stopped by pid on exit.
@@ -31,6 +33,7 @@
 #   MEMORY_BYTES  chartcache memory store cap for (a)-(c) [268435456]
 #   REDIS_TIERED  memory L1 in front of Redis for the Redis replicas [false: Redis only]
 #   SCALE_CONNS   [16 64 256]  SCALE_KEYS [1 1000 20000]  SCALE_FILL [8s]  (SECTIONS=scaling)
+#   RATES         offered loads for (f), req/s [20000 40000]  RATE_SECS [10]  RATE_CONNS [64]
 #   BASE_PORT     first of the loopback ports used [28100]
 #   SKIP_BUILD=1  use existing release binaries
 #   OUT           results directory [loadtests/results/<UTC timestamp>]
@@ -59,6 +62,9 @@ SCALE_KEYS=${SCALE_KEYS:-1 1000 20000}
 SCALE_FILL=${SCALE_FILL:-8s}
 REDIS_TIERED=${REDIS_TIERED:-false}
 FLOOR=${FLOOR:-1}
+RATES=${RATES:-20000 40000}
+RATE_SECS=${RATE_SECS:-10}
+RATE_CONNS=${RATE_CONNS:-64}
 BASE_PORT=${BASE_PORT:-28100}
 OUT=${OUT:-$ROOT/loadtests/results/$(date -u +%Y%m%dT%H%M%SZ)}
 
@@ -508,6 +514,47 @@ EOF
     echo "chartcache RSS after scaling: $(rss_kib $CC_MEM_PID) KiB; memory store bytes: $(store_bytes $CC_ADMIN)"
 }
 
+# ---------------------------------------------------------------- (f) fixed rate
+# wrk measures each system at its own maximum, where a faster proxy is also
+# offered more load and wrk itself runs short of CPU on the shared cores.
+# Here every system gets the same schedule of requests (open loop), so the
+# latencies compare like with like.
+rate() {
+    log "(f) fixed rate: $RATES req/s over $RATE_CONNS connections, ${RATE_SECS}s each, sizes: $SIZES, encodings: $ENCODINGS"
+    local size enc sys run r
+    for size in $SIZES; do
+        jq -c --argjson n "$size" '.request.body | .queries[0].row_limit = $n' "$HOT_FIXTURE" >"$TMP/body-$size.json"
+    done
+    for run in $(seq 1 "$REPEAT"); do
+        for r in $RATES; do
+            for size in $SIZES; do
+                for enc in $ENCODINGS; do
+                    local ae=""
+                    [ "$enc" = gzip ] && ae="gzip"
+                    [ "$enc" = zstd ] && ae="gzip, deflate, br, zstd"
+                    for sys in "${SYSTEMS[@]}"; do
+                        local url="${TARGET[$sys]}" cs out j t0 t1 n
+                        cs=$(warm_status "$url/api/v1/chart/data" "$TMP/body-$size.json" "$size" "$ae")
+                        t0=$(cpu_ticks "${SUT_PID[$sys]}")
+                        out=$("$LOAD" rate --target "$url" --body "$TMP/body-$size.json" --bytes "$size" \
+                            --accept-encoding "$ae" --rps "$r" --conns "$RATE_CONNS" --duration-secs "$RATE_SECS" --label "$sys" 2>&1)
+                        t1=$(cpu_ticks "${SUT_PID[$sys]}")
+                        j=$(echo "$out" | sed -n 's/^RESULT_JSON //p')
+                        n=$(jq -r .count <<<"$j")
+                        local cpu case="$r/$size/$enc"
+                        cpu=$(scale_cpu_us "$t0" "$t1" "$n")
+                        echo "-- $sys rate=$r size=$size enc=$enc run=$run ($cs; load $(cut -d' ' -f1 /proc/loadavg)): $(echo "$out" | grep -v '^RESULT_JSON' | cut -d: -f2-), proxy CPU $cpu us/request"
+                        for m in p50_ms p90_ms p99_ms p999_ms max_ms errors late_share rps_answered; do
+                            record rate "$sys" "$case" "$run" "$m" "$(jq -r ".$m" <<<"$j")"
+                        done
+                        record rate "$sys" "$case" "$run" cpu_us_per_req "$cpu"
+                    done
+                done
+            done
+        done
+    done
+}
+
 for s in $SECTIONS; do
     case $s in
         hot) hot ;;
@@ -515,6 +562,7 @@ for s in $SECTIONS; do
         stampede) stampede ;;
         soak) soak ;;
         scaling) scaling ;;
+        rate) rate ;;
         *) echo "unknown section $s" >&2 ;;
     esac
 done

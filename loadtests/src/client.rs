@@ -177,6 +177,7 @@ pub fn summary(mut us: Vec<u64>) -> serde_json::Value {
         "p90_ms": round3(pct_ms(&us, 90.0)),
         "p95_ms": round3(pct_ms(&us, 95.0)),
         "p99_ms": round3(pct_ms(&us, 99.0)),
+        "p999_ms": round3(pct_ms(&us, 99.9)),
         "max_ms": round3(pct_ms(&us, 100.0)),
         "mean_ms": round3(mean),
     })

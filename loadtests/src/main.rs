@@ -5,6 +5,7 @@
 //! chartcache-load dashboards --target http://127.0.0.1:8080 --upstream http://127.0.0.1:18088 [...]
 //! chartcache-load stampede   --target http://127.0.0.1:8080 --upstream http://127.0.0.1:18088 --n 500
 //! chartcache-load floor      --listen 127.0.0.1:18090 --bytes 1024   (no-work tokio + hyper server)
+//! chartcache-load rate       --target http://127.0.0.1:8080 --body body.json --rps 20000   (open loop)
 //! ```
 //! See `loadtests/README.md` for every option.
 
@@ -13,6 +14,7 @@ mod client;
 mod dashboards;
 mod floor;
 mod payload;
+mod rate;
 mod rng;
 mod stampede;
 mod upstream;
@@ -21,7 +23,7 @@ fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {
         eprintln!(
-            "usage: chartcache-load <upstream|dashboards|stampede|floor|payload> [--option value]..."
+            "usage: chartcache-load <upstream|dashboards|stampede|floor|rate|payload> [--option value]..."
         );
         return std::process::ExitCode::from(2);
     };
@@ -30,6 +32,7 @@ fn main() -> std::process::ExitCode {
         "dashboards" => dashboards::run(&a),
         "stampede" => stampede::run(&a),
         "floor" => floor::run(&a),
+        "rate" => rate::run(&a),
         "payload" => {
             // Print a chart-data response of --bytes N (for wrk bodies and checks).
             let n: usize = a.get("bytes", 1024)?;

@@ -293,7 +293,9 @@ pub fn run(args: &Args) -> Result<(), String> {
             l["max_ms"],
             r["outcomes"]
         );
-        let targets = r["lag_by_target"].as_array().map_or(&[][..], |a| a.as_slice());
+        let targets = r["lag_by_target"]
+            .as_array()
+            .map_or(&[][..], |a| a.as_slice());
         if targets.len() > 1 {
             for t in targets {
                 let l = &t["lag"];
@@ -304,7 +306,11 @@ pub fn run(args: &Args) -> Result<(), String> {
                     l["p50_ms"],
                     l["p90_ms"],
                     l["max_ms"],
-                    if t["leader"] == true { "  (leader's replica)" } else { "" }
+                    if t["leader"] == true {
+                        "  (leader's replica)"
+                    } else {
+                        ""
+                    }
                 );
             }
         }
