@@ -32,6 +32,7 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod upstream;
+pub mod worker;
 
 #[cfg(test)]
 pub(crate) mod testutil;

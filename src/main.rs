@@ -213,6 +213,10 @@ fn serve(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
     // listener, signals and background tasks: connections have threads of their own.
     rt.worker_threads(if per_core { 1 } else { workers });
     let rt = rt.enable_all().build()?;
+    if per_core {
+        // Before the store opens Redis connections: it keeps a set per thread.
+        chartcache::worker::expect(workers);
+    }
     rt.block_on(async move {
         let token = cfg.admin.resolve_token()?.map(Arc::<str>::from);
         let listen = cfg.listen;

@@ -263,7 +263,9 @@ pub async fn serve_per_core(
     let mut senders = Vec::new();
     let mut open = Vec::new();
     let mut done = Vec::new();
-    for i in 0..threads.max(1) {
+    let count = threads.max(1);
+    crate::worker::expect(count);
+    for i in 0..count {
         let (tx, rx) = mpsc::unbounded_channel::<Handoff>();
         let gauge = app
             .metrics
@@ -277,6 +279,7 @@ pub async fn serve_per_core(
         std::thread::Builder::new()
             .name(format!("chartcache-{i}"))
             .spawn(move || {
+                crate::worker::enter(i);
                 rt.block_on(worker(app, rx, closed));
                 let _ = done_tx.send(());
             })?;

@@ -433,3 +433,78 @@ async fn an_entry_stored_before_the_lock_was_taken_is_served_not_fetched() {
         Remote::Fetch(Some(_))
     ));
 }
+
+/// Connections Redis has open, `c` (kept open across counts) included.
+async fn clients(c: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(c)
+        .await
+        .unwrap();
+    list.lines().count()
+}
+
+#[tokio::test]
+async fn each_proxy_thread_opens_and_keeps_its_own_share_of_connections() {
+    use std::sync::mpsc;
+    let r = RedisProc::server(&[]);
+    // Two per-core threads, announced before the master is resolved (as main does).
+    chartcache::worker::expect(2);
+    let s = store(cfg(r.url()));
+    // Resolution, from a thread that is not a per-core one, opens the shared set.
+    s.put(&key(1), entry(&[], 60_000, 0)).await.unwrap();
+    let mut admin = client(&r.url()).await;
+    let base = clients(&mut admin).await;
+    let share = RedisConfig::default()
+        .connections
+        .div_ceil(chartcache::worker::count());
+
+    // Each thread runs its own single-threaded runtime, as the proxy's do, and
+    // stays up (its connections' drivers run on it) until told to stop.
+    let mut stops = Vec::new();
+    let mut threads = Vec::new();
+    let mut opened = Vec::new();
+    for i in 0..2 {
+        let (s, (ready_tx, ready_rx), (stop_tx, stop_rx)) =
+            (s.clone(), mpsc::channel(), mpsc::channel::<()>());
+        threads.push(std::thread::spawn(move || {
+            chartcache::worker::enter(i);
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                for _ in 0..3 {
+                    assert!(
+                        s.get(&key(1)).await.unwrap().is_some(),
+                        "thread {i}: not a hit"
+                    );
+                }
+                ready_tx.send(()).unwrap();
+                // Keep the runtime (and the connections it drives) alive.
+                tokio::task::spawn_blocking(move || stop_rx.recv())
+                    .await
+                    .unwrap()
+                    .ok();
+                assert!(
+                    s.get(&key(1)).await.unwrap().is_some(),
+                    "thread {i}: not a hit at the end"
+                );
+            });
+        }));
+        ready_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("thread served its gets");
+        opened.push(clients(&mut admin).await - base);
+        stops.push(stop_tx);
+    }
+    // Thread 0 opened its share on its first get (and no more on the next
+    // ones); thread 1 then opened its own rather than using thread 0's.
+    assert_eq!(opened, vec![share, 2 * share]);
+    for (stop, t) in stops.into_iter().zip(threads) {
+        stop.send(()).unwrap();
+        t.join().unwrap();
+    }
+    // Threads that are not per-core ones still use the shared set.
+    assert!(s.get(&key(1)).await.unwrap().is_some());
+}

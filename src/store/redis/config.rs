@@ -52,7 +52,9 @@ pub struct RedisConfig {
     pub purge_timeout_ms: u64,
     /// Connection attempts at startup and in background tasks give up after this (ms).
     pub connect_timeout_ms: u64,
-    /// Multiplexed connections per process (each carries many concurrent commands).
+    /// Multiplexed connections opened when the master is resolved (each carries
+    /// many concurrent commands). Each per-core runtime thread also opens its
+    /// own share, `connections / threads` rounded up, on first use.
     pub connections: usize,
     /// Consecutive failures that open the circuit breaker.
     pub breaker_failures: u32,

@@ -15,6 +15,13 @@
 //! again (standalone: reconnected on connection errors).
 //! Resolution runs in a spawned task: a caller waits for it only up to its own
 //! operation timeout, and a slow sentinel never makes resolution restart.
+//!
+//! Each per-core runtime thread ([`crate::worker`]) opens its own share of
+//! the connections on first use, so their driver tasks run on the thread that
+//! sends the commands. With one shared set, every command would wake the
+//! thread that opened it and every answer would wake the caller's thread
+//! again. Other threads (the work-stealing runtime, the admin side) use the
+//! set resolution opened.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -46,10 +53,32 @@ impl From<RedisError> for ConnError {
     }
 }
 
-/// The master currently in use.
-pub struct Current {
+/// Connections handed out in turn.
+struct Set {
     conns: Vec<MultiplexedConnection>,
     next: AtomicUsize,
+}
+
+impl Set {
+    fn new(conns: Vec<MultiplexedConnection>) -> Set {
+        Set {
+            conns,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn pick(&self) -> MultiplexedConnection {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        self.conns[i].clone()
+    }
+}
+
+/// The master currently in use.
+pub struct Current {
+    /// Opened by resolution; used by threads that are not per-core workers.
+    shared: Set,
+    /// Per-core worker `i`'s own set, opened on that thread when it first asks.
+    per_worker: Vec<tokio::sync::OnceCell<Set>>,
     pub info: ConnectionInfo,
     /// `host:port`, for logs and tests.
     pub addr: String,
@@ -169,8 +198,23 @@ impl Connector {
     /// with the set it came from (to report errors against).
     pub async fn get(self: &Arc<Self>) -> Result<(MultiplexedConnection, Arc<Current>), ConnError> {
         let cur = self.current().await?;
-        let i = cur.next.fetch_add(1, Ordering::Relaxed) % cur.conns.len();
-        Ok((cur.conns[i].clone(), cur))
+        let set = match crate::worker::index().and_then(|i| cur.per_worker.get(i)) {
+            Some(own) => match own.get() {
+                Some(set) => set,
+                // Opened here, so redis spawns their drivers on this thread.
+                None => own.get_or_try_init(|| self.open_set(&cur.info)).await?,
+            },
+            None => &cur.shared,
+        };
+        Ok((set.pick(), cur))
+    }
+
+    /// One per-core thread's share of the configured connections.
+    async fn open_set(&self, info: &ConnectionInfo) -> Result<Set, ConnError> {
+        let n = self.connections.div_ceil(crate::worker::count().max(1));
+        let conns =
+            futures_util::future::try_join_all((0..n).map(|_| self.connect(info.clone()))).await?;
+        Ok(Set::new(conns))
     }
 
     /// The current master, resolving it if needed.
@@ -277,8 +321,10 @@ impl Connector {
         .await?;
         tracing::debug!(master = %addr_s, "redis master resolved");
         Ok(Arc::new(Current {
-            conns,
-            next: AtomicUsize::new(0),
+            shared: Set::new(conns),
+            per_worker: (0..crate::worker::count())
+                .map(|_| tokio::sync::OnceCell::new())
+                .collect(),
             info,
             addr: addr_s,
         }))
