@@ -22,6 +22,7 @@ const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 
 /// A chartcache instance on the store `setup::build` picks for `redis`.
 async fn start(up: &Upstream, redis: RedisConfig) -> Proxy {
+    Proxy::expect_threads();
     let mut cfg = test_config(&up.url());
     cfg.redis = redis;
     let metrics = Arc::new(Metrics::new());

@@ -28,6 +28,7 @@ fn body(i: u64) -> serde_json::Value {
 }
 
 async fn start(up: &Upstream, redis: RedisConfig) -> (Proxy, Arc<RedisStore>) {
+    Proxy::expect_threads();
     let mut cfg = test_config(&up.url());
     cfg.redis = redis;
     let metrics = Arc::new(Metrics::new());

@@ -44,6 +44,7 @@ async fn replica(up: &Upstream, redis: &RedisProc, clock: Arc<ManualClock>) -> P
     cfg.default_tier = "t".into();
     let metrics = Arc::new(Metrics::new());
     let clock: SharedClock = clock;
+    Proxy::expect_threads();
     let built = setup::build(&cfg, metrics.clone(), clock.clone())
         .await
         .unwrap();

@@ -42,6 +42,9 @@ impl Drop for Proxy {
 }
 
 /// Default test config pointing at `upstream`, with an admin token.
+/// Threads of a per-core proxy started by [`Proxy::start_app`], as on a two-core machine.
+pub const PROXY_THREADS: usize = 2;
+
 pub fn test_config(upstream: &str) -> Config {
     let mut cfg = Config {
         upstream: upstream.to_string(),
@@ -57,6 +60,12 @@ pub fn test_config(upstream: &str) -> Config {
 
 impl Proxy {
     /// Start with the memory store.
+    /// Announce the proxy threads before building a store that keeps Redis
+    /// connections per thread (main does so before the store is built).
+    pub fn expect_threads() {
+        chartcache::worker::expect(PROXY_THREADS);
+    }
+
     pub async fn start(cfg: Config) -> Proxy {
         Self::start_with_clock(cfg, Arc::new(SystemClock)).await
     }
@@ -94,7 +103,7 @@ impl Proxy {
             RuntimeFlavor::PerCore => {
                 let (app, shutdown) = (app.clone(), shutdown.clone());
                 tokio::spawn(async move {
-                    chartcache::server::serve_per_core(app, listener, 2, shutdown)
+                    chartcache::server::serve_per_core(app, listener, PROXY_THREADS, shutdown)
                         .await
                         .unwrap();
                 })
