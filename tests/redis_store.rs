@@ -444,67 +444,177 @@ async fn clients(c: &mut redis::aio::MultiplexedConnection) -> usize {
     list.lines().count()
 }
 
-#[tokio::test]
-async fn each_proxy_thread_opens_and_keeps_its_own_share_of_connections() {
-    use std::sync::mpsc;
-    let r = RedisProc::server(&[]);
-    // Two per-core threads, announced before the master is resolved (as main does).
-    chartcache::worker::expect(2);
-    let s = store(cfg(r.url()));
-    // Resolution, from a thread that is not a per-core one, opens the shared set.
-    s.put(&key(1), entry(&[], 60_000, 0)).await.unwrap();
-    let mut admin = client(&r.url()).await;
-    let base = clients(&mut admin).await;
-    let share = RedisConfig::default()
-        .connections
-        .div_ceil(chartcache::worker::count());
+/// Wait (bounded) until Redis counts `want` connections.
+async fn reaches(c: &mut redis::aio::MultiplexedConnection, want: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = clients(c).await;
+        if n == want {
+            return;
+        }
+        assert!(
+            n < want && Instant::now() < deadline,
+            "{n} connections, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
-    // Each thread runs its own single-threaded runtime, as the proxy's do, and
-    // stays up (its connections' drivers run on it) until told to stop.
-    let mut stops = Vec::new();
-    let mut threads = Vec::new();
-    let mut opened = Vec::new();
-    for i in 0..2 {
-        let (s, (ready_tx, ready_rx), (stop_tx, stop_rx)) =
-            (s.clone(), mpsc::channel(), mpsc::channel::<()>());
-        threads.push(std::thread::spawn(move || {
+/// A per-core proxy thread stand-in: its own single-threaded runtime, as the
+/// proxy's threads have, up (with the connection drivers it runs) until
+/// dropped. `serve` has it answer three gets, all of which must be hits.
+struct ProxyThread {
+    go: Option<std::sync::mpsc::Sender<()>>,
+    done: std::sync::mpsc::Receiver<()>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ProxyThread {
+    fn start(i: usize, s: Arc<RedisStore>) -> ProxyThread {
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let (done_tx, done) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
             chartcache::worker::enter(i);
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(async {
-                for _ in 0..3 {
-                    assert!(
-                        s.get(&key(1)).await.unwrap().is_some(),
-                        "thread {i}: not a hit"
-                    );
-                }
-                ready_tx.send(()).unwrap();
-                // Keep the runtime (and the connections it drives) alive.
-                tokio::task::spawn_blocking(move || stop_rx.recv())
+                let mut go_rx = Some(go_rx);
+                loop {
+                    // Wait off the runtime, so the drivers on it keep running.
+                    let rx = go_rx.take().unwrap();
+                    let (rx, got) = tokio::task::spawn_blocking(move || {
+                        let got = rx.recv();
+                        (rx, got)
+                    })
                     .await
-                    .unwrap()
-                    .ok();
-                assert!(
-                    s.get(&key(1)).await.unwrap().is_some(),
-                    "thread {i}: not a hit at the end"
-                );
+                    .unwrap();
+                    if got.is_err() {
+                        return;
+                    }
+                    go_rx = Some(rx);
+                    for _ in 0..3 {
+                        let got = s.get(&key(1)).await;
+                        assert!(matches!(got, Ok(Some(_))), "thread {i}: {got:?}");
+                    }
+                    done_tx.send(()).unwrap();
+                }
             });
-        }));
-        ready_rx
+        });
+        ProxyThread {
+            go: Some(go),
+            done,
+            thread: Some(thread),
+        }
+    }
+
+    fn serve(&self) {
+        self.go.as_ref().unwrap().send(()).unwrap();
+        self.done
             .recv_timeout(Duration::from_secs(10))
             .expect("thread served its gets");
-        opened.push(clients(&mut admin).await - base);
-        stops.push(stop_tx);
     }
-    // Thread 0 opened its share on its first get (and no more on the next
-    // ones); thread 1 then opened its own rather than using thread 0's.
-    assert_eq!(opened, vec![share, 2 * share]);
-    for (stop, t) in stops.into_iter().zip(threads) {
-        stop.send(()).unwrap();
-        t.join().unwrap();
+}
+
+impl Drop for ProxyThread {
+    fn drop(&mut self) {
+        drop(self.go.take());
+        let joined = self.thread.take().unwrap().join();
+        if !std::thread::panicking() {
+            joined.unwrap();
+        }
     }
+}
+
+/// A store with one entry, its shared connections open, and two per-core
+/// threads announced (as main does before the master is resolved); with a
+/// connection to count Redis's clients, and that count.
+async fn per_thread_setup(
+    r: &RedisProc,
+) -> (Arc<RedisStore>, redis::aio::MultiplexedConnection, usize) {
+    chartcache::worker::expect(2);
+    let s = store(cfg(r.url()));
+    // Resolution, from a thread that is not a per-core one, opens the shared set.
+    s.put(&key(1), entry(&[], 60_000, 0)).await.unwrap();
+    let mut admin = client(&r.url()).await;
+    let base = clients(&mut admin).await;
+    (s, admin, base)
+}
+
+// Multi-threaded: the shared set's drivers run on this runtime and must keep
+// running while the test blocks waiting for a thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_proxy_thread_opens_and_keeps_its_own_share_of_connections() {
+    let r = RedisProc::server(&[]);
+    let (s, mut admin, base) = per_thread_setup(&r).await;
+    let share = RedisConfig::default()
+        .connections
+        .div_ceil(chartcache::worker::count());
+    let threads = [
+        ProxyThread::start(0, s.clone()),
+        ProxyThread::start(1, s.clone()),
+    ];
+    // Thread 0's first gets open its share; more gets open no more.
+    threads[0].serve();
+    reaches(&mut admin, base + share).await;
+    threads[0].serve();
+    assert_eq!(clients(&mut admin).await, base + share);
+    // Thread 1 opens its own share rather than using thread 0's.
+    threads[1].serve();
+    reaches(&mut admin, base + 2 * share).await;
+    threads[1].serve();
+    threads[0].serve();
+    assert_eq!(clients(&mut admin).await, base + 2 * share);
+    drop(threads);
     // Threads that are not per-core ones still use the shared set.
     assert!(s.get(&key(1)).await.unwrap().is_some());
+}
+
+/// Connections Redis refused since it started (`maxclients` reached).
+async fn rejected(c: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(c)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("rejected_connections:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("rejected_connections in INFO stats")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thread_that_cannot_open_its_share_keeps_using_the_shared_set() {
+    let r = RedisProc::server(&[]);
+    let (s, mut admin, base) = per_thread_setup(&r).await;
+    let share = RedisConfig::default()
+        .connections
+        .div_ceil(chartcache::worker::count()) as u64;
+    // Redis refuses any further connection.
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(base)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let t = ProxyThread::start(0, s.clone());
+    t.serve();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rejected(&mut admin).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the thread never tried to open its share"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Every get is still a hit (`serve` checks), over the shared set, and the
+    // thread does not try again for each request: one attempt's connections
+    // were refused, not one per get.
+    for _ in 0..5 {
+        t.serve();
+    }
+    assert!(rejected(&mut admin).await <= share);
+    assert_eq!(clients(&mut admin).await, base);
 }

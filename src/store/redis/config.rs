@@ -54,7 +54,8 @@ pub struct RedisConfig {
     pub connect_timeout_ms: u64,
     /// Multiplexed connections opened when the master is resolved (each carries
     /// many concurrent commands). Each per-core runtime thread also opens its
-    /// own share, `connections / threads` rounded up, on first use.
+    /// own share, `connections / threads` rounded up, in the background on
+    /// first use (using the shared ones meanwhile).
     pub connections: usize,
     /// Consecutive failures that open the circuit breaker.
     pub breaker_failures: u32,

@@ -17,14 +17,16 @@
 //! operation timeout, and a slow sentinel never makes resolution restart.
 //!
 //! Each per-core runtime thread ([`crate::worker`]) opens its own share of
-//! the connections on first use, so their driver tasks run on the thread that
-//! sends the commands. With one shared set, every command would wake the
-//! thread that opened it and every answer would wake the caller's thread
-//! again. Other threads (the work-stealing runtime, the admin side) use the
-//! set resolution opened.
+//! the connections, so their driver tasks run on the thread that sends the
+//! commands. With one shared set, every command would wake the thread that
+//! opened it and every answer would wake the caller's thread again. The share
+//! is opened in a task of that thread when it first asks, and until it is
+//! ready (or if it cannot be opened) the thread uses the set resolution
+//! opened, as other threads (the work-stealing runtime, the admin side) do:
+//! no request waits for it, and a request's timeout never cuts it short.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
@@ -73,12 +75,21 @@ impl Set {
     }
 }
 
+/// A per-core thread's own connections: opened once per [`Current`].
+#[derive(Default)]
+struct Own {
+    set: OnceLock<Set>,
+    /// An open was started (it may have failed: the thread then keeps using
+    /// the shared set until the master is resolved again).
+    started: AtomicBool,
+}
+
 /// The master currently in use.
 pub struct Current {
     /// Opened by resolution; used by threads that are not per-core workers.
     shared: Set,
     /// Per-core worker `i`'s own set, opened on that thread when it first asks.
-    per_worker: Vec<tokio::sync::OnceCell<Set>>,
+    per_worker: Vec<Own>,
     pub info: ConnectionInfo,
     /// `host:port`, for logs and tests.
     pub addr: String,
@@ -198,23 +209,39 @@ impl Connector {
     /// with the set it came from (to report errors against).
     pub async fn get(self: &Arc<Self>) -> Result<(MultiplexedConnection, Arc<Current>), ConnError> {
         let cur = self.current().await?;
-        let set = match crate::worker::index().and_then(|i| cur.per_worker.get(i)) {
-            Some(own) => match own.get() {
-                Some(set) => set,
-                // Opened here, so redis spawns their drivers on this thread.
-                None => own.get_or_try_init(|| self.open_set(&cur.info)).await?,
-            },
-            None => &cur.shared,
-        };
-        Ok((set.pick(), cur))
+        if let Some(i) = crate::worker::index()
+            && let Some(own) = cur.per_worker.get(i)
+        {
+            if let Some(set) = own.set.get() {
+                return Ok((set.pick(), cur));
+            }
+            if !own.started.swap(true, Ordering::Relaxed) {
+                self.open_own(cur.clone(), i);
+            }
+        }
+        Ok((cur.shared.pick(), cur))
     }
 
-    /// One per-core thread's share of the configured connections.
-    async fn open_set(&self, info: &ConnectionInfo) -> Result<Set, ConnError> {
-        let n = self.connections.div_ceil(crate::worker::count().max(1));
-        let conns =
-            futures_util::future::try_join_all((0..n).map(|_| self.connect(info.clone()))).await?;
-        Ok(Set::new(conns))
+    /// Open per-core thread `i`'s share of the connections in a task of the
+    /// calling thread's runtime, so redis spawns their drivers there too.
+    fn open_own(self: &Arc<Self>, cur: Arc<Current>, i: usize) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            let n = me.connections.div_ceil(crate::worker::count().max(1));
+            let opened =
+                futures_util::future::try_join_all((0..n).map(|_| me.connect(cur.info.clone())))
+                    .await;
+            match opened {
+                Ok(conns) => {
+                    let _ = cur.per_worker[i].set.set(Set::new(conns));
+                }
+                Err(e) => tracing::warn!(
+                    master = %cur.addr,
+                    error = %e,
+                    "cannot open this thread's redis connections; it uses the shared ones"
+                ),
+            }
+        });
     }
 
     /// The current master, resolving it if needed.
@@ -323,7 +350,7 @@ impl Connector {
         Ok(Arc::new(Current {
             shared: Set::new(conns),
             per_worker: (0..crate::worker::count())
-                .map(|_| tokio::sync::OnceCell::new())
+                .map(|_| Own::default())
                 .collect(),
             info,
             addr: addr_s,
