@@ -2,11 +2,8 @@
 //! caller runs on.
 //!
 //! A task spawned by a request stays on its thread, so state whose work runs
-//! in spawned tasks can be kept per thread to keep that work there: the Redis
-//! store opens its connections (whose driver tasks do the socket I/O) on each
-//! thread that uses them (`store::redis::conn`). Shared, every Redis command
-//! would wake the one thread that opened the connection, and its answer
-//! would wake the caller's thread again.
+//! in spawned tasks can be kept per thread to keep that work there, as the
+//! Redis store does with its connections (`store::redis::conn` says why).
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -434,16 +434,6 @@ async fn an_entry_stored_before_the_lock_was_taken_is_served_not_fetched() {
     ));
 }
 
-/// Connections Redis has open, `c` (kept open across counts) included.
-async fn clients(c: &mut redis::aio::MultiplexedConnection) -> usize {
-    let list: String = redis::cmd("CLIENT")
-        .arg("LIST")
-        .query_async(c)
-        .await
-        .unwrap();
-    list.lines().count()
-}
-
 /// Wait (bounded) until Redis counts `want` connections.
 async fn reaches(c: &mut redis::aio::MultiplexedConnection, want: usize) {
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -220,6 +220,17 @@ pub async fn client(url: &str) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
+/// Connections the server has open (`CLIENT LIST`), `c`'s own included:
+/// keep `c` open across counts so that it is counted once.
+pub async fn clients(c: &mut redis::aio::MultiplexedConnection) -> usize {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(c)
+        .await
+        .unwrap();
+    list.lines().count()
+}
+
 /// `ROLE` of the server at `url`: "master", "slave" or "sentinel".
 pub async fn role(url: &str) -> String {
     let v: redis::Value = redis::cmd("ROLE")
