@@ -544,7 +544,7 @@ rate() {
                         local cpu case="$r/$size/$enc"
                         cpu=$(scale_cpu_us "$t0" "$t1" "$n")
                         echo "-- $sys rate=$r size=$size enc=$enc run=$run ($cs; load $(cut -d' ' -f1 /proc/loadavg)): $(echo "$out" | grep -v '^RESULT_JSON' | cut -d: -f2-), proxy CPU $cpu us/request"
-                        for m in p50_ms p90_ms p99_ms p999_ms max_ms errors late_share rps_answered; do
+                        for m in p50_ms p90_ms p99_ms p999_ms max_ms errors unsent late_share rps_answered; do
                             record rate "$sys" "$case" "$run" "$m" "$(jq -r ".$m" <<<"$j")"
                         done
                         record rate "$sys" "$case" "$run" cpu_us_per_req "$cpu"

@@ -41,6 +41,9 @@ struct Tally {
     errors: u64,
     /// Requests due while the connection was still waiting for the previous answer.
     late: u64,
+    /// Requests never sent: the schedule was still behind `--timeout-secs`
+    /// after the run's end (a server far too slow for the rate).
+    unsent: u64,
 }
 
 /// One connection's schedule: requests due at `first + k * interval` until `end`.
@@ -62,6 +65,11 @@ async fn connection(p: Arc<Params>, first: Instant, end: Instant) -> Tally {
     let mut due = first;
     let mut prev_done = first;
     while due < end {
+        if Instant::now() > end + p.timeout {
+            // Bounded in time too: give up on what is still queued.
+            t.unsent = (end - due).as_nanos().div_ceil(interval.as_nanos()) as u64;
+            break;
+        }
         if prev_done <= due {
             tokio::time::sleep_until(due.into()).await;
         } else {
@@ -114,6 +122,7 @@ async fn run_load(p: Arc<Params>) -> serde_json::Value {
         all.us.extend(t.us);
         all.errors += t.errors;
         all.late += t.late;
+        all.unsent += t.unsent;
     }
     let answered = all.us.len() as f64;
     let mut s = client::summary(all.us);
@@ -121,6 +130,7 @@ async fn run_load(p: Arc<Params>) -> serde_json::Value {
     s["rps_answered"] = json!((answered / p.duration.as_secs_f64()).round());
     s["errors"] = json!(all.errors);
     s["late_share"] = json!(client::round3(all.late as f64 / answered.max(1.0)));
+    s["unsent"] = json!(all.unsent);
     s
 }
 
@@ -179,9 +189,10 @@ pub fn run(args: &Args) -> Result<(), String> {
     let mut s = rt.block_on(run_load(p));
     s["label"] = json!(label);
     println!(
-        "{label}: offered {rps} req/s, answered {} req/s, errors {}, late {}; latency p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
+        "{label}: offered {rps} req/s, answered {} req/s, errors {}, unsent {}, late {}; latency p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
         s["rps_answered"],
         s["errors"],
+        s["unsent"],
         s["late_share"],
         s["p50_ms"],
         s["p90_ms"],
