@@ -27,6 +27,7 @@ pub const STORED_BYTES_TOTAL: &str = "chartcache_stored_bytes_total";
 pub const NOT_STORED_TOTAL: &str = "chartcache_not_stored_total";
 pub const BACKGROUND_REFRESHES_TOTAL: &str = "chartcache_background_refreshes_total";
 pub const WORKER_CONNECTIONS: &str = "chartcache_worker_connections";
+pub const REDIS_CONNECTIONS: &str = "chartcache_redis_connections";
 
 /// All metrics of one process.
 pub struct Metrics {
@@ -70,6 +71,8 @@ pub struct Metrics {
     pub background_refreshes: IntCounterVec,
     /// worker: open client connections per proxy thread (`server.runtime = "per_core"`)
     pub worker_connections: IntGaugeVec,
+    /// set (shared|thread): Redis data connections the store holds open
+    pub redis_connections: IntGaugeVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -204,6 +207,17 @@ impl Metrics {
                         "Open client connections per proxy thread (server.runtime = per_core)",
                     ),
                     &["worker"],
+                )
+                .unwrap(),
+            ),
+            redis_connections: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        REDIS_CONNECTIONS,
+                        "Redis data connections held open: the set opened with the master (shared) and the proxy threads' own shares (thread)",
+                    ),
+                    &["set"],
                 )
                 .unwrap(),
             ),

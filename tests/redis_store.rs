@@ -518,18 +518,29 @@ impl Drop for ProxyThread {
 }
 
 /// A store with one entry, its shared connections open, and two per-core
-/// threads announced (as main does before the master is resolved); with a
-/// connection to count Redis's clients, and that count.
+/// threads announced (as main does before the master is resolved); with its
+/// metrics, a connection to count Redis's clients, and that count.
 async fn per_thread_setup(
     r: &RedisProc,
-) -> (Arc<RedisStore>, redis::aio::MultiplexedConnection, usize) {
+) -> (
+    Arc<RedisStore>,
+    Arc<Metrics>,
+    redis::aio::MultiplexedConnection,
+    usize,
+) {
     chartcache::worker::expect(2);
-    let s = store(cfg(r.url()));
+    let metrics = Arc::new(Metrics::new());
+    let s = RedisStore::new(cfg(r.url()), metrics.clone(), clock()).unwrap();
     // Resolution, from a thread that is not a per-core one, opens the shared set.
     s.put(&key(1), entry(&[], 60_000, 0)).await.unwrap();
     let mut admin = client(&r.url()).await;
     let base = clients(&mut admin).await;
-    (s, admin, base)
+    (s, metrics, admin, base)
+}
+
+/// The store's `chartcache_redis_connections{set}` gauge.
+fn held(m: &Metrics, set: &str) -> i64 {
+    m.redis_connections.with_label_values(&[set]).get()
 }
 
 // Multi-threaded: the shared set's drivers run on this runtime and must keep
@@ -537,10 +548,15 @@ async fn per_thread_setup(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_proxy_thread_opens_and_keeps_its_own_share_of_connections() {
     let r = RedisProc::server(&[]);
-    let (s, mut admin, base) = per_thread_setup(&r).await;
+    let (s, metrics, mut admin, base) = per_thread_setup(&r).await;
     let share = RedisConfig::default()
         .connections
         .div_ceil(chartcache::worker::count());
+    assert_eq!(
+        held(&metrics, "shared"),
+        RedisConfig::default().connections as i64
+    );
+    assert_eq!(held(&metrics, "thread"), 0);
     let threads = [
         ProxyThread::start(0, s.clone()),
         ProxyThread::start(1, s.clone()),
@@ -556,6 +572,8 @@ async fn each_proxy_thread_opens_and_keeps_its_own_share_of_connections() {
     threads[1].serve();
     threads[0].serve();
     assert_eq!(clients(&mut admin).await, base + 2 * share);
+    // The gauge counts what Redis counts.
+    assert_eq!(held(&metrics, "thread"), 2 * share as i64);
     drop(threads);
     // Threads that are not per-core ones still use the shared set.
     assert!(s.get(&key(1)).await.unwrap().is_some());
@@ -577,7 +595,7 @@ async fn rejected(c: &mut redis::aio::MultiplexedConnection) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thread_that_cannot_open_its_share_keeps_using_the_shared_set() {
     let r = RedisProc::server(&[]);
-    let (s, mut admin, base) = per_thread_setup(&r).await;
+    let (s, metrics, mut admin, base) = per_thread_setup(&r).await;
     let share = RedisConfig::default()
         .connections
         .div_ceil(chartcache::worker::count()) as u64;
@@ -607,4 +625,5 @@ async fn a_thread_that_cannot_open_its_share_keeps_using_the_shared_set() {
     }
     assert!(rejected(&mut admin).await <= share);
     assert_eq!(clients(&mut admin).await, base);
+    assert_eq!(held(&metrics, "thread"), 0);
 }

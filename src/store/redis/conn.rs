@@ -32,6 +32,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
+use prometheus::{IntGauge, IntGaugeVec};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
@@ -55,17 +56,26 @@ impl From<RedisError> for ConnError {
     }
 }
 
-/// Connections handed out in turn.
+/// Connections handed out in turn, counted in a gauge while held.
 struct Set {
     conns: Vec<MultiplexedConnection>,
     next: AtomicUsize,
+    held: IntGauge,
+}
+
+impl Drop for Set {
+    fn drop(&mut self) {
+        self.held.sub(self.conns.len() as i64);
+    }
 }
 
 impl Set {
-    fn new(conns: Vec<MultiplexedConnection>) -> Set {
+    fn new(conns: Vec<MultiplexedConnection>, held: &IntGauge) -> Set {
+        held.add(conns.len() as i64);
         Set {
             conns,
             next: AtomicUsize::new(0),
+            held: held.clone(),
         }
     }
 
@@ -117,11 +127,15 @@ pub struct Connector {
     connect_timeout: Duration,
     /// CA bundle / client certificate for TLS connections (`None`: system roots).
     tls: Option<redis::TlsCertificates>,
+    /// Connections held by shared sets and by the threads' own.
+    held_shared: IntGauge,
+    held_own: IntGauge,
 }
 
 impl Connector {
-    /// Build from config; connects lazily.
-    pub fn new(cfg: &RedisConfig) -> Result<Arc<Connector>, RedisConfigError> {
+    /// Build from config; connects lazily. `held` counts the connections held,
+    /// by set (`shared`, `thread`).
+    pub fn new(cfg: &RedisConfig, held: &IntGaugeVec) -> Result<Arc<Connector>, RedisConfigError> {
         cfg.validate()?;
         let password = cfg.resolve_password()?;
         let tls = cfg.resolve_tls()?.map(|f| redis::TlsCertificates {
@@ -185,6 +199,8 @@ impl Connector {
             connections: cfg.connections,
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
             tls,
+            held_shared: held.with_label_values(&["shared"]),
+            held_own: held.with_label_values(&["thread"]),
         }))
     }
 
@@ -233,7 +249,7 @@ impl Connector {
                     .await;
             match opened {
                 Ok(conns) => {
-                    let _ = cur.per_worker[i].set.set(Set::new(conns));
+                    let _ = cur.per_worker[i].set.set(Set::new(conns, &me.held_own));
                 }
                 Err(e) => tracing::warn!(
                     master = %cur.addr,
@@ -348,7 +364,7 @@ impl Connector {
         .await?;
         tracing::debug!(master = %addr_s, "redis master resolved");
         Ok(Arc::new(Current {
-            shared: Set::new(conns),
+            shared: Set::new(conns, &self.held_shared),
             per_worker: (0..crate::worker::count())
                 .map(|_| Own::default())
                 .collect(),

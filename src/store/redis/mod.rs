@@ -92,7 +92,7 @@ impl RedisStore {
         metrics: Arc<Metrics>,
         clock: SharedClock,
     ) -> Result<Arc<RedisStore>, config::RedisConfigError> {
-        let conn = Connector::new(&cfg)?;
+        let conn = Connector::new(&cfg, &metrics.redis_connections)?;
         let gauge = metrics.breaker_open.with_label_values(&[STORE]);
         let breaker = Breaker::new(
             cfg.breaker_failures,
