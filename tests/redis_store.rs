@@ -538,6 +538,13 @@ async fn per_thread_setup(
     (s, metrics, admin, base)
 }
 
+/// Connections each per-core thread opens: its share of the default `connections`.
+fn share() -> usize {
+    RedisConfig::default()
+        .connections
+        .div_ceil(chartcache::worker::count())
+}
+
 /// The store's `chartcache_redis_connections{set}` gauge.
 fn held(m: &Metrics, set: &str) -> i64 {
     m.redis_connections.with_label_values(&[set]).get()
@@ -549,9 +556,7 @@ fn held(m: &Metrics, set: &str) -> i64 {
 async fn each_proxy_thread_opens_and_keeps_its_own_share_of_connections() {
     let r = RedisProc::server(&[]);
     let (s, metrics, mut admin, base) = per_thread_setup(&r).await;
-    let share = RedisConfig::default()
-        .connections
-        .div_ceil(chartcache::worker::count());
+    let share = share();
     assert_eq!(
         held(&metrics, "shared"),
         RedisConfig::default().connections as i64
@@ -596,9 +601,7 @@ async fn rejected(c: &mut redis::aio::MultiplexedConnection) -> u64 {
 async fn a_thread_that_cannot_open_its_share_keeps_using_the_shared_set() {
     let r = RedisProc::server(&[]);
     let (s, metrics, mut admin, base) = per_thread_setup(&r).await;
-    let share = RedisConfig::default()
-        .connections
-        .div_ceil(chartcache::worker::count()) as u64;
+    let share = share() as u64;
     // Redis refuses any further connection.
     let _: () = redis::cmd("CONFIG")
         .arg("SET")
