@@ -52,10 +52,12 @@ pub struct RedisConfig {
     pub purge_timeout_ms: u64,
     /// Connection attempts at startup and in background tasks give up after this (ms).
     pub connect_timeout_ms: u64,
-    /// Multiplexed connections opened when the master is resolved (each carries
-    /// many concurrent commands). Each per-core runtime thread also opens its
-    /// own share, `connections / threads` rounded up, in the background on
-    /// first use (using the shared ones meanwhile).
+    /// Multiplexed connections to the master (each carries many concurrent
+    /// commands). With the work-stealing runtime, all are opened when the
+    /// master is resolved. With per-core threads, resolution opens one shared
+    /// connection, and each thread opens its own share, `connections /
+    /// threads` rounded up, in the background on first use (using the shared
+    /// one meanwhile).
     pub connections: usize,
     /// Consecutive failures that open the circuit breaker.
     pub breaker_failures: u32,

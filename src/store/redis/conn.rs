@@ -24,6 +24,9 @@
 //! ready (or if it cannot be opened) the thread uses the set resolution
 //! opened, as other threads (the work-stealing runtime, the admin side) do:
 //! no request waits for it, and a request's timeout never cuts it short.
+//! With per-core threads that shared set is a single connection, so a
+//! process holds `connections` (rounded up to a multiple of the threads)
+//! plus one.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -358,10 +361,16 @@ impl Connector {
                 (info, format!("{host}:{port}"))
             }
         };
-        let conns = futures_util::future::try_join_all(
-            (0..self.connections).map(|_| self.connect(info.clone())),
-        )
-        .await?;
+        // With per-core threads the shared set only carries the other threads'
+        // few commands (admin, startup) and a thread's first ones: one will do.
+        let shared = if crate::worker::count() > 0 {
+            1
+        } else {
+            self.connections
+        };
+        let conns =
+            futures_util::future::try_join_all((0..shared).map(|_| self.connect(info.clone())))
+                .await?;
         tracing::debug!(master = %addr_s, "redis master resolved");
         Ok(Arc::new(Current {
             shared: Set::new(conns, &self.held_shared),
