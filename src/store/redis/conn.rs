@@ -99,7 +99,8 @@ struct Own {
 
 /// The master currently in use.
 pub struct Current {
-    /// Opened by resolution; used by threads that are not per-core workers.
+    /// Opened by resolution; used by threads that are not per-core workers,
+    /// and by a worker until its own set is ready (or if it cannot be opened).
     shared: Set,
     /// Per-core worker `i`'s own set, opened on that thread when it first asks.
     per_worker: Vec<Own>,
