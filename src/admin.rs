@@ -97,11 +97,22 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     blake3::hash(a) == blake3::hash(b)
 }
 
-/// Ready while accepting and Superset answered recently (or answers a probe now).
-/// Redis is deliberately not checked: the proxy fails open without it.
+/// Ready while this process can serve: the listener is up (it is bound
+/// before this admin listener starts), the configuration loaded, and no drain
+/// has begun. Superset being down does not make it unready: the proxy then
+/// still serves stale entries (`stale_if_error`), and taking every replica out
+/// of the Service would hide them from everyone; upstream health is in
+/// `/metrics` (`chartcache_upstream_errors_total`) and its alerts. With
+/// `upstream_client.ready_requires_upstream` (a sidecar, whose pod is not
+/// worth traffic while its own Superset is down) readiness also needs Superset
+/// to have answered recently or to answer a probe now. Redis is never checked:
+/// the proxy fails open without it.
 async fn readyz(app: &App) -> Response<Body> {
     if !app.accepting.load(Ordering::SeqCst) {
         return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+    }
+    if !app.config.load().upstream_client.ready_requires_upstream {
+        return text(StatusCode::OK, "ready\n");
     }
     let last = app.last_upstream_ok_ms.load(Ordering::Relaxed);
     if app.clock.now_ms().saturating_sub(last) < 10_000 {

@@ -164,9 +164,13 @@ impl App {
         if old.refresh_ahead.max_concurrent != new.refresh_ahead.max_concurrent {
             needs_restart.push("refresh_ahead.max_concurrent");
         }
-        if serde_json::to_value(&old.upstream_client).ok()
-            != serde_json::to_value(&new.upstream_client).ok()
-        {
+        // The pool is built once; only the readiness coupling is read per probe.
+        let pool = |c: &Config| {
+            let mut u = c.upstream_client.clone();
+            u.ready_requires_upstream = false;
+            serde_json::to_value(u).ok()
+        };
+        if pool(&old) != pool(&new) {
             needs_restart.push("upstream_client");
         }
         self.policy.store(Arc::new(policy));

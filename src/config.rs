@@ -224,8 +224,20 @@ pub struct UpstreamConfig {
     /// Time until Superset's response headers arrive (ms). Chart queries can be slow;
     /// keep it at or above Superset's own `SUPERSET_WEBSERVER_TIMEOUT`.
     pub response_timeout_ms: u64,
-    /// Idle pooled connections are closed after this many seconds.
-    pub pool_idle_timeout_secs: u64,
+    /// Idle pooled connections are closed after this many milliseconds. Keep
+    /// it below Superset's keep-alive (gunicorn closes idle connections after
+    /// `keepalive` = 2 s by default), so a connection is not picked from the
+    /// pool just as Superset closes it.
+    pub pool_idle_timeout_ms: u64,
+    /// Former spelling of `pool_idle_timeout_ms`, in seconds; when set it wins.
+    pub pool_idle_timeout_secs: Option<u64>,
+    /// `/readyz` also requires Superset to have answered in the last 10 s (or
+    /// to answer a probe of `/health` now). Off by default: in front of a
+    /// shared Superset (ingress backend, edge) an unready proxy cannot serve
+    /// the stale entries that `stale_if_error` keeps for exactly that outage.
+    /// The sidecar overlay turns it on: that pod is useless without its own
+    /// Superset. Read on every probe (a reload changes it).
+    pub ready_requires_upstream: bool,
     /// Idle pooled connections kept per upstream host.
     pub pool_max_idle_per_host: usize,
     /// Extra PEM CA bundle trusted for `https://` upstreams (besides the webpki roots).
@@ -237,9 +249,21 @@ impl Default for UpstreamConfig {
         Self {
             connect_timeout_ms: 3_000,
             response_timeout_ms: 120_000,
-            pool_idle_timeout_secs: 90,
+            pool_idle_timeout_ms: 1_500,
+            pool_idle_timeout_secs: None,
+            ready_requires_upstream: false,
             pool_max_idle_per_host: 256,
             ca_file: None,
+        }
+    }
+}
+
+impl UpstreamConfig {
+    /// How long a pooled connection may stay idle.
+    pub fn pool_idle_timeout(&self) -> std::time::Duration {
+        match self.pool_idle_timeout_secs {
+            Some(s) => std::time::Duration::from_secs(s),
+            None => std::time::Duration::from_millis(self.pool_idle_timeout_ms),
         }
     }
 }

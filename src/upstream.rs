@@ -16,9 +16,15 @@ use crate::body::Body;
 use crate::config::Config;
 use crate::error::Error;
 
+type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
+
 /// Pooled HTTP/1.1 + HTTP/2 client for Superset, over TCP or rustls.
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    client: HttpClient,
+    /// The same connector without a pool: the one retry of an idempotent
+    /// request goes out on a connection opened for it, never on another idle
+    /// one that Superset may be closing as well.
+    fresh: HttpClient,
     scheme: http::uri::Scheme,
     authority: http::uri::Authority,
     /// Path prefix of the upstream URL (without trailing slash), usually empty.
@@ -66,13 +72,18 @@ impl Upstream {
             .enable_http2()
             .wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(uc.pool_idle_timeout_secs))
+            .pool_idle_timeout(uc.pool_idle_timeout())
             .pool_max_idle_per_host(uc.pool_max_idle_per_host)
             .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector.clone());
+        let fresh = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(0)
             .timer(TokioTimer::new())
             .build(connector);
         Ok(Upstream {
             client,
+            fresh,
             scheme,
             authority,
             prefix,
@@ -92,14 +103,117 @@ impl Upstream {
     }
 
     /// Send a request and wait for the response head, within the response timeout.
+    ///
+    /// A pooled connection can die under a request: gunicorn closes an idle
+    /// keep-alive connection after 2 s, and when its timer fires as our request
+    /// arrives the request is written and the connection closes without an
+    /// answer. Then a request that is idempotent and has no body is sent once
+    /// more on a new connection (nginx's `proxy_next_upstream error`). Others
+    /// (POST, PATCH, any streamed body) may have reached Superset or cannot be
+    /// replayed, and fail as they are. Failures are logged with their cause.
     pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, Error> {
-        match tokio::time::timeout(self.response_timeout, self.client.request(req)).await {
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let replay = Replay::of(&req);
+        let attempt = async {
+            match self.client.request(req).await {
+                Err(e) if replay.is_some() && retryable(&e) => {
+                    tracing::warn!(
+                        %method,
+                        path,
+                        cause = %cause(&e),
+                        "upstream connection failed before a response; retrying once on a new connection"
+                    );
+                    let again = replay.map(Replay::request).expect("checked above");
+                    self.fresh.request(again).await
+                }
+                other => other,
+            }
+        };
+        let res = match tokio::time::timeout(self.response_timeout, attempt).await {
             Err(_) => Err(Error::UpstreamTimeout),
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) if e.is_connect() => Err(Error::UpstreamConnect(format!("{e:?}"))),
-            Ok(Err(e)) => Err(Error::Upstream(format!("{e:?}"))),
+            Ok(Ok(r)) => return Ok(r),
+            Ok(Err(e)) if e.is_connect() => Err(Error::UpstreamConnect(cause(&e))),
+            Ok(Err(e)) => Err(Error::Upstream(cause(&e))),
+        };
+        if let Err(e) = &res {
+            tracing::warn!(%method, path, error = %e, "upstream request failed");
         }
+        res
     }
+}
+
+/// What is needed to send a request again: kept only for idempotent methods
+/// whose body is known to be empty, so nothing is ever buffered for a retry.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn of(req: &Request<Body>) -> Option<Replay> {
+        use http::Method;
+        let idempotent = matches!(
+            *req.method(),
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        );
+        let bodiless = hyper::body::Body::is_end_stream(req.body());
+        // An upgrade hands the connection over; it is never replayed.
+        let upgrade = req.headers().contains_key(header::UPGRADE);
+        (idempotent && bodiless && !upgrade).then(|| Replay {
+            method: req.method().clone(),
+            uri: req.uri().clone(),
+            headers: req.headers().clone(),
+        })
+    }
+
+    fn request(self) -> Request<Body> {
+        let mut req = Request::new(crate::body::empty());
+        *req.method_mut() = self.method;
+        *req.uri_mut() = self.uri;
+        *req.headers_mut() = self.headers;
+        req
+    }
+}
+
+/// Whether a failed request died with its connection before a response
+/// arrived (closed, reset, canceled), rather than on connecting (nothing was
+/// sent, and a new connection would fail alike) or on a malformed answer.
+fn retryable(e: &hyper_util::client::legacy::Error) -> bool {
+    if e.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>()
+            && (h.is_incomplete_message() || h.is_canceled() || h.is_closed())
+        {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            return matches!(
+                io.kind(),
+                ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+            );
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An error with its chain of causes, for logs ("client error (SendRequest):
+/// connection closed before message completed").
+fn cause(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1) never forwarded in either direction.
