@@ -8,7 +8,8 @@
    schemas: their required structure is checked here instead.
 3. Checks what schemas cannot: chartcache's pod hardening, probes, shutdown
    timing, Service/ServiceMonitor port names, HPA targets, ConfigMap and Secret
-   references, no literal secrets.
+   references, no literal secrets, and Redis wherever more than one replica
+   of chartcache can run (memory-only replicas miss each other's purges).
 4. Checks that the Grafana dashboard parses and that every metric it or the
    PrometheusRule uses is one that src/metrics.rs defines (or a process_* one),
    with label names the metric has.
@@ -198,6 +199,45 @@ def chartcache_containers(spec: dict):
             yield c
 
 
+def has_redis(toml_text: str | None, env: dict, c: dict) -> bool:
+    """Whether a chartcache container is certain to run with Redis: set in its
+    TOML or literal env, or a Redis Secret/ConfigMap it cannot start without."""
+    if any(k.upper() in ("CHARTCACHE_REDIS__URL", "CHARTCACHE_REDIS__SENTINELS") and v for k, v in env.items()):
+        return True
+    try:
+        r = tomllib.loads(toml_text or "").get("redis", {})
+    except tomllib.TOMLDecodeError:
+        r = {}
+    if r.get("url") or r.get("sentinels"):
+        return True
+    for ef in c.get("envFrom") or []:
+        ref = ef.get("secretRef") or ef.get("configMapRef") or {}
+        if "redis" in ref.get("name", "") and ref.get("optional") is not True:
+            return True
+    return False
+
+
+MEMORY_ONLY_REPLICAS = (
+    "replicas without Redis do not see each other's writes and purges (a replica keeps "
+    "serving an entry purged elsewhere for up to its tier's fresh_secs): reference the "
+    "Redis Secret with optional: false, or run one replica"
+)
+
+
+def check_shared_invalidation(rel: str, docs: list[dict]) -> None:
+    """More than one replica of a chartcache container requires Redis."""
+    hpas = [o for o in docs if o["kind"] == "HorizontalPodAutoscaler"]
+    for o, spec, _ in pod_specs(docs):
+        most = max([o["spec"].get("replicas", 1)] + [
+            h["spec"].get("maxReplicas", 1) for h in hpas
+            if h["spec"]["scaleTargetRef"].get("name") == o["metadata"]["name"]
+        ])
+        for c in chartcache_containers(spec):
+            toml_text, env, _ = config_for_container(docs, spec, c)
+            R.check(most <= 1 or has_redis(toml_text, env, c),
+                    f"{rel}: {ident(o)}/chartcache: up to {most} {MEMORY_ONLY_REPLICAS}")
+
+
 def selects(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
@@ -291,6 +331,7 @@ def check_semantics(rel: str, docs: list[dict], drain_secs: dict) -> None:
                         f"{rel}: {ident(ing)}: backend port {b['port']} not on Service {b['name']}",
                     )
     R.check(found_chartcache, f"{rel}: no chartcache container rendered")
+    check_shared_invalidation(rel, docs)
 
 
 # ---------------------------------------------------------------- metrics
@@ -553,9 +594,14 @@ def check_configs(rendered: dict[str, list[dict]]) -> dict:
                "spec": {"containers": [c], "volumes": [{"name": n, "emptyDir": {}} for n in
                                                        {m["name"] for m in c.get("volumeMounts", [])}]}}
         validate_schema(where, pod)
+        env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e and e["name"].startswith("CHARTCACHE_")}
         if binary and toml_text is not None:
-            env = {e["name"]: e["value"] for e in c.get("env", []) if "value" in e and e["name"].startswith("CHARTCACHE_")}
             run_check_config(binary, where, toml_text, env, c.get("args", []))
+        # Superset's chart: supersetNode.replicaCount (1 by default) and supersetNode.autoscaling.
+        auto = node.get("autoscaling") or {}
+        most = max(node.get("replicaCount", 1), auto.get("maxReplicas", 1) if auto.get("enabled") else 1)
+        R.check(most <= 1 or has_redis(toml_text, env, c),
+                f"{where}: up to {most} Superset pods: {MEMORY_ONLY_REPLICAS}")
     return drains
 
 

@@ -83,6 +83,9 @@ impl App {
         let canon_memo = crate::proxy::memo::CanonMemo::new(cfg.cache.canonical_memo_bytes);
         let copies = crate::proxy::copies::Copies::new(cfg.cache.raw_copy_bytes);
         let offload = crate::offload::Offload::new(cfg.server.workers())?;
+        if !cfg.redis.enabled() {
+            warn_memory_only();
+        }
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
             policy: ArcSwap::from_pointee(policy),
@@ -192,5 +195,25 @@ impl App {
             self.metrics.memory_entries.set(entries as i64);
             self.metrics.memory_bytes.set(bytes as i64);
         }
+        let parts = &self.metrics.memory_cache_bytes;
+        parts
+            .with_label_values(&["memo"])
+            .set(self.canon_memo.bytes() as i64);
+        parts
+            .with_label_values(&["copies"])
+            .set(self.copies.bytes() as i64);
+    }
+}
+
+/// Memory-only replicas do not see each other's writes and purges: say so at
+/// startup, as a warning where replicas are likely (Kubernetes).
+fn warn_memory_only() {
+    const WHY: &str = "no Redis configured: writes and purges through this process do not reach \
+        other replicas, which keep serving old entries for up to their tier's fresh_secs; \
+        run one replica or configure redis.url / redis.sentinels";
+    if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() {
+        tracing::warn!("{WHY}");
+    } else {
+        tracing::info!("{WHY}");
     }
 }

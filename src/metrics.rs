@@ -20,6 +20,7 @@ pub const STORE_OPERATION_DURATION_SECONDS: &str = "chartcache_store_operation_d
 pub const STORE_BREAKER_OPEN: &str = "chartcache_store_breaker_open";
 pub const MEMORY_STORE_BYTES: &str = "chartcache_memory_store_bytes";
 pub const MEMORY_STORE_ENTRIES: &str = "chartcache_memory_store_entries";
+pub const MEMORY_CACHE_BYTES: &str = "chartcache_memory_cache_bytes";
 pub const IDENTITY_LOOKUPS_TOTAL: &str = "chartcache_identity_lookups_total";
 pub const PURGES_TOTAL: &str = "chartcache_purges_total";
 pub const PURGED_ENTRIES_TOTAL: &str = "chartcache_purged_entries_total";
@@ -59,6 +60,8 @@ pub struct Metrics {
     pub breaker_open: IntGaugeVec,
     pub memory_bytes: IntGauge,
     pub memory_entries: IntGauge,
+    /// cache (memo|copies): bytes of the other in-process caches of the memory budget
+    pub memory_cache_bytes: IntGaugeVec,
     /// result (principal|denied|error)
     pub identity_lookups: IntCounterVec,
     /// source (admin|write)
@@ -173,6 +176,17 @@ impl Metrics {
             memory_entries: reg(
                 &r,
                 IntGauge::new(MEMORY_STORE_ENTRIES, "Entries held by the memory store").unwrap(),
+            ),
+            memory_cache_bytes: reg(
+                &r,
+                IntGaugeVec::new(
+                    Opts::new(
+                        MEMORY_CACHE_BYTES,
+                        "Bytes held by the canonical memo and the encoding copies",
+                    ),
+                    &["cache"],
+                )
+                .unwrap(),
             ),
             identity_lookups: cv(
                 IDENTITY_LOOKUPS_TOTAL,

@@ -104,6 +104,11 @@ impl Copies {
         self.made.load(Ordering::Relaxed)
     }
 
+    /// Bytes the kept copies weigh now (at most about `cache.raw_copy_bytes`).
+    pub fn bytes(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.weight())
+    }
+
     /// The body of `entry` (stored under `key`), gzip or uncompressed, and its
     /// `Content-Encoding`: the kept copy when there is one, else made once and
     /// kept.

@@ -107,6 +107,11 @@ impl CanonMemo {
         }
     }
 
+    /// Bytes the memo weighs now (at most about `cache.canonical_memo_bytes`).
+    pub fn bytes(&self) -> u64 {
+        self.cache.as_ref().map_or(0, |c| c.weight())
+    }
+
     /// `fingerprint::canonicalize`, answered from the memo when the same inputs were seen.
     pub fn canonicalize(
         &self,
