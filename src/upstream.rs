@@ -346,6 +346,26 @@ mod tests {
     }
 
     #[test]
+    fn only_bodiless_idempotent_requests_are_replayable() {
+        let req = |m: http::Method, body: Body| Request::builder().method(m).body(body).unwrap();
+        for m in [http::Method::GET, http::Method::HEAD, http::Method::DELETE] {
+            assert!(Replay::of(&req(m, crate::body::empty())).is_some());
+        }
+        for m in [http::Method::POST, http::Method::PATCH] {
+            assert!(Replay::of(&req(m, crate::body::empty())).is_none());
+        }
+        // A body that may still stream is never buffered for a retry.
+        let streamed = http_body_util::BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+            futures_util::stream::iter(Vec::<Result<hyper::body::Frame<bytes::Bytes>, _>>::new()),
+        ));
+        assert!(Replay::of(&req(http::Method::PUT, streamed)).is_none());
+        let mut ws = req(http::Method::GET, crate::body::empty());
+        ws.headers_mut()
+            .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(Replay::of(&ws).is_none());
+    }
+
+    #[test]
     fn keeps_upgrade_for_websockets() {
         let mut h = HeaderMap::new();
         h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
