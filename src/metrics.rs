@@ -29,6 +29,10 @@ pub const NOT_STORED_TOTAL: &str = "chartcache_not_stored_total";
 pub const BACKGROUND_REFRESHES_TOTAL: &str = "chartcache_background_refreshes_total";
 pub const WORKER_CONNECTIONS: &str = "chartcache_worker_connections";
 pub const REDIS_CONNECTIONS: &str = "chartcache_redis_connections";
+pub const REDIS_SUBSCRIPTION_LIVE: &str = "chartcache_redis_subscription_live";
+pub const REDIS_SUBSCRIPTION_LOSSES_TOTAL: &str = "chartcache_redis_subscription_losses_total";
+pub const L1_BYPASSED: &str = "chartcache_l1_bypassed";
+pub const INVALIDATION_MESSAGES_TOTAL: &str = "chartcache_invalidation_messages_total";
 
 /// All metrics of one process.
 pub struct Metrics {
@@ -76,6 +80,14 @@ pub struct Metrics {
     pub worker_connections: IntGaugeVec,
     /// set (shared|thread): Redis data connections the store holds open
     pub redis_connections: IntGaugeVec,
+    /// 1 while the pub/sub connection is subscribed and answers its checks
+    pub redis_subscription_live: IntGauge,
+    /// reason (closed|ping_timeout|master_changed|channels_changed)
+    pub redis_subscription_losses: IntCounterVec,
+    /// 1 while the tiered store serves without its L1 (no live subscription)
+    pub l1_bypassed: IntGauge,
+    /// result (applied|own|unreadable): messages received on `{prefix}:inv`
+    pub invalidation_messages: IntCounterVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -234,6 +246,32 @@ impl Metrics {
                     &["set"],
                 )
                 .unwrap(),
+            ),
+            redis_subscription_live: reg(
+                &r,
+                IntGauge::new(
+                    REDIS_SUBSCRIPTION_LIVE,
+                    "1 while the Redis pub/sub connection (invalidations, lock releases) is subscribed on the current master and answers its checks",
+                )
+                .unwrap(),
+            ),
+            redis_subscription_losses: cv(
+                REDIS_SUBSCRIPTION_LOSSES_TOTAL,
+                "Redis pub/sub subscriptions torn down and made again, by reason",
+                &["reason"],
+            ),
+            l1_bypassed: reg(
+                &r,
+                IntGauge::new(
+                    L1_BYPASSED,
+                    "1 while the tiered store skips its L1 because purges from other replicas could be missed",
+                )
+                .unwrap(),
+            ),
+            invalidation_messages: cv(
+                INVALIDATION_MESSAGES_TOTAL,
+                "Messages received on the invalidation channel, by result",
+                &["result"],
             ),
             registry: r,
         };

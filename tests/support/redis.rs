@@ -180,6 +180,18 @@ impl RedisProc {
         panic!("redis-server did not restart: {last}");
     }
 
+    /// Send `signal` (e.g. "STOP", "CONT") to the process by pid: a master
+    /// frozen with STOP keeps its sockets open and answers nothing.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.child.as_ref().expect("running").id();
+        let st = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(pid.to_string())
+            .status()
+            .expect("kill");
+        assert!(st.success(), "kill -{signal} {pid}");
+    }
+
     /// Is the process running?
     pub fn running(&mut self) -> bool {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))

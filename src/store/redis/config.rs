@@ -79,6 +79,13 @@ pub struct RedisConfig {
     /// message arrives. A holder announces its release on `{prefix}:rel` and
     /// waiters check at once, so polling only covers a lost message.
     pub lock_poll_ms: u64,
+    /// How often the subscription connection (`{prefix}:inv`, `{prefix}:rel`)
+    /// is checked with `PING` (ms). A hung master leaves the socket open and
+    /// sends no error: only an unanswered check reveals it.
+    pub pubsub_ping_interval_ms: u64,
+    /// A check unanswered after this long (ms) drops the subscription (and the
+    /// L1 with it) and makes it again on the current master.
+    pub pubsub_ping_timeout_ms: u64,
 }
 
 impl Default for RedisConfig {
@@ -110,6 +117,8 @@ impl Default for RedisConfig {
             lock_ttl_ms: 60_000,
             lock_wait_ms: 50_000,
             lock_poll_ms: 250,
+            pubsub_ping_interval_ms: 1_000,
+            pubsub_ping_timeout_ms: 1_000,
         }
     }
 }
@@ -201,6 +210,8 @@ impl RedisConfig {
             ("lock_ttl_ms", self.lock_ttl_ms),
             ("lock_poll_ms", self.lock_poll_ms),
             ("l1_max_ttl_secs", self.l1_max_ttl_secs),
+            ("pubsub_ping_interval_ms", self.pubsub_ping_interval_ms),
+            ("pubsub_ping_timeout_ms", self.pubsub_ping_timeout_ms),
         ];
         for (k, v) in positive {
             if v == 0 {

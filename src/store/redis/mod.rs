@@ -3,7 +3,8 @@
 //! Keys: `{prefix}:e:{keyhex}` holds `Entry::encode()` with a PX TTL reaching
 //! `stale_until`; `{prefix}:t:{tag}` is the set of key hexes carrying a tag (its
 //! TTL is raised to the longest member's); `{prefix}:l:{keyhex}` are fetch locks
-//! ([`crate::store::lock`]); channel `{prefix}:inv` carries invalidations.
+//! ([`crate::store::lock`]); channel `{prefix}:inv` carries invalidations and
+//! `{prefix}:rel` lock releases, both on one subscription ([`pubsub`]).
 //!
 //! Every operation is bounded by `timeout_ms` and goes through a circuit
 //! breaker: a slow or dead Redis turns into misses, never into client errors.
@@ -26,6 +27,7 @@ use crate::metrics::Metrics;
 
 pub mod config;
 pub mod conn;
+pub mod pubsub;
 
 pub use config::RedisConfig;
 use conn::{ConnError, Connector};
@@ -76,6 +78,8 @@ pub struct RedisStore {
     release_subscriptions: Arc<std::sync::atomic::AtomicU64>,
     /// Replicas waiting here for another replica's fetch lock on a key.
     releases: Arc<super::lock::Releases>,
+    /// The channels subscribed and whether the subscription is live.
+    subs: Arc<pubsub::Subscriptions>,
     _stop_guard: DropGuard,
 }
 
@@ -105,6 +109,10 @@ impl RedisStore {
             subscriptions: Arc::default(),
             release_subscriptions: Arc::default(),
             releases: Arc::default(),
+            subs: Arc::new(pubsub::Subscriptions::new(
+                metrics.redis_subscription_live.clone(),
+                metrics.redis_subscription_losses.clone(),
+            )),
             conn,
             breaker,
             metrics,
@@ -297,82 +305,54 @@ impl RedisStore {
     /// as long as the store lives. Each time the subscription is (re)made,
     /// `on_subscribed` runs first: messages may have been missed while this
     /// process was not subscribed (including before the first subscription).
+    /// See [`pubsub`] for when it is made again and [`RedisStore::subscribed`].
     pub fn subscribe(
         self: &Arc<Self>,
         on_message: impl Fn(&[u8]) + Send + Sync + 'static,
         on_subscribed: impl Fn() + Send + Sync + 'static,
     ) {
-        let count = self.subscriptions.clone();
-        self.subscribe_to(self.channel(), count, on_message, on_subscribed);
+        self.subscribe_with(on_message, on_subscribed, || {});
+    }
+
+    /// [`RedisStore::subscribe`], and `on_lost` runs whenever a subscription
+    /// made is given up (from then on messages may be missed).
+    pub fn subscribe_with(
+        self: &Arc<Self>,
+        on_message: impl Fn(&[u8]) + Send + Sync + 'static,
+        on_subscribed: impl Fn() + Send + Sync + 'static,
+        on_lost: impl Fn() + Send + Sync + 'static,
+    ) {
+        self.add_channel(pubsub::Handler {
+            channel: self.channel(),
+            on_message: Box::new(on_message),
+            on_subscribed: Box::new(on_subscribed),
+            on_lost: Box::new(on_lost),
+            count: self.subscriptions.clone(),
+        });
+    }
+
+    /// The metrics this store reports to.
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// Wake this replica's lock waiters when another replica releases a fetch
     /// lock (`store::lock`), instead of leaving them to their next poll.
     pub fn watch_lock_releases(self: &Arc<Self>) {
         let releases = self.releases.clone();
-        let count = self.release_subscriptions.clone();
-        self.subscribe_to(
-            self.release_channel(),
-            count,
-            move |payload| releases.released(payload),
-            || {},
-        );
+        self.add_channel(pubsub::Handler {
+            channel: self.release_channel(),
+            on_message: Box::new(move |payload| releases.released(payload)),
+            on_subscribed: Box::new(|| {}),
+            on_lost: Box::new(|| {}),
+            count: self.release_subscriptions.clone(),
+        });
     }
 
-    /// `subscribe` on any channel; `count` counts the subscriptions made.
-    fn subscribe_to(
-        self: &Arc<Self>,
-        channel: String,
-        count: Arc<std::sync::atomic::AtomicU64>,
-        on_message: impl Fn(&[u8]) + Send + Sync + 'static,
-        on_subscribed: impl Fn() + Send + Sync + 'static,
-    ) {
-        let weak = Arc::downgrade(self);
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(50);
-            while !stop.is_cancelled() {
-                let Some(me) = weak.upgrade() else { return };
-                let conn = me.conn.clone();
-                let t = Duration::from_millis(me.cfg.connect_timeout_ms);
-                drop(me);
-                let sub = tokio::time::timeout(t, async {
-                    let cur = conn.current().await?;
-                    let mut ps = conn.client(cur.info.clone())?.get_async_pubsub().await?;
-                    ps.subscribe(&channel).await?;
-                    Ok::<_, ConnError>(ps)
-                })
-                .await;
-                match sub {
-                    Ok(Ok(ps)) => {
-                        on_subscribed();
-                        count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                        backoff = Duration::from_millis(50);
-                        let mut stream = ps.into_on_message();
-                        loop {
-                            tokio::select! {
-                                _ = stop.cancelled() => return,
-                                m = stream.next() => match m {
-                                    Some(m) => on_message(m.get_payload_bytes()),
-                                    None => break,
-                                },
-                            }
-                        }
-                        tracing::info!(%channel, "redis subscription lost; resubscribing");
-                    }
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "redis subscribe failed");
-                        conn.on_error(&e, None);
-                    }
-                    Err(_) => tracing::debug!("redis subscribe timed out"),
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(2));
-            }
-        });
+    /// Every channel is subscribed on a healthy connection to the current
+    /// master: messages published now reach this replica.
+    pub fn subscribed(&self) -> bool {
+        self.subs.live()
     }
 
     async fn purge_all(&self) -> Result<u64, StoreError> {
@@ -544,6 +524,8 @@ async fn watch_switch_master(store: std::sync::Weak<RedisStore>, stop: Cancellat
                                     if p.split(' ').next() == Some(name.as_str()) {
                                         let Some(me) = store.upgrade() else { return };
                                         me.conn.reset("+switch-master");
+                                        // The subscriptions follow at once, not at their next check.
+                                        me.subs.renew();
                                     }
                                 }
                                 None => break,
