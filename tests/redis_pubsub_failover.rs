@@ -250,8 +250,119 @@ async fn purge_after_a_hung_master_fails_over_reaches_every_replica() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    let text = String::from_utf8(b.app.metrics.render()).unwrap();
+    let losses: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("chartcache_redis_subscription_losses_total"))
+        .collect();
     eprintln!(
-        "hung master: sentinels promoted after {failover_took:?}; both replicas subscribed on the new master {followed:?} after SIGSTOP"
+        "hung master: sentinels promoted after {failover_took:?}; both replicas subscribed on the new master {followed:?} after SIGSTOP; B: {losses:?}"
     );
     drop(frozen);
+}
+
+/// Without Sentinel nothing announces a hung master: the PING on the
+/// subscribed connection finds it. While it hangs the replica serves without
+/// its L1 (nothing another replica purges meanwhile can reach it); when the
+/// master answers again the subscription is made again and L1 is used again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_standalone_master_is_found_by_the_subscription_check() {
+    let r = RedisProc::server(&[]);
+    let up = Upstream::start().await;
+    Proxy::expect_threads();
+    let mut cfg = test_config(&up.url());
+    cfg.redis = RedisConfig {
+        url: Some(r.url()),
+        tiered: true,
+        breaker_failures: 2,
+        breaker_cooldown_ms: 200,
+        l1_max_ttl_secs: 3_600,
+        ..RedisConfig::default()
+    };
+    let (every, timeout) = (
+        cfg.redis.pubsub_ping_interval_ms,
+        cfg.redis.pubsub_ping_timeout_ms,
+    );
+    let metrics = Arc::new(Metrics::new());
+    let clock: SharedClock = Arc::new(SystemClock);
+    let built = setup::build(&cfg, metrics.clone(), clock.clone())
+        .await
+        .unwrap();
+    let store = built.redis.clone().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !store.subscribed() {
+        assert!(Instant::now() < deadline, "no subscription");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let p =
+        Proxy::start_app(App::new(cfg, built.store, built.memory, metrics, clock).unwrap()).await;
+    let c = TestClient::new();
+    assert!(
+        c.chart(&p, "alice-token", &body(1))
+            .await
+            .cache_status()
+            .contains("stored")
+    );
+    assert!(
+        c.chart(&p, "alice-token", &body(1))
+            .await
+            .cache_status()
+            .contains("hit")
+    );
+    let l1 = p.app.memory.clone().unwrap();
+
+    r.signal("STOP");
+    let frozen = Frozen(&r);
+    let stopped = Instant::now();
+    // Found within one check interval plus its timeout (and scheduling room).
+    let bound = Duration::from_millis(every + timeout) + Duration::from_secs(2);
+    while store.subscribed() {
+        assert!(stopped.elapsed() < bound, "hung master not found");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let found = stopped.elapsed();
+    assert_eq!(metric(&p, "chartcache_l1_bypassed", ""), 1.0);
+    assert_eq!(
+        metric(
+            &p,
+            "chartcache_redis_subscription_losses_total",
+            "reason=\"ping_timeout\""
+        ),
+        1.0
+    );
+    l1.sync();
+    assert_eq!(l1.usage().0, 0, "L1 cleared when the subscription was lost");
+    // Requests still succeed (Redis skipped after its timeouts), uncached by L1.
+    let during = c.chart(&p, "alice-token", &body(1)).await;
+    assert_eq!(during.status, 200);
+    assert!(
+        !during.cache_status().contains("hit"),
+        "{}",
+        during.cache_status()
+    );
+
+    drop(frozen);
+    let resumed = Instant::now();
+    while !store.subscribed() {
+        assert!(
+            resumed.elapsed() < Duration::from_secs(10),
+            "never subscribed again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(metric(&p, "chartcache_l1_bypassed", ""), 0.0);
+    // L1 serves again: fill it, then hit it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut i = 10;
+    loop {
+        i += 1;
+        c.chart(&p, "alice-token", &body(i)).await;
+        l1.sync();
+        if l1.usage().0 > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "L1 never used again");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("hung standalone master found by the subscription check after {found:?}");
 }

@@ -53,10 +53,13 @@ impl Lost {
     }
 }
 
+/// Called with each message's payload.
+pub(crate) type OnMessage = Box<dyn Fn(&[u8]) + Send + Sync>;
+
 /// What to do with one channel's messages.
 pub(crate) struct Handler {
     pub channel: String,
-    pub on_message: Box<dyn Fn(&[u8]) + Send + Sync>,
+    pub on_message: OnMessage,
     /// Runs each time the channel is (re)subscribed, before `live` turns true:
     /// messages may have been missed while it was not.
     pub on_subscribed: Box<dyn Fn() + Send + Sync>,
@@ -166,14 +169,20 @@ async fn subscription_loop(store: Weak<RedisStore>, stop: CancellationToken) {
         let generation = cx.subs.generation.load(Ordering::SeqCst);
         let handlers = cx.subs.snapshot();
         let channels: Vec<String> = handlers.iter().map(|h| h.channel.clone()).collect();
-        let sub = tokio::time::timeout(cx.connect, async {
+        let attempt = tokio::time::timeout(cx.connect, async {
             let cur = cx.conn.current().await?;
             let ps = cx.conn.client(cur.info.clone())?.get_async_pubsub().await?;
             let (mut sink, stream) = ps.split();
             sink.subscribe(&channels).await?;
             Ok::<_, ConnError>((cur, sink, stream))
-        })
-        .await;
+        });
+        // A master change while subscribing to a hung one: start over at once
+        // rather than wait for this attempt to time out.
+        let sub = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = cx.subs.wake.notified() => continue,
+            sub = attempt => sub,
+        };
         match sub {
             Ok(Ok((cur, mut sink, mut stream))) => {
                 for h in &handlers {
@@ -204,8 +213,13 @@ async fn subscription_loop(store: Weak<RedisStore>, stop: CancellationToken) {
                 }
                 let Some(lost) = lost else { return };
                 cx.subs.losses.with_label_values(&[lost.as_str()]).inc();
-                tracing::info!(master = %cur.addr, reason = lost.as_str(), "redis subscriptions lost; subscribing again");
-                if matches!(lost, Lost::ChannelsChanged | Lost::MasterChanged) {
+                if lost == Lost::ChannelsChanged {
+                    // Startup adds the channels one by one: not worth a log line.
+                    tracing::debug!(master = %cur.addr, "redis channel added; subscribing again");
+                    continue;
+                }
+                tracing::warn!(master = %cur.addr, reason = lost.as_str(), "redis subscriptions lost; subscribing again");
+                if lost == Lost::MasterChanged {
                     continue;
                 }
             }
@@ -215,11 +229,13 @@ async fn subscription_loop(store: Weak<RedisStore>, stop: CancellationToken) {
             }
             Err(_) => tracing::debug!("redis subscribe timed out"),
         }
-        drop(cx);
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(backoff) => {}
+            // A master change: no reason to wait.
+            _ = cx.subs.wake.notified() => {}
         }
+        drop(cx);
         backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }
