@@ -192,9 +192,10 @@ impl TieredStore {
             move || {
                 on_lost.1.set(1);
                 let n = on_lost.0.purge_now(&Purge::All);
-                tracing::warn!(
+                // The subscription loop logs the loss and its reason.
+                tracing::debug!(
                     removed = n,
-                    "invalidation subscription lost; L1 cleared and bypassed until it is back"
+                    "L1 cleared and bypassed until the subscription is back"
                 );
             },
         );

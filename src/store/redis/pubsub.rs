@@ -208,10 +208,10 @@ async fn subscription_loop(store: Weak<RedisStore>, stop: CancellationToken) {
                     .await
                 };
                 cx.subs.set_live(false);
+                let Some(lost) = lost else { return };
                 for h in &handlers {
                     (h.on_lost)();
                 }
-                let Some(lost) = lost else { return };
                 cx.subs.losses.with_label_values(&[lost.as_str()]).inc();
                 if lost == Lost::ChannelsChanged {
                     // Startup adds the channels one by one: not worth a log line.
