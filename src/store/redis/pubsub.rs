@@ -244,7 +244,7 @@ async fn subscription_loop(store: Weak<RedisStore>, stop: CancellationToken) {
 async fn watch(
     cx: &Ctx,
     cur: &Arc<Current>,
-    generation: u64,
+    mut generation: u64,
     handlers: &[Arc<Handler>],
     sink: &mut redis::aio::PubSubSink,
     stream: &mut redis::aio::PubSubStream,
@@ -257,9 +257,18 @@ async fn watch(
         tokio::select! {
             _ = stop.cancelled() => return None,
             _ = cx.subs.wake.notified() => {
-                if cx.subs.generation.load(Ordering::SeqCst) != generation {
-                    let added = cx.subs.snapshot().len() != handlers.len();
-                    return Some(if added { Lost::ChannelsChanged } else { Lost::MasterChanged });
+                let now = cx.subs.generation.load(Ordering::SeqCst);
+                if now != generation {
+                    if cx.subs.snapshot().len() != handlers.len() {
+                        return Some(Lost::ChannelsChanged);
+                    }
+                    // `+switch-master` names the master this connection may
+                    // already be on (it was made after the data path moved):
+                    // keep it then, and the L1 with it.
+                    if moved(cx, cur).await {
+                        return Some(Lost::MasterChanged);
+                    }
+                    generation = now;
                 }
             }
             m = stream.next() => match m {
