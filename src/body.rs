@@ -46,7 +46,17 @@ pub enum Limited {
 /// Read `body` completely if it is at most `limit` bytes; otherwise hand back a
 /// body that replays what was read and streams the rest, so nothing is lost or
 /// altered and memory stays bounded by `limit`.
-pub async fn read_limited(mut body: Body, limit: usize) -> Result<Limited, BoxError> {
+pub async fn read_limited(body: Body, limit: usize) -> Result<Limited, BoxError> {
+    read_limited_with(body, limit, |_| true).await
+}
+
+/// [`read_limited`], asking `admit` before keeping each frame's bytes; a
+/// refusal ends the read with an error.
+async fn read_limited_with(
+    mut body: Body,
+    limit: usize,
+    mut admit: impl FnMut(usize) -> bool,
+) -> Result<Limited, BoxError> {
     // A chart request's body nearly always arrives as one frame: keep that
     // frame as it is and copy only when a second one follows.
     let mut first: Option<Bytes> = None;
@@ -58,6 +68,9 @@ pub async fn read_limited(mut body: Body, limit: usize) -> Result<Limited, BoxEr
             continue;
         };
         total += data.len();
+        if total <= limit && !admit(data.len()) {
+            return Err("request bodies being received are over their budget".into());
+        }
         if total > limit {
             let chunks = first
                 .take()
@@ -83,6 +96,78 @@ pub async fn read_limited(mut body: Body, limit: usize) -> Result<Limited, BoxEr
         }
     }
     Ok(Limited::Complete(first.unwrap_or_else(|| buf.freeze())))
+}
+
+/// Bytes of request bodies being received right now, against
+/// `server.max_buffered_body_bytes`: a reservation that gives its bytes back
+/// when dropped (body complete, deadline passed, client gone).
+struct Reservation<'a> {
+    gauge: &'a prometheus::IntGauge,
+    bytes: i64,
+}
+
+impl Reservation<'_> {
+    /// Reserve `n` more bytes; false (and nothing reserved) beyond `cap`.
+    fn grow(&mut self, n: usize, cap: usize) -> bool {
+        let n = n as i64;
+        if self.gauge.get() + n > cap as i64 {
+            return false;
+        }
+        self.gauge.add(n);
+        self.bytes += n;
+        true
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.gauge.sub(self.bytes);
+    }
+}
+
+/// [`read_limited`] for a body the proxy buffers: the whole read must finish
+/// within `deadline` (else [`Error::RequestTimeout`], counted as a `body`
+/// deadline), and the bytes being received by all requests together stay
+/// under `cap` (else [`Error::Overloaded`]). Bytes are counted while they are
+/// received; a complete body is the request's own from then on.
+pub async fn read_buffered(
+    body: Body,
+    limit: usize,
+    cap: usize,
+    deadline: std::time::Duration,
+    metrics: &crate::metrics::Metrics,
+) -> Result<Limited, crate::error::Error> {
+    use crate::deadline::{Deadline, Refusal};
+    use crate::error::Error;
+    let mut reserved = Reservation {
+        gauge: &metrics.buffered_body_bytes,
+        bytes: 0,
+    };
+    let mut over_budget = false;
+    let read = read_limited_with(body, limit, |n| {
+        let ok = reserved.grow(n, cap);
+        over_budget |= !ok;
+        ok
+    });
+    let res = tokio::time::timeout(deadline, read).await;
+    match res {
+        Ok(Ok(l)) => Ok(l),
+        Ok(Err(_)) if over_budget => {
+            metrics
+                .refused
+                .with_label_values(&[Refusal::BodyBudget.as_str()])
+                .inc();
+            Err(Error::Overloaded)
+        }
+        Ok(Err(e)) => Err(Error::Client(format!("reading request body: {e}"))),
+        Err(_) => {
+            metrics
+                .connection_deadlines
+                .with_label_values(&[Deadline::Body.as_str()])
+                .inc();
+            Err(Error::RequestTimeout)
+        }
+    }
 }
 
 #[cfg(test)]

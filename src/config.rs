@@ -278,8 +278,27 @@ pub struct ServerConfig {
     /// many seconds so load balancers stop sending first. 0 when a preStop hook
     /// already waits.
     pub shutdown_delay_secs: u64,
-    /// A client must send its request headers within this time (ms): slowloris guard.
+    /// A client must send a complete request head within this time (ms):
+    /// from accept for the first request (TLS handshake and protocol
+    /// detection included), and for HTTP/1.1 from the end of the previous
+    /// response for the next one. Slowloris and silent-socket guard.
     pub header_read_timeout_ms: u64,
+    /// A buffered chart-data request body must arrive in full within this
+    /// time (ms) of its head; otherwise 408 and the connection is closed.
+    pub body_read_timeout_ms: u64,
+    /// A connection with no request in flight for this long (ms) is closed,
+    /// HTTP/2 with GOAWAY. HTTP/1.1 connections waiting for their next head
+    /// are closed sooner by `header_read_timeout_ms`.
+    pub idle_timeout_ms: u64,
+    /// HTTP/2: send a PING after this long (ms) without frames from the
+    /// client, and close the connection when it is not answered within
+    /// `http2_keep_alive_timeout_ms`. 0 disables the PINGs.
+    pub http2_keep_alive_interval_ms: u64,
+    /// HTTP/2: how long (ms) a keep-alive PING may go unanswered.
+    pub http2_keep_alive_timeout_ms: u64,
+    /// Bytes of chart-data request bodies that may be in the middle of being
+    /// received at once, over all connections; requests beyond it get 503.
+    pub max_buffered_body_bytes: u64,
     /// Maximum number of request headers.
     pub max_headers: usize,
     /// Maximum total size of the request head (bytes).
@@ -360,6 +379,11 @@ impl Default for ServerConfig {
             drain_timeout_secs: 25,
             shutdown_delay_secs: 0,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 60_000,
+            http2_keep_alive_interval_ms: 20_000,
+            http2_keep_alive_timeout_ms: 10_000,
+            max_buffered_body_bytes: 64 * 1024 * 1024,
             max_headers: 100,
             max_header_bytes: 64 * 1024,
             max_connections: 10_000,
@@ -496,6 +520,15 @@ impl Config {
         }
         if uri.host().is_none() {
             bail!("upstream {:?} has no host", self.upstream);
+        }
+        let s = &self.server;
+        if s.header_read_timeout_ms == 0 || s.body_read_timeout_ms == 0 || s.idle_timeout_ms == 0 {
+            bail!(
+                "server.header_read_timeout_ms, body_read_timeout_ms and idle_timeout_ms must be above 0"
+            );
+        }
+        if s.max_buffered_body_bytes < self.cache.max_request_body_bytes {
+            bail!("server.max_buffered_body_bytes must be at least cache.max_request_body_bytes");
         }
         if self.memory.max_bytes < 1024 * 1024 {
             bail!("memory.max_bytes must be at least 1 MiB");

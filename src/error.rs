@@ -15,6 +15,12 @@ pub enum Error {
     /// The request body is larger than allowed.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The client did not send its request in time (`server.body_read_timeout_ms`).
+    #[error("request not received in time")]
+    RequestTimeout,
+    /// chartcache is at a configured capacity (connections, buffered bodies).
+    #[error("chartcache is at capacity")]
+    Overloaded,
     /// Superset could not be reached.
     #[error("upstream unreachable: {0}")]
     UpstreamConnect(String),
@@ -39,6 +45,8 @@ impl Error {
         match self {
             Error::Client(_) => StatusCode::BAD_REQUEST,
             Error::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Error::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Error::UpstreamConnect(_) | Error::Upstream(_) => StatusCode::BAD_GATEWAY,
             Error::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Error::Store(_) | Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -48,7 +56,8 @@ impl Error {
     /// Metric/log label for the fault's origin.
     pub fn source_label(&self) -> &'static str {
         match self {
-            Error::Client(_) | Error::BodyTooLarge => "client",
+            Error::Client(_) | Error::BodyTooLarge | Error::RequestTimeout => "client",
+            Error::Overloaded => "capacity",
             Error::UpstreamConnect(_) | Error::UpstreamTimeout | Error::Upstream(_) => "upstream",
             Error::Store(_) => "store",
             Error::Internal(_) => "internal",
@@ -73,6 +82,12 @@ impl Error {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        // The request may not have been read to its end: the connection
+        // cannot carry another one.
+        if matches!(self, Error::RequestTimeout | Error::Overloaded) {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         resp
     }
 }

@@ -10,6 +10,7 @@ use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
 use crate::context::{Outcome, RequestContext, X_REQUEST_ID};
+use crate::deadline::{Active, Activity, Tracked};
 use crate::metrics::Metrics;
 
 /// Gives every request an `x-request-id` (kept when the client sent a sane one).
@@ -54,6 +55,69 @@ where
             req.headers_mut().insert(X_REQUEST_ID, new_request_id());
         }
         self.inner.call(req)
+    }
+}
+
+/// Reports each request to its connection's deadline watchdog: in flight
+/// from its head until its response body ends.
+#[derive(Clone)]
+pub struct ActivityLayer(pub Arc<Activity>);
+
+impl<S> Layer<S> for ActivityLayer {
+    type Service = Tracking<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Tracking {
+            inner,
+            activity: self.0.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Tracking<S> {
+    inner: S,
+    activity: Arc<Activity>,
+}
+
+impl<S, B, RB> Service<Request<B>> for Tracking<S>
+where
+    S: Service<Request<B>, Response = Response<RB>>,
+{
+    type Response = Response<Tracked<RB>>;
+    type Error = S::Error;
+    type Future = TrackedFuture<S::Future>;
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let active = self.activity.begin(req.version() == http::Version::HTTP_2);
+        TrackedFuture {
+            inner: self.inner.call(req),
+            active: Some(active),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The handler's future; its response body carries the request's
+    /// in-flight mark on. Dropped early, the mark goes with it.
+    pub struct TrackedFuture<F> {
+        #[pin]
+        inner: F,
+        active: Option<Active>,
+    }
+}
+
+impl<F, RB, E> Future for TrackedFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<Tracked<RB>>, E>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let res = std::task::ready!(this.inner.poll(cx));
+        let active = this.active.take().expect("polled after completion");
+        Poll::Ready(res.map(|r| r.map(|b| Tracked::new(b, active))))
     }
 }
 

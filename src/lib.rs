@@ -13,6 +13,7 @@ pub mod clock;
 pub mod coalesce;
 pub mod config;
 pub mod context;
+pub mod deadline;
 pub mod error;
 pub mod explain;
 pub mod fingerprint;

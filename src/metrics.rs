@@ -33,6 +33,9 @@ pub const REDIS_SUBSCRIPTION_LIVE: &str = "chartcache_redis_subscription_live";
 pub const REDIS_SUBSCRIPTION_LOSSES_TOTAL: &str = "chartcache_redis_subscription_losses_total";
 pub const L1_BYPASSED: &str = "chartcache_l1_bypassed";
 pub const INVALIDATION_MESSAGES_TOTAL: &str = "chartcache_invalidation_messages_total";
+pub const CONNECTION_DEADLINES_TOTAL: &str = "chartcache_connection_deadlines_total";
+pub const BUFFERED_REQUEST_BODY_BYTES: &str = "chartcache_buffered_request_body_bytes";
+pub const REFUSED_TOTAL: &str = "chartcache_refused_total";
 
 /// All metrics of one process.
 pub struct Metrics {
@@ -88,6 +91,12 @@ pub struct Metrics {
     pub l1_bypassed: IntGauge,
     /// result (applied|own|unreadable): messages received on `{prefix}:inv`
     pub invalidation_messages: IntCounterVec,
+    /// phase (head|body|idle|http2_keepalive): connections ended by a deadline
+    pub connection_deadlines: IntCounterVec,
+    /// Bytes of chart-data request bodies being received (`server.max_buffered_body_bytes`)
+    pub buffered_body_bytes: IntGauge,
+    /// reason (max_connections|refusals_busy|body_budget): connections or requests turned away
+    pub refused: IntCounterVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -272,6 +281,24 @@ impl Metrics {
                 INVALIDATION_MESSAGES_TOTAL,
                 "Messages received on the invalidation channel, by result",
                 &["result"],
+            ),
+            connection_deadlines: cv(
+                CONNECTION_DEADLINES_TOTAL,
+                "Client connections ended by a deadline, by phase",
+                &["phase"],
+            ),
+            buffered_body_bytes: reg(
+                &r,
+                IntGauge::new(
+                    BUFFERED_REQUEST_BODY_BYTES,
+                    "Bytes of chart-data request bodies being received",
+                )
+                .unwrap(),
+            ),
+            refused: cv(
+                REFUSED_TOTAL,
+                "Connections or requests turned away at capacity, by reason",
+                &["reason"],
             ),
             registry: r,
         };

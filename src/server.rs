@@ -1,6 +1,6 @@
 //! Listeners: the proxy and the admin surface, served with hyper-util's `auto`
-//! builder (HTTP/1.1 and h2c), a connection limit, a header-read timeout, and
-//! graceful shutdown with a drain timeout. The proxy's connections are served
+//! builder (HTTP/1.1 and h2c), a connection limit, deadlines on every
+//! connection phase (`deadline`), and graceful shutdown with a drain timeout. The proxy's connections are served
 //! either on threads of their own, one single-threaded runtime each
 //! ([`serve_per_core`], the default), or on the work-stealing runtime that
 //! accepts them ([`serve`]).
@@ -14,36 +14,47 @@ use std::time::Duration;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus::IntGauge;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
 use crate::app::App;
-use crate::layers::{ObserveLayer, RequestIdLayer};
+use crate::deadline::{self, Activity, Deadline, Refusal, Tracked};
+use crate::layers::{ActivityLayer, ObserveLayer, RequestIdLayer};
 use crate::proxy::{self, ConnInfo};
 
 /// hyper's limit on request headers when none is set.
 const HYPER_DEFAULT_MAX_HEADERS: usize = 100;
 
-/// Sent to connections beyond `server.max_connections`, then closed.
-const OVERLOADED: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: 43\r\nconnection: close\r\n\r\n{\"message\": \"chartcache is at capacity\"}\r\n";
+/// Connections beyond `server.max_connections` answered at once; more are
+/// closed unanswered, so refusing cannot itself pile up work.
+const MAX_REFUSING: usize = 256;
+/// The most a refused connection may take to send its head and body.
+const REFUSAL_DEADLINE: Duration = Duration::from_secs(2);
+/// Body bytes read from a refused request so that closing the connection
+/// does not reset it before the client has read the answer.
+const REFUSAL_BODY_BYTES: usize = 64 * 1024;
+/// After a deadline asked a connection to close gracefully (HTTP/2 GOAWAY),
+/// how long it may take before it is dropped.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// The per-connection service stack, outermost first:
-/// 1. `ObserveLayer` — in-flight gauge, request metrics, access log (sees every response);
-/// 2. `RequestIdLayer` — every request gets an `x-request-id` before anything logs it;
-/// 3. the proxy handler, which never fails (errors are already responses).
+/// 1. `ActivityLayer` — tells the connection's deadline watchdog which requests are in flight;
+/// 2. `ObserveLayer` — in-flight gauge, request metrics, access log (sees every response);
+/// 3. `RequestIdLayer` — every request gets an `x-request-id` before anything logs it;
+/// 4. the proxy handler, which never fails (errors are already responses).
 fn service_stack(
     app: Arc<App>,
     conn: ConnInfo,
+    activity: Arc<Activity>,
 ) -> TowerToHyperService<
     impl tower::Service<
         http::Request<Incoming>,
-        Response = http::Response<crate::body::Body>,
+        Response = http::Response<Tracked<crate::body::Body>>,
         Error = Infallible,
         Future = impl Send,
     > + Clone,
@@ -58,6 +69,7 @@ fn service_stack(
     });
     TowerToHyperService::new(
         ServiceBuilder::new()
+            .layer(ActivityLayer(activity))
             .layer(ObserveLayer::new(metrics, access_log))
             .layer(RequestIdLayer)
             .service(handler),
@@ -76,11 +88,53 @@ fn builder(app: &App) -> auto::Builder<TokioExecutor> {
     if cfg.server.max_headers != HYPER_DEFAULT_MAX_HEADERS {
         b.http1().max_headers(cfg.server.max_headers);
     }
+    let ping = cfg.server.http2_keep_alive_interval_ms;
     b.http2()
         .timer(TokioTimer::new())
         .max_header_list_size(cfg.server.max_header_bytes as u32)
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        .keep_alive_interval((ping > 0).then(|| Duration::from_millis(ping)))
+        .keep_alive_timeout(Duration::from_millis(
+            cfg.server.http2_keep_alive_timeout_ms,
+        ));
     b
+}
+
+/// Answer a connection beyond `server.max_connections` with the documented
+/// 503 through hyper (which frames it), after reading its head and a bounded
+/// part of its body, all within [`REFUSAL_DEADLINE`].
+fn refuse(app: &App, stream: TcpStream, refusing: &Arc<Semaphore>) {
+    let m = &app.metrics.refused;
+    let Ok(permit) = refusing.clone().try_acquire_owned() else {
+        m.with_label_values(&[Refusal::RefusalsBusy.as_str()]).inc();
+        return;
+    };
+    m.with_label_values(&[Refusal::MaxConnections.as_str()])
+        .inc();
+    let deadline = REFUSAL_DEADLINE.min(Duration::from_millis(
+        app.config.load().server.header_read_timeout_ms,
+    ));
+    tokio::spawn(async move {
+        let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+            let mut body = req.into_body();
+            let mut read = 0;
+            while read < REFUSAL_BODY_BYTES {
+                use http_body_util::BodyExt;
+                match body.frame().await {
+                    Some(Ok(f)) => read += f.data_ref().map_or(0, |d| d.len()),
+                    _ => break,
+                }
+            }
+            Ok::<_, Infallible>(crate::error::Error::Overloaded.into_response())
+        });
+        let mut b = hyper::server::conn::http1::Builder::new();
+        b.timer(TokioTimer::new())
+            .header_read_timeout(deadline)
+            .keep_alive(false);
+        let conn = b.serve_connection(TokioIo::new(stream), svc);
+        let _ = tokio::time::timeout(deadline, conn).await;
+        drop(permit);
+    });
 }
 
 /// A client connection accepted under the connection limit.
@@ -101,11 +155,12 @@ async fn accept_loop(
     mut dispatch: impl FnMut(Admitted),
 ) {
     let limit = Arc::new(Semaphore::new(app.config.load().server.max_connections));
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let mut stop_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let (mut stream, remote) = match accepted {
+                let (stream, remote) = match accepted {
                     Ok(a) => a,
                     Err(e) => {
                         // EMFILE and friends: back off instead of spinning.
@@ -115,10 +170,7 @@ async fn accept_loop(
                     }
                 };
                 let Ok(permit) = limit.clone().try_acquire_owned() else {
-                    tokio::spawn(async move {
-                        let _ = stream.write_all(OVERLOADED).await;
-                        let _ = stream.shutdown().await;
-                    });
+                    refuse(app, stream, &refusing);
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -140,20 +192,25 @@ async fn accept_loop(
 struct Connections {
     app: Arc<App>,
     builder: auto::Builder<TokioExecutor>,
-    graceful: GracefulShutdown,
+    /// Sends the drain signal; every connection holds a receiver, so
+    /// `closed()` resolves when the last one has ended.
+    drain: watch::Sender<()>,
     tls: Option<tokio_rustls::TlsAcceptor>,
-    handshake_timeout: Duration,
+}
+
+/// The per-connection deadlines, read once per connection.
+#[derive(Clone, Copy)]
+struct Deadlines {
+    head: Duration,
+    idle: Duration,
 }
 
 impl Connections {
     fn new(app: Arc<App>) -> Connections {
-        let handshake_timeout =
-            Duration::from_millis(app.config.load().server.header_read_timeout_ms);
         Connections {
             builder: builder(&app),
-            graceful: GracefulShutdown::new(),
+            drain: watch::channel(()).0,
             tls: app.tls.clone(),
-            handshake_timeout,
             app,
         }
     }
@@ -170,48 +227,51 @@ impl Connections {
             remote: Some(remote),
             proto,
         };
-        let svc = service_stack(self.app.clone(), info);
+        let cfg = self.app.config.load();
+        let limits = Deadlines {
+            head: Duration::from_millis(cfg.server.header_read_timeout_ms),
+            idle: Duration::from_millis(cfg.server.idle_timeout_ms),
+        };
+        let activity = Arc::new(Activity::default());
+        let svc = service_stack(self.app.clone(), info, activity.clone());
         let builder = self.builder.clone();
-        let watcher = self.graceful.watcher();
+        let drain = self.drain.subscribe();
         let tls = self.tls.clone();
-        let handshake_timeout = self.handshake_timeout;
+        let app = self.app.clone();
         tokio::spawn(async move {
-            let res = match tls {
-                None => {
-                    watcher
-                        .watch(
-                            builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                                .into_owned(),
-                        )
-                        .await
-                }
-                Some(acceptor) => {
-                    // The handshake counts against the header-read budget:
-                    // a client that stalls in it is a slowloris too.
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => {
-                            watcher
-                                .watch(
-                                    builder
-                                        .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                                        .into_owned(),
-                                )
-                                .await
-                        }
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "TLS handshake failed");
-                            Ok(())
-                        }
-                        Err(_) => {
-                            tracing::debug!("TLS handshake timed out");
-                            Ok(())
+            let ended = {
+                let watchdog = deadline::watch(&activity, limits.head, limits.idle);
+                tokio::pin!(watchdog);
+                match tls {
+                    None => {
+                        let io = TokioIo::new(stream);
+                        serve_until(&builder, io, svc, drain, watchdog, &activity).await
+                    }
+                    // The handshake is under the head deadline: a client
+                    // that stalls in it is a slowloris too.
+                    Some(acceptor) => {
+                        tokio::select! {
+                            tls = acceptor.accept(stream) => match tls {
+                                Ok(tls) => {
+                                    let io = TokioIo::new(tls);
+                                    serve_until(&builder, io, svc, drain, watchdog, &activity).await
+                                }
+                                Err(e) => {
+                                    tracing::debug!(error = %e, "TLS handshake failed");
+                                    None
+                                }
+                            },
+                            d = &mut watchdog => Some(d),
                         }
                     }
                 }
             };
-            if let Err(e) = res {
-                tracing::debug!(error = %e, "connection ended with error");
+            if let Some(d) = ended {
+                tracing::debug!(deadline = d.as_str(), %remote, "connection deadline passed");
+                app.metrics
+                    .connection_deadlines
+                    .with_label_values(&[d.as_str()])
+                    .inc();
             }
             drop(permit);
             closed();
@@ -221,10 +281,69 @@ impl Connections {
     /// Let open connections finish their requests, for up to `drain_timeout_secs`.
     async fn drain(self) {
         let drain = Duration::from_secs(self.app.config.load().server.drain_timeout_secs);
-        tracing::info!(connections = self.graceful.count(), "draining");
+        tracing::info!(connections = self.drain.receiver_count(), "draining");
+        let _ = self.drain.send(());
         tokio::select! {
-            _ = self.graceful.shutdown() => tracing::info!("drained"),
+            _ = self.drain.closed() => tracing::info!("drained"),
             _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+        }
+    }
+}
+
+/// Serve one connection until it ends: asked to close gracefully when the
+/// drain begins or its idle deadline passes, dropped when its head deadline
+/// passes (it has sent no request to answer). Returns the deadline that
+/// ended it, if one did.
+async fn serve_until<I, S, B>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: TokioIo<I>,
+    svc: S,
+    mut drain: watch::Receiver<()>,
+    mut watchdog: std::pin::Pin<&mut impl std::future::Future<Output = Deadline>>,
+    activity: &Activity,
+) -> Option<Deadline>
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: hyper::service::Service<http::Request<Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let conn = builder.serve_connection_with_upgrades(io, svc);
+    tokio::pin!(conn);
+    let mut draining = false;
+    let mut ended: Option<Deadline> = None;
+    let grace = tokio::time::sleep(Duration::from_secs(365 * 24 * 3600));
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            res = conn.as_mut() => {
+                if let Err(e) = res {
+                    tracing::debug!(error = %e, "connection ended with error");
+                    if ended.is_none() {
+                        ended = deadline::from_conn_error(&*e, activity);
+                    }
+                }
+                return ended;
+            }
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            d = &mut watchdog, if ended.is_none() => {
+                ended = Some(d);
+                if d == Deadline::Head {
+                    return ended;
+                }
+                conn.as_mut().graceful_shutdown();
+                grace.as_mut().reset(tokio::time::Instant::now() + CLOSE_GRACE);
+            }
+            _ = &mut grace, if ended.is_some() => return ended,
         }
     }
 }
@@ -263,6 +382,8 @@ pub async fn serve_per_core(
     let mut senders = Vec::new();
     let mut open = Vec::new();
     let mut done = Vec::new();
+    // Released once every thread has drained (see below).
+    let all_drained = CancellationToken::new();
     let count = threads.max(1);
     crate::worker::expect(count);
     for i in 0..count {
@@ -276,12 +397,22 @@ pub async fn serve_per_core(
             .build()?;
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let (app, closed) = (app.clone(), gauge.clone());
+        let released = all_drained.clone();
         std::thread::Builder::new()
             .name(format!("chartcache-{i}"))
             .spawn(move || {
                 crate::worker::enter(i);
-                rt.block_on(worker(app, rx, closed));
-                let _ = done_tx.send(());
+                rt.block_on(async move {
+                    worker(app, rx, closed).await;
+                    let _ = done_tx.send(());
+                    // The upstream pool is shared, but a pooled connection is
+                    // driven by a task on the runtime of the thread that opened
+                    // it, and a current-thread runtime drives its tasks only
+                    // inside `block_on`: keep this one running until every
+                    // thread has drained, so requests still in flight on other
+                    // threads keep the connections they borrowed from here.
+                    released.cancelled().await;
+                });
             })?;
         senders.push(tx);
         open.push(gauge);
@@ -313,6 +444,7 @@ pub async fn serve_per_core(
     for d in done {
         let _ = d.await;
     }
+    all_drained.cancel();
     Ok(())
 }
 

@@ -85,13 +85,16 @@ pub(super) async fn handle(
     let cfg = app.config.load();
     let (parts, incoming) = req.into_parts();
 
-    // 1. Body: read up to the limit; a larger body is streamed through uncached.
-    let body = match body::read_limited(incoming, cfg.cache.max_request_body_bytes as usize).await {
-        Ok(Limited::Complete(b)) => b,
-        Ok(Limited::TooLarge(stream)) => {
+    // 1. Body: read up to the limit, within the body deadline and the budget
+    //    for bodies being received; a larger body is streamed through uncached.
+    let (s, max) = (&cfg.server, cfg.cache.max_request_body_bytes as usize);
+    let deadline = Duration::from_millis(s.body_read_timeout_ms);
+    let cap = s.max_buffered_body_bytes as usize;
+    let body = match body::read_buffered(incoming, max, cap, deadline, &app.metrics).await? {
+        Limited::Complete(b) => b,
+        Limited::TooLarge(stream) => {
             return bypass(app, parts, stream, conn, ctx, Bypass::BodyTooLarge).await;
         }
-        Err(e) => return Err(Error::Client(format!("reading request body: {e}"))),
     };
 
     // 2. Canonical form and facts. Unkeyable bodies go to Superset byte-for-byte.
