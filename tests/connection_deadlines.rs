@@ -24,6 +24,23 @@ async fn metric(proxy: &Proxy, name_and_labels: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Wait (bounded) until a sample reaches `want`: a connection is counted once
+/// the server side has finished with it, just after the client sees it close.
+async fn wait_metric(proxy: &Proxy, name_and_labels: &str, want: f64) {
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let got = metric(proxy, name_and_labels).await;
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{name_and_labels} = {got}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Whether the peer closed `s` within `within` (EOF or reset).
 async fn closed_within(s: &mut TcpStream, within: Duration) -> bool {
     let mut buf = [0u8; 4096];
@@ -82,14 +99,12 @@ async fn silent_connections_are_closed_and_free_their_slots() {
     }
     let r = c.send(Method::GET, &proxy.url("/health"), &[], "").await;
     assert_eq!(r.status, 200);
-    assert_eq!(
-        metric(
-            &proxy,
-            "chartcache_connection_deadlines_total{phase=\"head\"}"
-        )
-        .await,
-        20.0
-    );
+    wait_metric(
+        &proxy,
+        "chartcache_connection_deadlines_total{phase=\"head\"}",
+        20.0,
+    )
+    .await;
 }
 
 /// A head that trickles in never completes within the deadline either, and a
@@ -185,14 +200,12 @@ async fn an_idle_h2c_connection_is_closed() {
         .unwrap()
         .ok();
     assert!(started.elapsed() >= Duration::from_millis(250));
-    assert_eq!(
-        metric(
-            &proxy,
-            "chartcache_connection_deadlines_total{phase=\"idle\"}"
-        )
-        .await,
-        1.0
-    );
+    wait_metric(
+        &proxy,
+        "chartcache_connection_deadlines_total{phase=\"idle\"}",
+        1.0,
+    )
+    .await;
 }
 
 /// An HTTP/1.1 keep-alive connection waiting for its next head is closed too.
