@@ -222,4 +222,33 @@ mod tests {
             assert_eq!(collect(rest).await, parts.concat(), "{parts:?}");
         }
     }
+
+    #[tokio::test]
+    async fn bodies_beyond_the_budget_are_refused_and_bytes_given_back() {
+        let m = crate::metrics::Metrics::new();
+        let secs = std::time::Duration::from_secs(5);
+        // 6 bytes fit a budget of 10; 6 more do not.
+        let r = read_buffered(frames(&[b"abcdef", b"ghijkl"]), 100, 10, secs, &m).await;
+        assert!(matches!(r, Err(crate::error::Error::Overloaded)));
+        assert_eq!(m.buffered_body_bytes.get(), 0);
+        assert_eq!(m.refused.with_label_values(&["body_budget"]).get(), 1);
+        let Ok(Limited::Complete(b)) = read_buffered(frames(&[b"abcdef"]), 100, 10, secs, &m).await
+        else {
+            panic!("within the budget");
+        };
+        assert_eq!(&b[..], b"abcdef");
+        assert_eq!(m.buffered_body_bytes.get(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_does_not_arrive_in_time_is_a_408() {
+        let m = crate::metrics::Metrics::new();
+        // One byte, then nothing more.
+        let first = stream::iter([Ok::<_, BoxError>(Frame::data(Bytes::from_static(b"{")))]);
+        let body = StreamBody::new(first.chain(stream::pending())).boxed_unsync();
+        let r = read_buffered(body, 100, 1000, std::time::Duration::from_millis(300), &m).await;
+        assert!(matches!(r, Err(crate::error::Error::RequestTimeout)));
+        assert_eq!(m.buffered_body_bytes.get(), 0, "bytes given back");
+        assert_eq!(m.connection_deadlines.with_label_values(&["body"]).get(), 1);
+    }
 }
