@@ -35,111 +35,7 @@ use crate::metrics::Metrics;
 use crate::policy::ScopeKind;
 use crate::upstream::Upstream;
 
-/// The credential-bearing parts of a request.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Credentials {
-    pub authorization: Option<HeaderValue>,
-    /// Value of the session cookie only (other cookies are irrelevant to identity).
-    pub session: Option<String>,
-    pub guest_token: Option<HeaderValue>,
-}
-
-impl Credentials {
-    /// The same set in its own allocations, for keeping beyond the request
-    /// (see `upstream::owned_header_value`).
-    pub fn detached(&self) -> Credentials {
-        Credentials {
-            authorization: self
-                .authorization
-                .as_ref()
-                .map(crate::upstream::owned_header_value),
-            session: self.session.clone(),
-            guest_token: self
-                .guest_token
-                .as_ref()
-                .map(crate::upstream::owned_header_value),
-        }
-    }
-
-    /// Extract the credential set; `None` when the request carries no credential.
-    pub fn from_headers(
-        h: &HeaderMap,
-        cfg: &IdentityConfig,
-        guest_header: &HeaderName,
-    ) -> Option<Credentials> {
-        let authorization = h
-            .get(header::AUTHORIZATION)
-            .filter(|v| !v.is_empty())
-            .cloned();
-        let guest_token = h.get(guest_header).filter(|v| !v.is_empty()).cloned();
-        let session = session_cookie(h, &cfg.session_cookie);
-        if authorization.is_none() && guest_token.is_none() && session.is_none() {
-            return None;
-        }
-        Some(Credentials {
-            authorization,
-            session,
-            guest_token,
-        })
-    }
-
-    /// blake3 over the whole set, each part length-prefixed and tagged, so no
-    /// two different sets share a digest. Only digests are kept in memory maps.
-    pub fn digest(&self) -> [u8; 32] {
-        // Gathered, then hashed at once (see `fingerprint::Gather`).
-        let mut g = crate::fingerprint::Gather::<1024>::default();
-        let mut part = |tag: u8, v: Option<&[u8]>| {
-            g.push(&[tag]);
-            crate::fingerprint::hash_optional_part(&mut |b| g.push(b), v);
-        };
-        part(b'a', self.authorization.as_ref().map(|v| v.as_bytes()));
-        part(b's', self.session.as_ref().map(|v| v.as_bytes()));
-        part(b'g', self.guest_token.as_ref().map(|v| v.as_bytes()));
-        *blake3::hash(g.as_slice()).as_bytes()
-    }
-
-    /// Headers to send to Superset's `/me` endpoint: exactly this set.
-    pub(crate) fn apply(&self, h: &mut HeaderMap, cookie_name: &str, guest_header: &HeaderName) {
-        if let Some(a) = &self.authorization {
-            h.insert(header::AUTHORIZATION, a.clone());
-        }
-        if let Some(s) = &self.session
-            && let Ok(v) = HeaderValue::from_str(&format!("{cookie_name}={s}"))
-        {
-            h.insert(header::COOKIE, v);
-        }
-        if let Some(g) = &self.guest_token {
-            h.insert(guest_header.clone(), g.clone());
-        }
-    }
-}
-
-/// Find one cookie's value across all `Cookie` headers. If the cookie appears
-/// more than once the values are joined, so the digest covers all of them.
-fn session_cookie(h: &HeaderMap, name: &str) -> Option<String> {
-    let mut found: Option<String> = None;
-    for v in h.get_all(header::COOKIE) {
-        let Ok(s) = v.to_str() else {
-            // A non-ASCII cookie header: keep its raw bytes in the digest.
-            let raw = String::from_utf8_lossy(v.as_bytes()).into_owned();
-            found = Some(found.map_or(raw.clone(), |f| format!("{f}\u{0}{raw}")));
-            continue;
-        };
-        for pair in s.split(';') {
-            let pair = pair.trim();
-            if let Some((k, val)) = pair.split_once('=')
-                && k.trim() == name
-            {
-                let val = val.trim().to_string();
-                found = Some(match found {
-                    Some(f) => format!("{f}\u{0}{val}"),
-                    None => val,
-                });
-            }
-        }
-    }
-    found.filter(|v| !v.is_empty())
-}
+pub use crate::credentials::{Credentials, Extracted};
 
 /// A resolved principal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -338,9 +234,10 @@ impl IdentityResolver {
         })
     }
 
-    /// The credential set of a request, if any.
-    pub fn credentials(&self, h: &HeaderMap) -> Option<Credentials> {
-        Credentials::from_headers(h, &self.cfg, &self.guest_header)
+    /// The credential set of a request, read after hop-by-hop stripping
+    /// (see [`crate::credentials::extract`]); the headers are left stripped.
+    pub fn credentials(&self, h: &mut HeaderMap, version: http::Version) -> Extracted {
+        crate::credentials::extract(h, version, &self.cfg.session_cookie, &self.guest_header)
     }
 
     /// Resolve a credential set. Concurrent calls for the same set share one
@@ -490,11 +387,10 @@ impl IdentityResolver {
                 }
             },
             None => {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(u64::MAX);
-                if crate::jwt::unverified_exp(token).is_some_and(|exp| exp <= now) {
+                // An `exp` that is missing or unreadable withholds hits too:
+                // such a token could otherwise be served for as long as the
+                // tier keeps its entries.
+                if crate::jwt::unverified_expired(token) {
                     self.count("guest-denied");
                     return ScopeOutcome::Denied("guest-expired");
                 }
@@ -555,7 +451,8 @@ impl IdentityResolver {
             .uri(upstream.uri_for(path))
             .body(empty())
             .map_err(|e| Error::Internal(e.to_string()))?;
-        creds.apply(
+        crate::credentials::apply(
+            Some(creds),
             req.headers_mut(),
             &self.cfg.session_cookie,
             &self.guest_header,
@@ -640,16 +537,6 @@ mod tests {
     }
 
     #[test]
-    fn no_credentials_is_none() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::COOKIE,
-            HeaderValue::from_static("other=1; theme=dark"),
-        );
-        assert!(Credentials::from_headers(&h, &cfg(), &gh()).is_none());
-    }
-
-    #[test]
     fn the_whole_set_is_the_credential() {
         let bearer = HeaderValue::from_static("Bearer alice");
         let mut a = HeaderMap::new();
@@ -659,33 +546,20 @@ mod tests {
             header::COOKIE,
             HeaderValue::from_static("session=admin-cookie"),
         );
-        let ca = Credentials::from_headers(&a, &cfg(), &gh()).unwrap();
-        let cb = Credentials::from_headers(&b, &cfg(), &gh()).unwrap();
+        let read = |h: &mut HeaderMap| match crate::credentials::extract(
+            h,
+            http::Version::HTTP_11,
+            &cfg().session_cookie,
+            &gh(),
+        ) {
+            Extracted::Set(c) => c,
+            other => panic!("{other:?}"),
+        };
+        let (ca, cb) = (read(&mut a), read(&mut b));
         // Same Bearer, but one also carries a session cookie (which Superset lets win):
         // they must never share a resolution.
         assert_ne!(ca.digest(), cb.digest());
         assert_eq!(cb.session.as_deref(), Some("admin-cookie"));
-        // Moving bytes between parts changes the digest.
-        let x = Credentials {
-            authorization: None,
-            session: Some("ab".into()),
-            guest_token: None,
-        };
-        let y = Credentials {
-            authorization: Some(HeaderValue::from_static("ab")),
-            session: None,
-            guest_token: None,
-        };
-        assert_ne!(x.digest(), y.digest());
-    }
-
-    #[test]
-    fn session_cookie_found_among_others_and_duplicates_kept() {
-        let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("a=1; session=s1"));
-        h.append(header::COOKIE, HeaderValue::from_static("session=s2"));
-        assert_eq!(session_cookie(&h, "session").as_deref(), Some("s1\u{0}s2"));
-        assert_eq!(session_cookie(&h, "sessionx"), None);
     }
 
     #[test]

@@ -12,6 +12,12 @@
 //! except in [`unverified_exp`], whose result may only ever *withhold* cache hits.
 //! No leeway is granted on `exp`: Superset rejects an expired token at once, so
 //! a grace period here would serve cached data to a token Superset refuses.
+//!
+//! `exp` and `nbf` are checked here, not by `jsonwebtoken`, the way PyJWT
+//! (behind flask-jwt-extended and Superset's guest tokens) checks them:
+//! Superset writes a guest token's `exp` as `time.time() + N`, a float, which
+//! PyJWT reads as `int(exp)` and refuses once `exp <= now`. A number of
+//! either form is accepted; a missing or unreadable `exp` refuses the token.
 
 use std::path::Path;
 
@@ -31,6 +37,65 @@ pub enum JwtError {
     /// `sub` is missing or not a user id.
     #[error("token subject is not a user id")]
     BadSubject,
+    /// `exp` is missing or not a number.
+    #[error("token has no readable exp")]
+    NoExpiry,
+    /// `exp` has passed.
+    #[error("token expired")]
+    Expired,
+    /// `nbf` is in the future or not a number.
+    #[error("token not valid yet")]
+    NotYetValid,
+}
+
+/// Seconds of a NumericDate claim as PyJWT reads it (`int(value)`): an
+/// integer, or a float truncated toward zero; negative values are 0.
+pub fn numeric_date(v: &serde_json::Value) -> Option<u64> {
+    if let Some(n) = v.as_u64() {
+        return Some(n);
+    }
+    if v.as_i64().is_some() {
+        return Some(0);
+    }
+    let f = v.as_f64()?;
+    f.is_finite().then(|| if f <= 0.0 { 0 } else { f.trunc().min(u64::MAX as f64) as u64 })
+}
+
+/// Unix seconds now (the fraction dropped: for integer claims `c <= now` and
+/// `c > now` give the same answer with or without it).
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(u64::MAX)
+}
+
+/// PyJWT's `exp`/`nbf` checks without leeway: `exp` required and `> now`,
+/// `nbf` (when present) `<= now`.
+fn check_times(claims: &serde_json::Value, now: u64) -> Result<(), JwtError> {
+    let exp = claims
+        .get("exp")
+        .and_then(numeric_date)
+        .ok_or(JwtError::NoExpiry)?;
+    if exp <= now {
+        return Err(JwtError::Expired);
+    }
+    if let Some(nbf) = claims.get("nbf")
+        && numeric_date(nbf).is_none_or(|nbf| nbf > now)
+    {
+        return Err(JwtError::NotYetValid);
+    }
+    Ok(())
+}
+
+/// Signature-only validation: the time claims are [`check_times`]'s.
+fn signature_validation() -> Validation {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = 0;
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.set_required_spec_claims::<&str>(&[]);
+    validation
 }
 
 /// Where a secret comes from. Secrets never live in the config file itself.
@@ -74,6 +139,7 @@ pub struct AccessTokenVerifier {
 }
 
 #[derive(Deserialize)]
+#[allow(dead_code)]
 struct AccessClaims {
     #[serde(default, rename = "type")]
     kind: Option<String>,
@@ -83,11 +149,8 @@ struct AccessClaims {
 
 impl AccessTokenVerifier {
     pub fn new(secret: &[u8]) -> AccessTokenVerifier {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        validation.validate_nbf = true;
         // `sub` is checked below: jsonwebtoken only accepts string subjects.
-        validation.set_required_spec_claims(&["exp"]);
+        let mut validation = signature_validation();
         // Superset access tokens carry no audience; one that does is not Superset's.
         validation.validate_aud = true;
         AccessTokenVerifier {
@@ -98,14 +161,18 @@ impl AccessTokenVerifier {
 
     /// The Superset user id of a valid access token.
     pub fn verify(&self, token: &str) -> Result<u64, JwtError> {
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.key, &self.validation)?;
-        let kind = data.claims.kind.unwrap_or_default();
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)?;
+        check_times(&data.claims, now_secs())?;
+        let claims: AccessClaims =
+            serde_json::from_value(data.claims).map_err(|_| JwtError::BadSubject)?;
+        let kind = claims.kind.unwrap_or_default();
         if kind != "access" {
             return Err(JwtError::WrongType(kind));
         }
         // flask-jwt-extended writes the identity as a string ("1"); older
         // Flask-AppBuilder versions wrote a number.
-        match data.claims.sub {
+        match claims.sub {
             Some(serde_json::Value::String(s)) => s.parse().map_err(|_| JwtError::BadSubject),
             Some(serde_json::Value::Number(n)) => n.as_u64().ok_or(JwtError::BadSubject),
             _ => Err(JwtError::BadSubject),
@@ -135,10 +202,8 @@ impl GuestTokenVerifier {
     /// `audience` is Superset's `GUEST_TOKEN_JWT_AUDIENCE` (or the URL Superset
     /// uses when it is unset).
     pub fn new(secret: &[u8], audience: &str) -> GuestTokenVerifier {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 0;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "aud"]);
+        let mut validation = signature_validation();
+        validation.set_required_spec_claims(&["aud"]);
         validation.set_audience(&[audience]);
         GuestTokenVerifier {
             key: DecodingKey::from_secret(secret),
@@ -149,8 +214,11 @@ impl GuestTokenVerifier {
     /// The grant of a valid guest token as a digest over the canonical JSON of
     /// `user`, `resources` and `rls_rules`: equal grants give equal digests.
     pub fn verify(&self, token: &str) -> Result<[u8; 32], JwtError> {
-        let data = jsonwebtoken::decode::<GuestClaims>(token, &self.key, &self.validation)?;
-        let c = data.claims;
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)?;
+        check_times(&data.claims, now_secs())?;
+        let c: GuestClaims =
+            serde_json::from_value(data.claims).map_err(|_| JwtError::WrongType(String::new()))?;
         let kind = c.kind.unwrap_or_default();
         if kind != "guest" {
             return Err(JwtError::WrongType(kind));
@@ -169,8 +237,9 @@ impl GuestTokenVerifier {
     }
 }
 
-/// The `exp` claim of a token **without** verifying it. Only for refusing cache
-/// hits to tokens that are past their expiry: never for granting anything.
+/// The `exp` claim of a token **without** verifying it (integer or float, read
+/// as [`numeric_date`]). Only for refusing cache hits to tokens that are past
+/// their expiry, or have none: never for granting anything.
 pub fn unverified_exp(token: &str) -> Option<u64> {
     let mut parts = token.split('.');
     let (_h, payload) = (parts.next()?, parts.next()?);
@@ -178,7 +247,13 @@ pub fn unverified_exp(token: &str) -> Option<u64> {
         .decode(payload.trim_end_matches('='))
         .ok()?;
     let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    v.get("exp")?.as_u64()
+    numeric_date(v.get("exp")?)
+}
+
+/// Whether a token's unverified `exp` (see [`unverified_exp`]) has passed or
+/// is missing or unreadable.
+pub fn unverified_expired(token: &str) -> bool {
+    unverified_exp(token).is_none_or(|exp| exp <= now_secs())
 }
 
 #[cfg(test)]
@@ -215,7 +290,7 @@ pub(crate) mod tests {
         let forged = sign(b"k2", &access("1".into(), now() + 900, "access"));
         assert!(matches!(v.verify(&forged), Err(JwtError::Invalid(_))));
         let expired = sign(b"k1", &access("7".into(), now() - 1, "access"));
-        assert!(matches!(v.verify(&expired), Err(JwtError::Invalid(_))));
+        assert!(matches!(v.verify(&expired), Err(JwtError::Expired)));
         let refresh = sign(b"k1", &access("7".into(), now() + 900, "refresh"));
         assert!(matches!(v.verify(&refresh), Err(JwtError::WrongType(_))));
         assert!(v.verify("not-a-jwt").is_err());
@@ -269,6 +344,57 @@ pub(crate) mod tests {
             v.verify(&sign(b"g", &access_like)),
             Err(JwtError::WrongType(_))
         ));
+    }
+
+    /// Superset's guest tokens carry `exp = time.time() + N`: a float.
+    #[test]
+    fn float_and_integer_time_claims() {
+        let t = now() as f64;
+        let g = GuestTokenVerifier::new(b"g", "superset");
+        let guest_at = |exp: serde_json::Value, nbf: Option<serde_json::Value>| {
+            let mut c = guest("embed", "x", "superset", 0);
+            c["exp"] = exp;
+            if let Some(n) = nbf {
+                c["nbf"] = n;
+            }
+            g.verify(&sign(b"g", &c))
+        };
+        assert!(guest_at((t + 300.25).into(), None).is_ok());
+        assert!(guest_at(((t as u64) + 300).into(), None).is_ok());
+        assert!(matches!(guest_at((t - 1.5).into(), None), Err(JwtError::Expired)));
+        assert!(matches!(guest_at((t - 0.5).into(), None), Err(JwtError::Expired)));
+        assert!(matches!(guest_at((now() - 1).into(), None), Err(JwtError::Expired)));
+        // nbf, both forms.
+        assert!(guest_at((t + 300.0).into(), Some((t - 10.5).into())).is_ok());
+        assert!(guest_at((t + 300.0).into(), Some((now() - 10).into())).is_ok());
+        assert!(matches!(
+            guest_at((t + 300.0).into(), Some((t + 60.5).into())),
+            Err(JwtError::NotYetValid)
+        ));
+        assert!(matches!(
+            guest_at((t + 300.0).into(), Some((now() + 60).into())),
+            Err(JwtError::NotYetValid)
+        ));
+        // Missing or unreadable exp.
+        let mut c = guest("embed", "x", "superset", 0);
+        c.as_object_mut().unwrap().remove("exp");
+        assert!(matches!(g.verify(&sign(b"g", &c)), Err(JwtError::NoExpiry)));
+        assert!(matches!(guest_at("soon".into(), None), Err(JwtError::NoExpiry)));
+        // Access tokens read the same way.
+        let v = AccessTokenVerifier::new(b"k1");
+        let mut a = access("7".into(), 0, "access");
+        a["exp"] = (t + 900.5).into();
+        a["nbf"] = (t - 10.5).into();
+        assert_eq!(v.verify(&sign(b"k1", &a)).unwrap(), 7);
+        a["exp"] = (t - 1.5).into();
+        assert!(v.verify(&sign(b"k1", &a)).is_err());
+        // Unverified: float read like PyJWT, missing means expired.
+        let unsigned = |c: serde_json::Value| sign(b"whatever", &c);
+        assert_eq!(unverified_exp(&unsigned(serde_json::json!({"exp": 42.9}))), Some(42));
+        assert!(unverified_expired(&unsigned(serde_json::json!({"exp": t - 1.5}))));
+        assert!(!unverified_expired(&unsigned(serde_json::json!({"exp": t + 60.5}))));
+        assert!(unverified_expired(&unsigned(serde_json::json!({"user": "x"}))));
+        assert!(unverified_expired("made-up"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod body;
 pub mod bounded;
 pub mod clock;
 pub mod coalesce;
+pub mod credentials;
 pub mod config;
 pub mod context;
 pub mod deadline;

@@ -446,6 +446,10 @@ pub enum Bypass {
     /// Local verification refused the credential (forged, expired or invalid
     /// JWT or guest token); the reason is the `Cache-Status` detail.
     CredentialInvalid(&'static str),
+    /// The credential headers can be read more than one way (duplicate or
+    /// empty, named by `Connection`, non-ASCII cookies): what would key the
+    /// entry might not be what Superset answers for.
+    AmbiguousCredential,
 }
 
 impl Bypass {
@@ -458,6 +462,7 @@ impl Bypass {
             Bypass::BodyTooLarge => "body-too-large",
             Bypass::Rule => "rule",
             Bypass::CredentialInvalid(why) => why,
+            Bypass::AmbiguousCredential => "ambiguous-credential",
         }
     }
 }

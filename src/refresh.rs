@@ -138,6 +138,12 @@ pub(crate) fn revalidate(app: &Arc<App>, mut spec: FetchSpec) -> bool {
 /// upgrade handle): a refresh outlives the request it was made from.
 fn detach(spec: &mut FetchSpec) {
     spec.parts.extensions = http::Extensions::new();
+    // No client waits for a background refresh, and a refresh-ahead may run
+    // with another requester's credential: the request's own other cookies
+    // (an async channel's `async-token`, say) stay with the request. The
+    // fetch sends the resolved session cookie only.
+    spec.parts.headers.remove(header::COOKIE);
+    spec.creds = spec.creds.as_ref().map(Credentials::detached);
     // The job outlives the request: keep no slice of the connection's buffers.
     for v in spec.parts.headers.values_mut() {
         *v = crate::upstream::owned_header_value(v);
@@ -487,18 +493,10 @@ async fn fire(app: Arc<App>, job: Arc<HotJob>) {
             return;
         }
     }
+    // The fetch sends exactly this set (`credentials::apply` in the fetch),
+    // whatever credential headers the request that made the entry hot had.
     let mut spec = job.spec.clone();
-    if let Some(cred) = &cred {
-        let h = &mut spec.parts.headers;
-        h.remove(header::AUTHORIZATION);
-        h.remove(header::COOKIE);
-        h.remove(&app.guest_header);
-        cred.apply(
-            h,
-            &app.config.load().identity.session_cookie,
-            &app.guest_header,
-        );
-    }
+    spec.creds = cred;
     run(&app, &spec, guard, kind).await;
 }
 
@@ -565,6 +563,7 @@ mod tests {
                 remote: None,
                 proto: "http",
             },
+            creds: None,
         }
     }
 

@@ -258,9 +258,23 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// Refuse a request with more than one `Host` header (400).
+pub fn check_host(headers: &HeaderMap) -> Result<(), Error> {
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(Error::Client("more than one Host header".into()));
+    }
+    Ok(())
+}
+
 /// Rewrite a client request's headers for Superset: hop-by-hop stripped,
-/// `X-Forwarded-For/Proto/Host` appended, `Host` kept (taken from the URI
-/// authority for HTTP/2 clients), request id set.
+/// `X-Forwarded-For/Proto/Host` appended (one header each: the client's own
+/// values, joined, then this hop's), `Host` kept (taken from the URI authority
+/// for HTTP/2 clients), request id set.
+///
+/// Appending, never keeping a client's value as the last one, is what lets
+/// Superset trust exactly its proxies: Werkzeug's `ProxyFix` (Superset's
+/// `ENABLE_PROXY_FIX` / `PROXY_FIX_CONFIG`) reads the N-th value from the
+/// right, N being the number of proxies in front of it, chartcache included.
 pub fn prepare_request_headers(
     headers: &mut HeaderMap,
     uri: &Uri,
@@ -278,24 +292,42 @@ pub fn prepare_request_headers(
         headers.insert(header::HOST, a);
     }
     if let Some(addr) = client {
-        let ip = addr.ip().to_string();
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prev) => format!("{prev}, {ip}"),
-            None => ip,
-        };
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            headers.insert("x-forwarded-for", v);
-        }
+        append_forwarded(headers, X_FORWARDED_FOR, &addr.ip().to_string());
     }
-    if !headers.contains_key("x-forwarded-proto") {
-        headers.insert("x-forwarded-proto", HeaderValue::from_static(client_proto));
-    }
-    if !headers.contains_key("x-forwarded-host")
-        && let Some(h) = headers.get(header::HOST).cloned()
-    {
-        headers.insert("x-forwarded-host", h);
+    append_forwarded(headers, X_FORWARDED_PROTO, client_proto);
+    if let Some(h) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
+        let h = h.to_string();
+        append_forwarded(headers, X_FORWARDED_HOST, &h);
     }
     headers.insert(crate::context::X_REQUEST_ID, request_id.clone());
+}
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Replace every `name` header by one: the client's values joined with `, `
+/// (unreadable ones dropped), then `ours`.
+fn append_forwarded(headers: &mut HeaderMap, name: HeaderName, ours: &str) {
+    let mut list = String::new();
+    for v in headers.get_all(&name) {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                list.push_str(s);
+                list.push_str(", ");
+            }
+        }
+    }
+    list.push_str(ours);
+    match HeaderValue::from_str(&list) {
+        Ok(v) => {
+            headers.insert(name, v);
+        }
+        Err(_) => {
+            headers.remove(&name);
+        }
+    }
 }
 
 #[cfg(test)]
@@ -343,6 +375,40 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "superset.example.com");
         assert_eq!(h["x-request-id"], "abc");
+    }
+
+    /// A client's own forwarding headers are never the last value Superset
+    /// reads: ours is appended to every one of them, duplicates joined.
+    #[test]
+    fn client_forwarding_headers_get_this_hop_appended() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("cache.example.com"));
+        h.append("x-forwarded-host", HeaderValue::from_static("evil.example"));
+        h.append("x-forwarded-proto", HeaderValue::from_static("https"));
+        h.append("x-forwarded-proto", HeaderValue::from_static("ftp"));
+        h.append("x-forwarded-for", HeaderValue::from_static("1.1.1.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static("2.2.2.2"));
+        prepare_request_headers(
+            &mut h,
+            &Uri::from_static("/x"),
+            Some("10.0.0.9:5555".parse().unwrap()),
+            "http",
+            &HeaderValue::from_static("id"),
+            false,
+        );
+        let all = |n: &str| h.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+        assert_eq!(all("x-forwarded-host"), ["evil.example, cache.example.com"]);
+        assert_eq!(all("x-forwarded-proto"), ["https, ftp, http"]);
+        assert_eq!(all("x-forwarded-for"), ["1.1.1.1, 2.2.2.2, 10.0.0.9"]);
+    }
+
+    #[test]
+    fn two_host_headers_are_refused() {
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, HeaderValue::from_static("a"));
+        assert!(check_host(&h).is_ok());
+        h.append(header::HOST, HeaderValue::from_static("b"));
+        assert!(matches!(check_host(&h), Err(Error::Client(_))));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use crate::coalesce::Role;
 use crate::context::{Outcome, RequestContext};
 use crate::error::Error;
 use crate::fingerprint::{self, CacheKey, QueryFacts};
-use crate::identity::{Scope, ScopeOutcome};
+use crate::identity::{Credentials, Extracted, Scope, ScopeOutcome};
 use crate::offload;
 use crate::policy::{
     self, Bypass, Cacheability, Decision, IdentityKind, NotStorable, ScopeKind, TierConfig,
@@ -51,6 +51,10 @@ pub(crate) struct FetchSpec {
     pub(crate) respect_superset_timeout: bool,
     pub(crate) custom_cache_timeout: Option<u64>,
     pub(crate) conn: ConnInfo,
+    /// The credential set the key's scope was resolved from: the only
+    /// credentials any fetch of this spec sends (rebuilt by
+    /// [`crate::credentials::apply`] over `parts`).
+    pub(crate) creds: Option<Credentials>,
 }
 
 impl FetchSpec {
@@ -61,11 +65,13 @@ impl FetchSpec {
         facts: &QueryFacts,
         decision: &Decision,
         conn: ConnInfo,
+        creds: Option<Credentials>,
     ) -> FetchSpec {
         FetchSpec {
             parts,
             body,
             key,
+            creds,
             tags: facts.tags(),
             tier: decision.tier.clone(),
             respect_superset_timeout: decision.respect_superset_timeout,
@@ -83,7 +89,7 @@ pub(super) async fn handle(
     ctx: &mut RequestContext,
 ) -> Result<Response<Body>, Error> {
     let cfg = app.config.load();
-    let (parts, incoming) = req.into_parts();
+    let (mut parts, incoming) = req.into_parts();
 
     // 1. Body: read up to the limit, within the body deadline and the budget
     //    for bodies being received; a larger body is streamed through uncached.
@@ -123,8 +129,18 @@ pub(super) async fn handle(
         }
     };
 
-    // 3. Policy: tier or bypass, and the identity scope.
-    let creds = app.identity.credentials(&parts.headers);
+    // 3. Credentials, read once hop-by-hop headers are gone (what keys the
+    // entry is what Superset will see), then policy: tier or bypass.
+    crate::upstream::check_host(&parts.headers)?;
+    let creds = match app.identity.credentials(&mut parts.headers, parts.version) {
+        Extracted::None => None,
+        Extracted::Set(c) => Some(c),
+        Extracted::Ambiguous(why) => {
+            tracing::debug!(why = why.as_str(), "ambiguous credentials; forwarding uncached");
+            let why = Bypass::AmbiguousCredential;
+            return bypass(app, parts, body::full(body), conn, ctx, why).await;
+        }
+    };
     let decision = app.policy.load().decide_with(
         route,
         parts.uri.path(),
@@ -208,7 +224,15 @@ pub(super) async fn handle(
                 match app.refresher.count_hit(&entry, cfg.refresh_ahead.hot_hits) {
                     Hotness::Cold => {}
                     Hotness::Became => {
-                        let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn);
+                        let spec = FetchSpec::new(
+                            parts,
+                            body,
+                            key,
+                            &canon.facts,
+                            &decision,
+                            conn,
+                            creds.clone(),
+                        );
                         // The refresh must resolve to this same scope again.
                         let expect = match decision.scope {
                             ScopeKind::Public => None,
@@ -225,7 +249,8 @@ pub(super) async fn handle(
                 ctx.outcome = Outcome::Stale;
                 ctx.ttl = Some(-(stale_secs(&entry, now)));
                 let resp = serve_entry(app, &key, &entry, accept, now).await;
-                let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn);
+                let spec =
+                    FetchSpec::new(parts, body, key, &canon.facts, &decision, conn, creds);
                 refresh::revalidate(app, spec);
                 return resp;
             }
@@ -238,7 +263,7 @@ pub(super) async fn handle(
     // Boxed: the miss path's state (coalescing, locks, the upstream exchange)
     // is most of this function's future, and a hit should neither carry nor
     // copy it.
-    let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn);
+    let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn, creds);
     let wait = Duration::from_millis(cfg.cache.coalesce_wait_ms);
     Box::pin(miss(app, spec, canon.force, wait, stale, accept, ctx)).await
 }
@@ -438,7 +463,7 @@ async fn bypass_inner(
 ) -> Result<Response<Body>, Error> {
     ctx.outcome = Outcome::Bypass;
     ctx.detail = Some(why.as_str());
-    let req = build_upstream_request(app, parts, body, conn, &ctx.request_id, false);
+    let req = build_upstream_request(app, parts, body, conn, &ctx.request_id, false)?;
     let resp = send(app, req, ctx, "chart").await?;
     let (mut parts, incoming) = resp.into_parts();
     crate::upstream::strip_hop_by_hop(&mut parts.headers, false);
@@ -528,6 +553,13 @@ async fn fetch_inner(
     // Conditional headers would only confuse a cache fill; Superset ignores them anyway.
     parts.headers.remove(header::IF_NONE_MATCH);
     parts.headers.remove(header::IF_MODIFIED_SINCE);
+    // Exactly the credential set the key was resolved from, nothing else.
+    crate::credentials::apply(
+        spec.creds.as_ref(),
+        &mut parts.headers,
+        &cfg.identity.session_cookie,
+        &app.guest_header,
+    );
     let req = build_upstream_request(
         app,
         parts,
@@ -535,7 +567,7 @@ async fn fetch_inner(
         spec.conn,
         &ctx.request_id,
         false,
-    );
+    )?;
     let started = Instant::now();
     let resp = send(app, req, ctx, "chart").await?;
     let (mut head, incoming) = resp.into_parts();

@@ -95,7 +95,7 @@ pub(crate) async fn forward_streaming(
     let is_upgrade = req.headers().contains_key(header::UPGRADE);
     let client_upgrade = is_upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, incoming) = req.into_parts();
-    let out = build_upstream_request(app, parts, incoming, conn, &ctx.request_id, is_upgrade);
+    let out = build_upstream_request(app, parts, incoming, conn, &ctx.request_id, is_upgrade)?;
     let mut resp = send(app, out, ctx, kind).await?;
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
         if let Some(client_upgrade) = client_upgrade {
@@ -120,7 +120,9 @@ pub(crate) async fn forward_streaming(
     Ok(Response::from_parts(parts, body::stream(incoming)))
 }
 
-/// Turn client request parts into an upstream request.
+/// Turn client request parts into an upstream request. A request with two
+/// `Host` headers is refused: which one Superset would use is its business,
+/// and chartcache would not know which one it forwarded for.
 pub(crate) fn build_upstream_request(
     app: &App,
     mut parts: http::request::Parts,
@@ -128,7 +130,8 @@ pub(crate) fn build_upstream_request(
     conn: ConnInfo,
     request_id: &HeaderValue,
     is_upgrade: bool,
-) -> Request<Body> {
+) -> Result<Request<Body>, Error> {
+    crate::upstream::check_host(&parts.headers)?;
     let pq = parts
         .uri
         .path_and_query()
@@ -146,7 +149,7 @@ pub(crate) fn build_upstream_request(
     parts.uri = uri;
     // We speak HTTP/1.1 or h2 to Superset as negotiated by the pool, whatever the client used.
     parts.version = http::Version::HTTP_11;
-    Request::from_parts(parts, body)
+    Ok(Request::from_parts(parts, body))
 }
 
 /// Send to Superset with metrics and the upstream time recorded in the context.
