@@ -15,8 +15,8 @@
 //! request whose credentials could be read in more than one way is therefore
 //! [`Extracted::Ambiguous`]: forwarded uncached, never keyed.
 
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::Version;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// The credential-bearing parts of a request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -96,7 +96,12 @@ pub fn extract(
                     || n.eq_ignore_ascii_case(guest_header.as_str().as_bytes())
             })
         };
-        if names_credential(c) || headers.get_all(header::CONNECTION).iter().any(names_credential) {
+        if names_credential(c)
+            || headers
+                .get_all(header::CONNECTION)
+                .iter()
+                .any(names_credential)
+        {
             return Extracted::Ambiguous(Ambiguity::ConnectionNamesCredential);
         }
         crate::upstream::strip_hop_by_hop(headers, false);
@@ -347,7 +352,10 @@ mod tests {
             ConnectionNamesCredential
         );
         assert_eq!(
-            amb(&[("x-guesttoken", b"t"), ("connection", b"close, X-GuestToken")]),
+            amb(&[
+                ("x-guesttoken", b"t"),
+                ("connection", b"close, X-GuestToken")
+            ]),
             ConnectionNamesCredential
         );
         assert_eq!(
@@ -375,8 +383,14 @@ mod tests {
             amb(&[("x-guesttoken", b"a"), ("x-guesttoken", b"b")]),
             DuplicateGuestToken
         );
-        assert_eq!(amb(&[("cookie", b"session=a; session=b")]), SessionCookieTwice);
-        assert_eq!(amb(&[("cookie", b"session=a; session")]), SessionCookieTwice);
+        assert_eq!(
+            amb(&[("cookie", b"session=a; session=b")]),
+            SessionCookieTwice
+        );
+        assert_eq!(
+            amb(&[("cookie", b"session=a; session")]),
+            SessionCookieTwice
+        );
         assert_eq!(amb(&[("cookie", b"session=caf\xc3\xa9")]), NonAsciiCookie);
     }
 
@@ -414,7 +428,9 @@ mod tests {
             extract(&mut h, Version::HTTP_11, "session", &gh()),
             Extracted::Set(_)
         ));
-        assert!(!h.contains_key("connection") && !h.contains_key("x-other") && !h.contains_key("te"));
+        assert!(
+            !h.contains_key("connection") && !h.contains_key("x-other") && !h.contains_key("te")
+        );
     }
 
     #[test]

@@ -58,7 +58,13 @@ pub fn numeric_date(v: &serde_json::Value) -> Option<u64> {
         return Some(0);
     }
     let f = v.as_f64()?;
-    f.is_finite().then(|| if f <= 0.0 { 0 } else { f.trunc().min(u64::MAX as f64) as u64 })
+    f.is_finite().then(|| {
+        if f <= 0.0 {
+            0
+        } else {
+            f.trunc().min(u64::MAX as f64) as u64
+        }
+    })
 }
 
 /// Unix seconds now (the fraction dropped: for integer claims `c <= now` and
@@ -161,8 +167,7 @@ impl AccessTokenVerifier {
 
     /// The Superset user id of a valid access token.
     pub fn verify(&self, token: &str) -> Result<u64, JwtError> {
-        let data =
-            jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)?;
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)?;
         check_times(&data.claims, now_secs())?;
         let claims: AccessClaims =
             serde_json::from_value(data.claims).map_err(|_| JwtError::BadSubject)?;
@@ -214,8 +219,7 @@ impl GuestTokenVerifier {
     /// The grant of a valid guest token as a digest over the canonical JSON of
     /// `user`, `resources` and `rls_rules`: equal grants give equal digests.
     pub fn verify(&self, token: &str) -> Result<[u8; 32], JwtError> {
-        let data =
-            jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)?;
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &self.key, &self.validation)?;
         check_times(&data.claims, now_secs())?;
         let c: GuestClaims =
             serde_json::from_value(data.claims).map_err(|_| JwtError::WrongType(String::new()))?;
@@ -361,9 +365,18 @@ pub(crate) mod tests {
         };
         assert!(guest_at((t + 300.25).into(), None).is_ok());
         assert!(guest_at(((t as u64) + 300).into(), None).is_ok());
-        assert!(matches!(guest_at((t - 1.5).into(), None), Err(JwtError::Expired)));
-        assert!(matches!(guest_at((t - 0.5).into(), None), Err(JwtError::Expired)));
-        assert!(matches!(guest_at((now() - 1).into(), None), Err(JwtError::Expired)));
+        assert!(matches!(
+            guest_at((t - 1.5).into(), None),
+            Err(JwtError::Expired)
+        ));
+        assert!(matches!(
+            guest_at((t - 0.5).into(), None),
+            Err(JwtError::Expired)
+        ));
+        assert!(matches!(
+            guest_at((now() - 1).into(), None),
+            Err(JwtError::Expired)
+        ));
         // nbf, both forms.
         assert!(guest_at((t + 300.0).into(), Some((t - 10.5).into())).is_ok());
         assert!(guest_at((t + 300.0).into(), Some((now() - 10).into())).is_ok());
@@ -379,7 +392,10 @@ pub(crate) mod tests {
         let mut c = guest("embed", "x", "superset", 0);
         c.as_object_mut().unwrap().remove("exp");
         assert!(matches!(g.verify(&sign(b"g", &c)), Err(JwtError::NoExpiry)));
-        assert!(matches!(guest_at("soon".into(), None), Err(JwtError::NoExpiry)));
+        assert!(matches!(
+            guest_at("soon".into(), None),
+            Err(JwtError::NoExpiry)
+        ));
         // Access tokens read the same way.
         let v = AccessTokenVerifier::new(b"k1");
         let mut a = access("7".into(), 0, "access");
@@ -390,10 +406,19 @@ pub(crate) mod tests {
         assert!(v.verify(&sign(b"k1", &a)).is_err());
         // Unverified: float read like PyJWT, missing means expired.
         let unsigned = |c: serde_json::Value| sign(b"whatever", &c);
-        assert_eq!(unverified_exp(&unsigned(serde_json::json!({"exp": 42.9}))), Some(42));
-        assert!(unverified_expired(&unsigned(serde_json::json!({"exp": t - 1.5}))));
-        assert!(!unverified_expired(&unsigned(serde_json::json!({"exp": t + 60.5}))));
-        assert!(unverified_expired(&unsigned(serde_json::json!({"user": "x"}))));
+        assert_eq!(
+            unverified_exp(&unsigned(serde_json::json!({"exp": 42.9}))),
+            Some(42)
+        );
+        assert!(unverified_expired(&unsigned(
+            serde_json::json!({"exp": t - 1.5})
+        )));
+        assert!(!unverified_expired(&unsigned(
+            serde_json::json!({"exp": t + 60.5})
+        )));
+        assert!(unverified_expired(&unsigned(
+            serde_json::json!({"user": "x"})
+        )));
         assert!(unverified_expired("made-up"));
     }
 

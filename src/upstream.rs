@@ -396,7 +396,12 @@ mod tests {
             &HeaderValue::from_static("id"),
             false,
         );
-        let all = |n: &str| h.get_all(n).iter().map(|v| v.to_str().unwrap().to_string()).collect::<Vec<_>>();
+        let all = |n: &str| {
+            h.get_all(n)
+                .iter()
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(all("x-forwarded-host"), ["evil.example, cache.example.com"]);
         assert_eq!(all("x-forwarded-proto"), ["https, ftp, http"]);
         assert_eq!(all("x-forwarded-for"), ["1.1.1.1, 2.2.2.2, 10.0.0.9"]);

@@ -136,7 +136,10 @@ pub(super) async fn handle(
         Extracted::None => None,
         Extracted::Set(c) => Some(c),
         Extracted::Ambiguous(why) => {
-            tracing::debug!(why = why.as_str(), "ambiguous credentials; forwarding uncached");
+            tracing::debug!(
+                why = why.as_str(),
+                "ambiguous credentials; forwarding uncached"
+            );
             let why = Bypass::AmbiguousCredential;
             return bypass(app, parts, body::full(body), conn, ctx, why).await;
         }
@@ -249,8 +252,7 @@ pub(super) async fn handle(
                 ctx.outcome = Outcome::Stale;
                 ctx.ttl = Some(-(stale_secs(&entry, now)));
                 let resp = serve_entry(app, &key, &entry, accept, now).await;
-                let spec =
-                    FetchSpec::new(parts, body, key, &canon.facts, &decision, conn, creds);
+                let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn, creds);
                 refresh::revalidate(app, spec);
                 return resp;
             }

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod gunicorn;
 pub mod upstream;
 
 use std::net::SocketAddr;

@@ -199,22 +199,16 @@ impl Upstream {
 }
 
 /// Superset's rule: a valid session cookie wins; otherwise a valid Bearer.
+/// Headers are read as gunicorn/Werkzeug read them (`super::gunicorn`).
 fn authenticate(st: &UpstreamState, h: &HeaderMap) -> Option<(u64, String)> {
-    for v in h.get_all(header::COOKIE) {
-        for pair in v.to_str().unwrap_or("").split(';') {
-            if let Some(val) = pair.trim().strip_prefix("session=")
-                && let Some(u) = st.sessions.lock().unwrap().get(val)
-            {
-                return Some(u.clone());
-            }
-        }
+    let h = &super::gunicorn::joined(h);
+    if let Some(val) = super::gunicorn::session_cookie(h)
+        && let Some(u) = st.sessions.lock().unwrap().get(&val)
+    {
+        return Some(u.clone());
     }
-    let bearer = h
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    if let Some(b) = bearer
-        && let Some(u) = st.bearers.lock().unwrap().get(b)
+    if let Some(b) = super::gunicorn::bearer(h)
+        && let Some(u) = st.bearers.lock().unwrap().get(&b)
     {
         return Some(u.clone());
     }
