@@ -69,6 +69,8 @@ pub struct UpstreamState {
     pub roles_queries: AtomicUsize,
     /// Guest token (`X-GuestToken`) → name the chart data is answered for.
     pub guests: Mutex<HashMap<String, String>>,
+    /// Superset is down: every request, `/api/v1/me/` included, gets a 503.
+    pub down: std::sync::atomic::AtomicBool,
 }
 
 /// A running upstream.
@@ -123,6 +125,7 @@ impl Upstream {
             roles: Mutex::new(roles),
             roles_queries: AtomicUsize::new(0),
             guests: Mutex::new(HashMap::new()),
+            down: Default::default(),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -236,6 +239,9 @@ fn json(status: u16, v: serde_json::Value) -> Response<UBody> {
 }
 
 async fn serve(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> Response<UBody> {
+    if st.down.load(Ordering::SeqCst) {
+        return json(503, serde_json::json!({"message": "Service Unavailable"}));
+    }
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let headers = req.headers().clone();
