@@ -104,9 +104,82 @@ pub fn check_classify(data: &[u8]) {
     }
 }
 
+/// Header names the credential fuzzer picks from (byte 0 of a line, mod 8).
+const CREDENTIAL_HEADERS: [&str; 8] = [
+    "authorization",
+    "cookie",
+    "x-guesttoken",
+    "connection",
+    "te",
+    "keep-alive",
+    "x-other",
+    "cookie",
+];
+
+/// Credential extraction on arbitrary headers (byte 0: HTTP/2 when odd; then
+/// lines, each a header-name byte and value bytes). Never panics, is
+/// deterministic, and a credential set it reads is exactly what
+/// `credentials::apply` sends: the rebuilt headers carry one value per
+/// credential header (so gunicorn's joining of repeated headers changes
+/// nothing), no `Connection`, and read back as the same set.
+pub fn check_credentials(data: &[u8]) {
+    use crate::credentials::{Extracted, apply, extract};
+    use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+    let (head, rest) = data.split_first().map_or((0, data), |(h, r)| (*h, r));
+    let version = if head % 2 == 1 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    };
+    let mut h = HeaderMap::new();
+    for line in rest.split(|b| *b == b'\n') {
+        let Some((n, v)) = line.split_first() else {
+            continue;
+        };
+        let name = HeaderName::from_static(CREDENTIAL_HEADERS[(*n % 8) as usize]);
+        if let Ok(v) = HeaderValue::from_bytes(v) {
+            h.append(name, v);
+        }
+    }
+    let guest = HeaderName::from_static("x-guesttoken");
+    let mut a = h.clone();
+    let mut b = h.clone();
+    let first = extract(&mut a, version, "session", &guest);
+    assert_eq!(first, extract(&mut b, version, "session", &guest));
+    let Extracted::Set(creds) = first else {
+        return;
+    };
+    assert!(!a.contains_key(header::CONNECTION), "hop-by-hop left in");
+    apply(Some(&creds), &mut a, "session", &guest);
+    for n in [header::AUTHORIZATION, header::COOKIE, guest.clone()] {
+        assert!(a.get_all(&n).iter().count() <= 1, "{n} twice after apply");
+    }
+    let mut again = a.clone();
+    match extract(&mut again, http::Version::HTTP_11, "session", &guest) {
+        Extracted::Set(c) => assert_eq!(c, creds, "what is sent reads back differently"),
+        other => panic!("the rebuilt set reads as {other:?}"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credential_shapes() {
+        for d in [
+            &b""[..],
+            b"\0\0Bearer x\n\x01session=a\n\x03keep-alive, cookie",
+            b"\0\x01theme=dark\n\x07session=a\n\0Bearer b",
+            b"\x01\x01theme=dark\n\x07session=a\n\0Bearer b",
+            b"\0\x02g\n\0\n\0Bearer b",
+            b"\0\x01session=caf\xc3\xa9",
+            b"\0\x01session",
+            b"\0\x01 session = a ; b",
+        ] {
+            check_credentials(d);
+        }
+    }
 
     #[test]
     fn empty_and_tiny_inputs() {

@@ -92,7 +92,11 @@ async fn only_locally_proven_principals_get_stale_entries_while_superset_is_down
     let mut stored = Vec::new();
     for h in creds {
         let r = chart(&c, &proxy, h).await;
-        assert!(r.cache_status().contains("fwd=miss; stored"), "{h:?}: {}", r.cache_status());
+        assert!(
+            r.cache_status().contains("fwd=miss; stored"),
+            "{h:?}: {}",
+            r.cache_status()
+        );
         stored.push(r.json());
     }
 
@@ -104,7 +108,11 @@ async fn only_locally_proven_principals_get_stale_entries_while_superset_is_down
     for (i, who) in ["jwt", "guest"].into_iter().enumerate() {
         let r = chart(&c, &proxy, creds[i]).await;
         assert_eq!(r.status, 200, "{who}");
-        assert!(r.cache_status().contains("fwd=stale"), "{who}: {}", r.cache_status());
+        assert!(
+            r.cache_status().contains("fwd=stale"),
+            "{who}: {}",
+            r.cache_status()
+        );
         assert!(r.cache_status().contains("detail=upstream-error"), "{who}");
         assert_eq!(r.json(), stored[i], "{who}");
     }
@@ -112,7 +120,8 @@ async fn only_locally_proven_principals_get_stale_entries_while_superset_is_down
     let r = chart(&c, &proxy, creds[2]).await;
     assert_eq!(r.status, 503, "Superset's own answer is forwarded");
     assert!(
-        r.cache_status().contains("fwd=bypass; detail=identity-error"),
+        r.cache_status()
+            .contains("fwd=bypass; detail=identity-error"),
         "{}",
         r.cache_status()
     );

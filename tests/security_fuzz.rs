@@ -1,5 +1,5 @@
-//! Bounded randomized testing of the canonicalizer, the cache key and the
-//! route classifier, with the same properties as the `cargo fuzz` targets
+//! Bounded randomized testing of the canonicalizer, the cache key, the
+//! route classifier and credential extraction, with the same properties as the `cargo fuzz` targets
 //! (`chartcache::fuzz_harness`): random bytes, mutated fixture bodies, and
 //! random JSON documents whose key order and whitespace must not matter.
 //!
@@ -9,7 +9,7 @@
 mod support;
 
 use chartcache::fingerprint::{self, build_key};
-use chartcache::fuzz_harness::{check_classify, check_fingerprint};
+use chartcache::fuzz_harness::{check_classify, check_credentials, check_fingerprint};
 use chartcache::route::CachedRoute;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -171,6 +171,28 @@ proptest! {
         let mut data = vec![head];
         data.extend_from_slice(path.as_bytes());
         check_classify(&data);
+    }
+
+    #[test]
+    fn credentials_survive_random_headers(data in prop::collection::vec(any::<u8>(), 0..512)) {
+        check_credentials(&data);
+    }
+
+    #[test]
+    fn credentials_survive_cookie_and_authorization_soup(
+        h2 in any::<bool>(),
+        lines in prop::collection::vec(
+            (0u8..8, "(session|theme|Bearer |bob|alice|cookie|authorization|x-guesttoken|=|;|,| ){0,8}"),
+            0..8,
+        ),
+    ) {
+        let mut data = vec![u8::from(h2)];
+        for (n, v) in lines {
+            data.push(n);
+            data.extend_from_slice(v.as_bytes());
+            data.push(b'\n');
+        }
+        check_credentials(&data);
     }
 
     #[test]
