@@ -15,7 +15,8 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::route::CachedRoute;
+use crate::route::{CachedRoute, percent_decode};
+use crate::tags;
 
 /// Version of the key schema; part of every key.
 ///
@@ -216,6 +217,13 @@ pub enum Unkeyable {
     NotAnObject,
     /// Content type is not JSON (e.g. a form-encoded CSV export).
     NotJson,
+    /// An integer beyond 64 bits: parsed as a float it would share its key
+    /// with its neighbours (`18446744073709551616` and `...617`), while
+    /// Superset (Python) reads each exactly.
+    InexactNumber,
+    /// The query string percent-decodes to bytes that are not UTF-8: decoded
+    /// lossily, `%FF` and `%FE` would share a key.
+    QueryNotUtf8,
 }
 
 impl Unkeyable {
@@ -225,6 +233,8 @@ impl Unkeyable {
             Unkeyable::InvalidJson => "invalid-json",
             Unkeyable::NotAnObject => "not-an-object",
             Unkeyable::NotJson => "not-json",
+            Unkeyable::InexactNumber => "inexact-number",
+            Unkeyable::QueryNotUtf8 => "query-not-utf8",
         }
     }
 }
@@ -246,20 +256,24 @@ pub struct QueryFacts {
 }
 
 impl QueryFacts {
-    /// Invalidation tags: `chart:{id}`, `dashboard:{id}`, `dataset:{id}__{type}`, `viz:{type}`.
+    /// Invalidation tags (spelled by [`crate::tags`]): `chart:{id}`,
+    /// `dashboard:{id}`, `dataset:{id}__{type}` — or, when the request does
+    /// not say which datasource it reads, [`tags::UNRESOLVED_DATASOURCE`] —
+    /// and `viz:{type}`.
     pub fn tags(&self) -> Vec<String> {
         let mut t = Vec::with_capacity(4);
         if let Some(c) = self.chart_id {
-            t.push(format!("chart:{c}"));
+            t.push(tags::chart(c));
         }
         if let Some(d) = self.dashboard_id {
-            t.push(format!("dashboard:{d}"));
+            t.push(tags::dashboard(d));
         }
-        if let Some(ds) = &self.datasource {
-            t.push(format!("dataset:{ds}"));
-        }
+        t.push(match &self.datasource {
+            Some(ds) => tags::dataset(ds),
+            None => tags::UNRESOLVED_DATASOURCE.to_string(),
+        });
         if let Some(v) = &self.viz_type {
-            t.push(format!("viz:{v}"));
+            t.push(tags::viz(v));
         }
         t
     }
@@ -288,7 +302,7 @@ pub fn canonicalize(
     content_type: Option<&str>,
     body: &[u8],
 ) -> Result<CanonicalRequest, Unkeyable> {
-    let (query, mut force) = canonical_query(raw_query);
+    let (query, mut force) = canonical_query(raw_query)?;
     let mut facts = QueryFacts::default();
     if let CachedRoute::ChartDataGet { chart_id } = route {
         facts.chart_id = Some(chart_id);
@@ -303,10 +317,21 @@ pub fn canonicalize(
         }
     }
     let canonical_body = if body.is_empty() {
+        // An `explore_json` GET carries its form data in the query string;
+        // Superset reads it there only when the body has none.
+        if route == CachedRoute::ExploreJson
+            && let Some((_, v)) = query.iter().find(|(k, _)| k == "form_data")
+            && let Ok(Value::Object(fd)) = serde_json::from_str::<Value>(v)
+        {
+            form_data_facts(&fd, &mut facts);
+        }
         Vec::new()
     } else {
         if !is_json_content_type(content_type) {
             return Err(Unkeyable::NotJson);
+        }
+        if has_wide_integer(body) {
+            return Err(Unkeyable::InexactNumber);
         }
         let mut value: Value = serde_json::from_slice(body).map_err(|_| Unkeyable::InvalidJson)?;
         let obj = value.as_object_mut().ok_or(Unkeyable::NotAnObject)?;
@@ -356,21 +381,86 @@ fn truthy(v: &Value) -> bool {
     }
 }
 
-/// Decode and sort the query string, dropping control params.
-fn canonical_query(raw: Option<&str>) -> (Vec<(String, String)>, bool) {
+/// Decode and sort the query string, dropping control params. A pair that
+/// does not decode to UTF-8 makes the request unkeyable: lossy decoding would
+/// give different queries one key.
+fn canonical_query(raw: Option<&str>) -> Result<(Vec<(String, String)>, bool), Unkeyable> {
     let mut force = false;
     let mut out: Vec<(String, String)> = Vec::new();
-    if let Some(raw) = raw {
-        for (k, v) in form_urlencoded::parse(raw.as_bytes()) {
-            if CONTROL_QUERY_PARAMS.contains(&k.as_ref()) {
-                force |= matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes");
-                continue;
-            }
-            out.push((k.into_owned(), v.into_owned()));
+    let decode =
+        |b: &[u8]| String::from_utf8(percent_decode(b, true)).map_err(|_| Unkeyable::QueryNotUtf8);
+    // As `form_urlencoded::parse` splits: on `&`, empty pairs skipped, the
+    // first `=` separating name from value.
+    for pair in raw.unwrap_or("").as_bytes().split(|b| *b == b'&') {
+        if pair.is_empty() {
+            continue;
         }
+        let (k, v) = match pair.iter().position(|b| *b == b'=') {
+            Some(i) => (&pair[..i], &pair[i + 1..]),
+            None => (pair, &b""[..]),
+        };
+        let (k, v) = (decode(k)?, decode(v)?);
+        if CONTROL_QUERY_PARAMS.contains(&k.as_str()) {
+            force |= matches!(v.to_ascii_lowercase().as_str(), "true" | "1" | "yes");
+            continue;
+        }
+        out.push((k, v));
     }
     out.sort();
-    (out, force)
+    Ok((out, force))
+}
+
+/// Does the JSON text hold an integer literal beyond what serde_json keeps
+/// exactly (u64 for positive, i64 for negative)? A lexical scan outside
+/// strings; the text is parsed afterwards, so malformed input only needs not
+/// to panic here. Floats (`.`, `e`) are floats in Python too, rounded alike.
+fn has_wide_integer(body: &[u8]) -> bool {
+    let mut i = 0;
+    while i < body.len() {
+        match body[i] {
+            b'"' => {
+                i += 1;
+                while i < body.len() && body[i] != b'"' {
+                    i += if body[i] == b'\\' { 2 } else { 1 };
+                }
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => {
+                let start = i;
+                i += 1;
+                while i < body.len()
+                    && matches!(body[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-')
+                {
+                    i += 1;
+                }
+                let tok = &body[start..i];
+                if !tok.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) && integer_is_wide(tok) {
+                    return true;
+                }
+            }
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// An integer token that neither u64 (positive) nor i64 (negative) holds.
+fn integer_is_wide(tok: &[u8]) -> bool {
+    let (neg, digits) = match tok.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, tok),
+    };
+    // Parse errors for anything else (e.g. a stray `-`) are for serde_json.
+    let Ok(text) = std::str::from_utf8(digits) else {
+        return false;
+    };
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    match text.parse::<u64>() {
+        Err(_) => true,
+        Ok(n) => neg && n > i64::MAX as u64 + 1,
+    }
 }
 
 fn as_u64(v: Option<&Value>) -> Option<u64> {
@@ -386,6 +476,20 @@ fn as_string(v: Option<&Value>) -> Option<String> {
         Value::String(s) => Some(s.clone()),
         Value::Number(n) => Some(n.to_string()),
         _ => None,
+    }
+}
+
+/// Facts of a form-data object (a chart-data body's `form_data`, an
+/// `explore_json` body, or its `form_data` query parameter).
+fn form_data_facts(fd: &Map<String, Value>, facts: &mut QueryFacts) {
+    facts.chart_id = facts.chart_id.or(as_u64(fd.get("slice_id")));
+    facts.dashboard_id = facts.dashboard_id.or(as_u64(fd.get("dashboardId")));
+    facts.viz_type = facts.viz_type.take().or(as_string(fd.get("viz_type")));
+    if facts.datasource.is_none() {
+        facts.datasource = as_string(fd.get("datasource"));
+    }
+    if let Some(tr) = as_string(fd.get("time_range")) {
+        facts.time_ranges.push(tr);
     }
 }
 
@@ -412,15 +516,7 @@ fn extract_facts(obj: &Map<String, Value>, facts: &mut QueryFacts) {
         _ => None,
     };
     if let Some(fd) = form_data {
-        facts.chart_id = facts.chart_id.or(as_u64(fd.get("slice_id")));
-        facts.dashboard_id = facts.dashboard_id.or(as_u64(fd.get("dashboardId")));
-        facts.viz_type = as_string(fd.get("viz_type"));
-        if facts.datasource.is_none() {
-            facts.datasource = as_string(fd.get("datasource"));
-        }
-        if let Some(tr) = as_string(fd.get("time_range")) {
-            facts.time_ranges.push(tr);
-        }
+        form_data_facts(fd, facts);
     }
     if let Some(Value::Array(queries)) = obj.get("queries") {
         for q in queries {
@@ -758,5 +854,126 @@ mod tests {
         );
         assert_eq!(c.facts.dashboard_id, Some(3));
         assert_eq!(c.facts.chart_id, Some(2));
+    }
+
+    fn post_key(body: &[u8]) -> Result<CacheKey, Unkeyable> {
+        let c = canonicalize(CachedRoute::ChartData, "/p", None, None, body)?;
+        Ok(build_key(
+            CachedRoute::ChartData,
+            "/p",
+            &c.query,
+            "user:1",
+            &c.body_digest,
+        ))
+    }
+
+    /// Two integers beyond f64 precision used to parse to one float and so to
+    /// one key: the second request was answered with the first one's rows.
+    #[test]
+    fn integers_beyond_64_bits_never_share_a_key() {
+        let a = br#"{"queries":[{"row_limit":18446744073709551616}]}"#;
+        let b = br#"{"queries":[{"row_limit":18446744073709551617}]}"#;
+        assert_eq!(post_key(a), Err(Unkeyable::InexactNumber));
+        assert_eq!(post_key(b), Err(Unkeyable::InexactNumber));
+        for wide in [
+            &b"{\"a\":-9223372036854775809}"[..],
+            b"{\"a\":[1,99999999999999999999999999]}",
+            b"{\"a\":{\"b\":100000000000000000000}}",
+        ] {
+            assert_eq!(post_key(wide), Err(Unkeyable::InexactNumber));
+        }
+        // Exact ones stay keyable, and distinct.
+        let max = post_key(b"{\"a\":18446744073709551615}").unwrap();
+        let max1 = post_key(b"{\"a\":18446744073709551614}").unwrap();
+        assert_ne!(max, max1);
+        post_key(b"{\"a\":-9223372036854775808}").unwrap();
+        // Floats are floats in Python too: rounded alike, keyable.
+        post_key(b"{\"a\":1.8446744073709552e19,\"b\":-1E5,\"c\":0.5}").unwrap();
+        // Digits inside strings (escaped quotes too) are text.
+        post_key(br#"{"a":"18446744073709551616\"99999999999999999999999","b":1}"#).unwrap();
+    }
+
+    #[test]
+    fn wide_integer_scan_survives_malformed_text() {
+        for t in [
+            &b"-"[..],
+            b"\"",
+            b"\"\\",
+            b"--1",
+            b"1-2",
+            b"-e",
+            b"\"abc",
+            b"[-",
+        ] {
+            let _ = has_wide_integer(t);
+        }
+        assert!(!has_wide_integer(b"-"));
+        assert!(has_wide_integer(b"[99999999999999999999]"));
+    }
+
+    /// `%FF` and `%FE` both decoded lossily to U+FFFD: one key for two queries.
+    #[test]
+    fn query_strings_that_are_not_utf8_are_unkeyable() {
+        let k = |q: &str| {
+            canonicalize(
+                CachedRoute::ExploreJson,
+                "/superset/explore_json/",
+                Some(q),
+                None,
+                b"",
+            )
+            .map(|c| c.query)
+        };
+        assert_eq!(
+            k("form_data=%7B%22a%22%3A%22%FF%22%7D"),
+            Err(Unkeyable::QueryNotUtf8)
+        );
+        assert_eq!(
+            k("form_data=%7B%22a%22%3A%22%FE%22%7D"),
+            Err(Unkeyable::QueryNotUtf8)
+        );
+        assert_eq!(k("%FF=1"), Err(Unkeyable::QueryNotUtf8));
+        assert_eq!(
+            k("b=%C3%A9+x&a=1&&c").unwrap(),
+            vec![
+                ("a".to_string(), "1".to_string()),
+                ("b".into(), "é x".into()),
+                ("c".into(), String::new())
+            ]
+        );
+        // Same pairs as form_urlencoded reads them, for well-formed input.
+        let q = "x=%41%zz&y==2&z";
+        let want: Vec<(String, String)> = {
+            let mut v: Vec<_> = form_urlencoded::parse(q.as_bytes()).into_owned().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(k(q).unwrap(), want);
+    }
+
+    #[test]
+    fn explore_json_gets_take_facts_from_their_query_form_data() {
+        let facts = |route, q: &str| {
+            canonicalize(route, "/superset/explore_json/", Some(q), None, b"")
+                .unwrap()
+                .facts
+        };
+        let f = facts(
+            CachedRoute::ExploreJson,
+            "form_data=%7B%22slice_id%22%3A3%2C%22datasource%22%3A%221__table%22%2C%22viz_type%22%3A%22table%22%7D",
+        );
+        assert_eq!(f.tags(), vec!["chart:3", "dataset:1__table", "viz:table"]);
+        // Only a slice id: Superset reads the datasource from the saved chart.
+        let f = facts(
+            CachedRoute::ExploreJson,
+            "form_data=%7B%22slice_id%22%3A3%7D",
+        );
+        assert_eq!(f.tags(), vec!["chart:3", tags::UNRESOLVED_DATASOURCE]);
+        // A saved chart's GET never takes a datasource from the client.
+        let f = facts(
+            CachedRoute::ChartDataGet { chart_id: 2 },
+            "form_data=%7B%22datasource%22%3A%2299__table%22%7D",
+        );
+        assert_eq!(f.tags(), vec!["chart:2", tags::UNRESOLVED_DATASOURCE]);
     }
 }

@@ -4,11 +4,12 @@
 use crate::app::App;
 use crate::route::{ObjectKind, WriteTarget};
 use crate::store::Purge;
+use crate::tags;
 
-/// The purge a successful write implies.
+/// The purge a successful write implies (tags from [`crate::tags`]).
 ///
 /// A database change can affect any dataset on it and we do not know which, so
-/// it purges everything; so do bulk deletes whose ids could not be read.
+/// it purges everything; so do writes whose ids could not be read.
 pub fn purge_for(target: &WriteTarget) -> Purge {
     if target.ids.is_empty() || target.kind == ObjectKind::Database {
         return Purge::All;
@@ -16,13 +17,7 @@ pub fn purge_for(target: &WriteTarget) -> Purge {
     let tags = target
         .ids
         .iter()
-        .map(|id| match target.kind {
-            ObjectKind::Chart => format!("chart:{id}"),
-            // Superset's chart-data datasources are `{id}__table` for datasets.
-            ObjectKind::Dataset => format!("dataset:{id}__table"),
-            ObjectKind::Dashboard => format!("dashboard:{id}"),
-            ObjectKind::Database => unreachable!("handled above"),
-        })
+        .flat_map(|id| tags::for_write(target.kind, *id))
         .collect();
     Purge::Tags(tags)
 }
@@ -61,7 +56,7 @@ mod tests {
         let t = |kind, ids: Vec<u64>| purge_for(&WriteTarget { kind, ids });
         assert_eq!(
             t(ObjectKind::Dataset, vec![1]),
-            Purge::Tags(vec!["dataset:1__table".into()])
+            Purge::Tags(vec!["dataset:1__table".into(), "dataset:unresolved".into()])
         );
         assert_eq!(
             t(ObjectKind::Chart, vec![4, 5]),

@@ -32,6 +32,7 @@ pub mod refresh;
 pub mod route;
 pub mod server;
 pub mod store;
+pub mod tags;
 pub mod tls;
 pub mod upstream;
 pub mod worker;

@@ -51,7 +51,9 @@ impl ObjectKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteTarget {
     pub kind: ObjectKind,
-    /// Object ids; empty for a bulk delete whose ids are in the query string (`?q=!(1,2)`).
+    /// Object ids; empty when they could not be read (a bulk delete's
+    /// `?q=!(1,2)` that does not parse, an id that is not plain digits): a
+    /// success then purges everything.
     pub ids: Vec<u64>,
 }
 
@@ -75,6 +77,11 @@ impl Route {
 }
 
 /// Classify a request by method and path (and, for bulk deletes, the query).
+///
+/// The path is classified as Superset routes it: gunicorn percent-decodes it
+/// (`%31` is `1`, `%2F` is `/`) and Werkzeug merges repeated slashes (with a
+/// redirect), so `/api/v1/dataset/%31` is a write to dataset 1 and must purge
+/// it. The cache key keeps the raw path; only the classification decodes.
 pub fn classify(method: &Method, path: &str, query: Option<&str>, cfg: &RoutesConfig) -> Route {
     // The path of nearly every cached request, matched without splitting it.
     if cfg.chart_data
@@ -83,9 +90,12 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, cfg: &RoutesCo
     {
         return Route::Cached(CachedRoute::ChartData);
     }
+    let decoded = routed_path(path);
+    let path = decoded.as_ref();
     let trimmed = path.strip_suffix('/').unwrap_or(path);
-    let mut seg = trimmed.split('/').skip(1);
-    let parts: [Option<&str>; 6] = [
+    let mut seg = trimmed.split('/').filter(|s| !s.is_empty());
+    let parts: [Option<&str>; 7] = [
+        seg.next(),
         seg.next(),
         seg.next(),
         seg.next(),
@@ -101,6 +111,7 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, cfg: &RoutesCo
             Some("data"),
             None,
             None,
+            None,
         ] if cfg.chart_data && method == Method::POST => Route::Cached(CachedRoute::ChartData),
         [
             Some("api"),
@@ -108,6 +119,7 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, cfg: &RoutesCo
             Some("chart"),
             Some(id),
             Some("data"),
+            None,
             None,
         ] if cfg.chart_data_get && method == Method::GET => match parse_id(id) {
             Some(chart_id) => Route::Cached(CachedRoute::ChartDataGet { chart_id }),
@@ -120,10 +132,11 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, cfg: &RoutesCo
             None,
             None,
             None,
+            None,
         ] if cfg.explore_json && (method == Method::GET || method == Method::POST) => {
             Route::Cached(CachedRoute::ExploreJson)
         }
-        [Some("api"), Some("v1"), Some(obj), rest, tail, None] => {
+        [Some("api"), Some("v1"), Some(obj), id, tail, sub, None] => {
             let kind = match obj {
                 "chart" => ObjectKind::Chart,
                 "dataset" => ObjectKind::Dataset,
@@ -131,12 +144,57 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, cfg: &RoutesCo
                 "dashboard" => ObjectKind::Dashboard,
                 _ => return Route::Pass,
             };
-            write_target(method, kind, rest, tail, query)
+            write_target(method, kind, id, tail, sub, query)
                 .map(Route::Write)
                 .unwrap_or(Route::Pass)
         }
         _ => Route::Pass,
     }
+}
+
+/// The path as Superset's router sees it: percent-decoded. Borrowed when
+/// there is nothing to decode (nearly always). Bytes that are not UTF-8
+/// become U+FFFD, which no id or route name contains.
+fn routed_path(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains('%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    match String::from_utf8(percent_decode(path.as_bytes(), false)) {
+        Ok(s) => std::borrow::Cow::Owned(s),
+        Err(e) => std::borrow::Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
+
+/// Percent-decode `s` (`+` is a space when `plus_is_space`, as in query
+/// strings). A `%` not followed by two hex digits stays as it is, as
+/// Python's `unquote` leaves it.
+pub(crate) fn percent_decode(s: &[u8], plus_is_space: bool) -> Vec<u8> {
+    fn hex(b: u8) -> Option<u8> {
+        match b {
+            b'0'..=b'9' => Some(b - b'0'),
+            b'a'..=b'f' => Some(b - b'a' + 10),
+            b'A'..=b'F' => Some(b - b'A' + 10),
+            _ => None,
+        }
+    }
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        let b = s[i];
+        if b == b'%'
+            && let (Some(h), Some(l)) = (
+                s.get(i + 1).copied().and_then(hex),
+                s.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
+        }
+        out.push(if plus_is_space && b == b'+' { b' ' } else { b });
+        i += 1;
+    }
+    out
 }
 
 fn parse_id(s: &str) -> Option<u64> {
@@ -146,30 +204,41 @@ fn parse_id(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
+/// The write a request makes, if any. An id that is not plain digits (` 1`,
+/// `1;x`, a number beyond u64) may still reach an object — the database casts
+/// it — so it names no object here: `ids` is empty and a success purges all.
 fn write_target(
     method: &Method,
     kind: ObjectKind,
     id: Option<&str>,
     tail: Option<&str>,
+    sub: Option<&str>,
     query: Option<&str>,
 ) -> Option<WriteTarget> {
-    match (id, tail) {
+    let one = |id: &str| WriteTarget {
+        kind,
+        ids: parse_id(id).into_iter().collect(),
+    };
+    match (id, tail, sub) {
         // PUT|DELETE /api/v1/{kind}/{id}
-        (Some(id), None) if method == Method::PUT || method == Method::DELETE => {
-            Some(WriteTarget {
-                kind,
-                ids: vec![parse_id(id)?],
-            })
+        (Some(id), None, None) if method == Method::PUT || method == Method::DELETE => {
+            Some(one(id))
         }
         // PUT /api/v1/dataset/{id}/refresh
-        (Some(id), Some("refresh")) if method == Method::PUT && kind == ObjectKind::Dataset => {
-            Some(WriteTarget {
-                kind,
-                ids: vec![parse_id(id)?],
-            })
+        (Some(id), Some("refresh"), None)
+            if method == Method::PUT && kind == ObjectKind::Dataset =>
+        {
+            Some(one(id))
+        }
+        // DELETE /api/v1/dataset/{id}/column/{column_id} (and metric): the
+        // dataset's results change.
+        (Some(id), Some("column" | "metric"), Some(_))
+            if method == Method::DELETE && kind == ObjectKind::Dataset =>
+        {
+            Some(one(id))
         }
         // DELETE /api/v1/{kind}/?q=!(1,2,3)  (bulk delete, rison list)
-        (None, None) if method == Method::DELETE => Some(WriteTarget {
+        (None, None, None) if method == Method::DELETE => Some(WriteTarget {
             kind,
             ids: bulk_ids(query.unwrap_or("")),
         }),
@@ -278,9 +347,73 @@ mod tests {
         );
         assert_eq!(c(Method::GET, "/api/v1/dataset/1"), Route::Pass);
         assert_eq!(c(Method::PUT, "/api/v1/user/1"), Route::Pass);
+        // Beyond u64: no readable id, so a success purges everything.
         assert_eq!(
             c(Method::PUT, "/api/v1/chart/99999999999999999999999"),
-            Route::Pass
+            Route::Write(WriteTarget {
+                kind: ObjectKind::Chart,
+                ids: vec![]
+            })
         );
+    }
+
+    fn write(kind: ObjectKind, ids: Vec<u64>) -> Route {
+        Route::Write(WriteTarget { kind, ids })
+    }
+
+    /// What Werkzeug 3.1 routes (Superset 6.1 pins Werkzeug 3.1.9, gunicorn
+    /// 23), checked with `werkzeug.routing.Map` on the path gunicorn's
+    /// `unquote_to_wsgi_str` gives it: `%31` → `PUT dataset/<pk>` with pk `1`;
+    /// `1%2Frefresh` → the refresh route; `//1` → a 308 to `/api/v1/dataset/1`;
+    /// `1/` → 404; `%201` → pk ` 1` (the database may cast it to 1).
+    #[test]
+    fn writes_are_classified_on_the_decoded_path() {
+        use ObjectKind::*;
+        let ds1 = write(Dataset, vec![1]);
+        for p in [
+            "/api/v1/dataset/%31",
+            "/api/v1/dataset/%30%31",
+            "/api/v1/dataset/1/",
+            "/api/v1/dataset//1",
+            "/api/v1//dataset/1",
+            "/api/v1/%64ataset/1",
+            "/api/v1/dataset/1%2Frefresh",
+            "/api/v1/dataset/1/refresh/",
+        ] {
+            assert_eq!(c(Method::PUT, p), ds1, "{p}");
+        }
+        assert_eq!(
+            c(Method::DELETE, "/api/v1/chart/%34%32"),
+            write(Chart, vec![42])
+        );
+        assert_eq!(
+            c(Method::DELETE, "/api/v1/dataset/3/column/9"),
+            write(Dataset, vec![3])
+        );
+        assert_eq!(
+            c(Method::DELETE, "/api/v1/dataset/3/metric/9"),
+            write(Dataset, vec![3])
+        );
+        // Ids Superset may still resolve, but not plainly: purge everything.
+        for p in [
+            "/api/v1/dataset/%201",
+            "/api/v1/dataset/1;x",
+            "/api/v1/dataset/%FF",
+        ] {
+            assert_eq!(c(Method::PUT, p), write(Dataset, vec![]), "{p}");
+        }
+        // Reads stay reads; decoding finds cached routes too.
+        assert_eq!(c(Method::GET, "/api/v1/dataset/%31"), Route::Pass);
+        assert_eq!(
+            c(Method::GET, "/api/v1/chart/%32/data/"),
+            Route::Cached(CachedRoute::ChartDataGet { chart_id: 2 })
+        );
+    }
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode(b"a%41%2f%zz%4", false), b"aA/%zz%4");
+        assert_eq!(percent_decode(b"a+b%2B", true), b"a b+");
+        assert_eq!(percent_decode(b"%FF%fe", false), vec![0xff, 0xfe]);
     }
 }

@@ -222,7 +222,10 @@ pub(super) async fn handle(
             Window::Fresh => {
                 ctx.outcome = Outcome::Hit;
                 ctx.ttl = Some(((entry.meta.fresh_until - now) / 1000) as i64);
-                let resp = serve_entry(app, &key, &entry, accept, now).await;
+                let Some(resp) = serve_entry(app, &key, &entry, accept, now).await else {
+                    let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn, creds);
+                    return Box::pin(refill(app, spec, &cfg, accept, ctx)).await;
+                };
                 // Refresh-ahead: one atomic add per hit; more only for hot entries.
                 match app.refresher.count_hit(&entry, cfg.refresh_ahead.hot_hits) {
                     Hotness::Cold => {}
@@ -245,16 +248,18 @@ pub(super) async fn handle(
                     }
                     Hotness::Hot => app.refresher.touch(&key, creds),
                 }
-                return resp;
+                return Ok(resp);
             }
             Window::Revalidate => {
                 // Stale-while-revalidate: answer now, refresh in the background.
                 ctx.outcome = Outcome::Stale;
                 ctx.ttl = Some(-(stale_secs(&entry, now)));
-                let resp = serve_entry(app, &key, &entry, accept, now).await;
                 let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn, creds);
+                let Some(resp) = serve_entry(app, &key, &entry, accept, now).await else {
+                    return Box::pin(refill(app, spec, &cfg, accept, ctx)).await;
+                };
                 refresh::revalidate(app, spec);
-                return resp;
+                return Ok(resp);
             }
             Window::IfError => stale = Some(entry),
             Window::Expired => {}
@@ -293,13 +298,19 @@ async fn miss(
             let remote_lock = match remote_leader(app, &key, force).await {
                 Ok(lock) => lock,
                 Err(fetched) => {
-                    app.metrics
-                        .coalesced
-                        .with_label_values(&["distributed"])
-                        .inc();
-                    ctx.outcome = Outcome::Coalesced;
-                    guard.publish(fetched.clone());
-                    return serve_fetched(app, &key, &fetched, accept, app.clock.now_ms()).await;
+                    // Another replica's entry; one that cannot be read is
+                    // deleted by `serve_entry` and fetched here instead.
+                    let now = app.clock.now_ms();
+                    if let Ok(resp) = serve_fetched(app, &key, &fetched, accept, now).await {
+                        app.metrics
+                            .coalesced
+                            .with_label_values(&["distributed"])
+                            .inc();
+                        ctx.outcome = Outcome::Coalesced;
+                        guard.publish(fetched);
+                        return Ok(resp);
+                    }
+                    None
                 }
             };
             let res = fetch(app, &spec, ctx, stale.as_ref()).await;
@@ -404,13 +415,16 @@ pub(crate) async fn lookup(app: &App, key: &CacheKey) -> Option<Arc<Entry>> {
     }
 }
 
+/// Answer from a stored entry, or `None` when its body cannot be read (a
+/// corrupt zstd block in an entry from a shared store): the entry is then
+/// deleted everywhere and the caller fetches as on a miss.
 async fn serve_entry(
     app: &App,
     key: &CacheKey,
     entry: &Arc<Entry>,
     accept: Accept,
     now: u64,
-) -> Result<Response<Body>, Error> {
+) -> Option<Response<Body>> {
     // gzip copies only where the operator keeps gzip (`cache.store_gzip`).
     let gzip_copy = |a: Accept| a == Accept::Gzip && app.config.load().cache.store_gzip;
     // A large entry's copy is made off this thread. The size is checked here
@@ -422,11 +436,32 @@ async fn serve_entry(
             .await;
     }
     let mut resp =
-        respond::from_entry(entry, accept, |a| app.copies.body(key, entry, gzip_copy(a)))
-            .map_err(|e| Error::Store(format!("corrupt entry: {e}")))?;
+        match respond::from_entry(entry, accept, |a| app.copies.body(key, entry, gzip_copy(a))) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, key = %key.short(), "unreadable entry; deleting it");
+                let purge = crate::store::Purge::Keys(vec![*key]);
+                let _ = crate::invalidate::apply(app, &purge, "unreadable-entry").await;
+                return None;
+            }
+        };
     let age = now.saturating_sub(entry.meta.stored_at) / 1000;
     resp.headers_mut().insert(header::AGE, respond::number(age));
-    Ok(resp)
+    Some(resp)
+}
+
+/// The miss path for a request whose entry could not be read: fetch (and
+/// store) as if nothing had been found.
+async fn refill(
+    app: &App,
+    spec: FetchSpec,
+    cfg: &crate::config::Config,
+    accept: Accept,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, Error> {
+    ctx.ttl = None;
+    let wait = Duration::from_millis(cfg.cache.coalesce_wait_ms);
+    miss(app, spec, false, wait, None, accept, ctx).await
 }
 
 async fn serve_fetched(
@@ -437,7 +472,11 @@ async fn serve_fetched(
     now: u64,
 ) -> Result<Response<Body>, Error> {
     match &f.entry {
-        Some(e) => serve_entry(app, key, e, accept, now).await,
+        // A shared entry whose body cannot be read (deleted by `serve_entry`)
+        // has no bytes to fall back on here.
+        Some(e) => serve_entry(app, key, e, accept, now)
+            .await
+            .ok_or_else(|| Error::Store("unreadable entry".into())),
         None => Ok(respond::from_parts(f.status, &f.headers, f.body.clone())),
     }
 }
@@ -668,7 +707,7 @@ async fn store(
         }
     }
     let fresh_until = now + fresh_secs * 1000;
-    let meta = Meta {
+    let mut meta = Meta {
         status: 200,
         headers: respond::storable_headers(headers),
         stored_at: now,
@@ -678,6 +717,8 @@ async fn store(
         raw_len: body.len() as u32,
         tags: spec.tags.clone(),
     };
+    // Tags Superset's answer resolves (a saved chart's datasource).
+    crate::tags::resolve_from_answer(&mut meta.tags, body);
     let (level, gzip) = (cfg.cache.zstd_level, cfg.cache.store_gzip);
     let built = if body.len() < offload::MIN_BYTES {
         Entry::build(meta, body, level, gzip)

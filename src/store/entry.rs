@@ -84,6 +84,22 @@ pub enum DecodeError {
     Version(u8),
     #[error("entry is truncated or corrupt")]
     Corrupt,
+    /// The header claims a body larger than this process stores: decompressing
+    /// it would allocate that much (a few KB of zstd can claim gigabytes).
+    #[error("entry body of {0} bytes exceeds the object limit")]
+    TooLarge(u32),
+}
+
+impl DecodeError {
+    /// Label for metrics and logs.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            DecodeError::BadMagic => "bad-magic",
+            DecodeError::Version(_) => "version",
+            DecodeError::Corrupt => "corrupt",
+            DecodeError::TooLarge(_) => "too-large",
+        }
+    }
 }
 
 impl Entry {
@@ -169,8 +185,18 @@ impl Entry {
         b.freeze()
     }
 
-    /// Decode what `encode` wrote. Never panics on arbitrary input.
-    pub fn decode(mut buf: Bytes) -> Result<Entry, DecodeError> {
+    /// Decode what `encode` wrote, with no bound on the body size it claims
+    /// beyond the format's own (tests, tools). Stores use [`Entry::decode_within`].
+    pub fn decode(buf: Bytes) -> Result<Entry, DecodeError> {
+        Entry::decode_within(buf, u64::from(u32::MAX))
+    }
+
+    /// Decode what `encode` wrote, as untrusted input: never panics, and
+    /// rejects (before anything is decompressed) a claimed body larger than
+    /// `max_raw_len`, a status that is not one, and a body that is not exactly
+    /// one zstd frame declaring `raw_len` bytes. Checking the frame reads only
+    /// its block headers; a corrupt block is found when it is decompressed.
+    pub fn decode_within(mut buf: Bytes, max_raw_len: u64) -> Result<Entry, DecodeError> {
         fn need(b: &Bytes, n: usize) -> Result<(), DecodeError> {
             if b.remaining() < n {
                 Err(DecodeError::Corrupt)
@@ -193,6 +219,12 @@ impl Entry {
         let stale_until = buf.get_u64_le();
         let upstream_ms = buf.get_u32_le();
         let raw_len = buf.get_u32_le();
+        if u64::from(raw_len) > max_raw_len {
+            return Err(DecodeError::TooLarge(raw_len));
+        }
+        if !(100..=599).contains(&status) || stale_until < fresh_until {
+            return Err(DecodeError::Corrupt);
+        }
         let nh = buf.get_u16_le() as usize;
         let mut headers = Vec::with_capacity(nh.min(64));
         for _ in 0..nh {
@@ -219,6 +251,7 @@ impl Entry {
                 String::from_utf8(buf.split_to(l).to_vec()).map_err(|_| DecodeError::Corrupt)?,
             );
         }
+        check_frame(&buf, raw_len)?;
         Ok(Entry {
             meta: Meta {
                 status,
@@ -234,6 +267,20 @@ impl Entry {
             gzip: None,
             hits: HitCounter::default(),
         })
+    }
+}
+
+/// `zstd` is exactly one complete frame that declares `raw_len` bytes (what
+/// `Entry::build` writes): no truncation, no trailing bytes, no other size.
+fn check_frame(zstd: &[u8], raw_len: u32) -> Result<(), DecodeError> {
+    use zstd::zstd_safe;
+    match zstd_safe::get_frame_content_size(zstd) {
+        Ok(Some(n)) if n == u64::from(raw_len) => {}
+        _ => return Err(DecodeError::Corrupt),
+    }
+    match zstd_safe::find_frame_compressed_size(zstd) {
+        Ok(n) if n == zstd.len() => Ok(()),
+        _ => Err(DecodeError::Corrupt),
     }
 }
 
@@ -319,5 +366,98 @@ mod tests {
     fn weight_counts_both_encodings() {
         let e = sample(&[b'x'; 10_000]);
         assert!(e.weight() >= (e.zstd.len() + e.gzip.as_ref().unwrap().len()) as u64);
+    }
+
+    #[test]
+    fn a_claimed_size_beyond_the_limit_is_refused_before_decompressing() {
+        let e = sample(&[b'x'; 5_000]);
+        assert!(Entry::decode_within(e.encode(), 5_000).is_ok());
+        assert_eq!(
+            Entry::decode_within(e.encode(), 4_999).unwrap_err(),
+            DecodeError::TooLarge(5_000)
+        );
+        // A few KB of zstd that honestly declare 256 MiB of zeros.
+        let zeros = vec![0u8; 256 << 20];
+        let mut big = sample(b"");
+        big.meta.raw_len = zeros.len() as u32;
+        big.zstd = Bytes::from(zstd::bulk::compress(&zeros, 3).unwrap());
+        assert!(big.zstd.len() < 16 * 1024);
+        assert_eq!(
+            Entry::decode_within(big.encode(), 32 << 20).unwrap_err(),
+            DecodeError::TooLarge(256 << 20)
+        );
+    }
+
+    #[test]
+    fn header_and_frame_must_agree() {
+        let body = br#"{"result":[1,2,3]}"#.repeat(20);
+        let good = sample(&body);
+        let enc = good.encode();
+        let zstart = enc.len() - good.zstd.len();
+        // raw_len (offset 34) off by one either way.
+        for delta in [1i64, -1] {
+            let mut v = enc.to_vec();
+            let raw = u32::from_le_bytes(v[34..38].try_into().unwrap()) as i64 + delta;
+            v[34..38].copy_from_slice(&(raw as u32).to_le_bytes());
+            assert_eq!(
+                Entry::decode(Bytes::from(v)).unwrap_err(),
+                DecodeError::Corrupt
+            );
+        }
+        // Truncated frame, trailing bytes, garbage instead of a frame.
+        assert_eq!(
+            Entry::decode(enc.slice(..enc.len() - 1)).unwrap_err(),
+            DecodeError::Corrupt
+        );
+        let mut v = enc.to_vec();
+        v.push(0);
+        assert_eq!(
+            Entry::decode(Bytes::from(v)).unwrap_err(),
+            DecodeError::Corrupt
+        );
+        let mut v = enc.to_vec();
+        for b in &mut v[zstart..] {
+            *b = 0xAB;
+        }
+        assert_eq!(
+            Entry::decode(Bytes::from(v)).unwrap_err(),
+            DecodeError::Corrupt
+        );
+        // Status that is not one; stale before fresh.
+        let mut v = enc.to_vec();
+        v[4..6].copy_from_slice(&7u16.to_le_bytes());
+        assert_eq!(
+            Entry::decode(Bytes::from(v)).unwrap_err(),
+            DecodeError::Corrupt
+        );
+        let mut bad = sample(&body);
+        bad.meta.stale_until = bad.meta.fresh_until - 1;
+        assert_eq!(
+            Entry::decode(bad.encode()).unwrap_err(),
+            DecodeError::Corrupt
+        );
+        // An empty body round-trips.
+        let empty = sample(b"");
+        assert_eq!(Entry::decode(empty.encode()).unwrap().meta, empty.meta);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic() {
+        let enc = sample(&br#"{"a":1}"#.repeat(30)).encode();
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        for _ in 0..2_000 {
+            let mut v = enc.to_vec();
+            for _ in 0..4 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x as usize) % v.len();
+                v[i] = (x >> 32) as u8;
+            }
+            if let Ok(e) = Entry::decode_within(Bytes::from(v), 1 << 20) {
+                assert!(e.meta.raw_len <= 1 << 20);
+                let _ = e.decompress();
+            }
+        }
     }
 }

@@ -42,6 +42,7 @@ pub async fn build(
         });
     }
     let redis = RedisStore::new(cfg.redis.clone(), metrics, clock.clone())?;
+    redis.limit_entries(cfg.cache.max_object_bytes);
     redis.watch_lock_releases();
     let redis_error = match redis.check().await {
         Ok(()) => {

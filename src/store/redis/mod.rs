@@ -20,6 +20,7 @@ use redis::{RedisResult, Script};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::breaker::Breaker;
+use super::entry::DecodeError;
 use super::{Entry, Purge, Store, StoreError};
 use crate::clock::SharedClock;
 use crate::fingerprint::CacheKey;
@@ -80,6 +81,9 @@ pub struct RedisStore {
     releases: Arc<super::lock::Releases>,
     /// The channels subscribed and whether the subscription is live.
     subs: Arc<pubsub::Subscriptions>,
+    /// Largest body (uncompressed) an entry read back may claim: the
+    /// process's `max_object_bytes` ([`RedisStore::limit_entries`]).
+    max_raw_len: std::sync::atomic::AtomicU64,
     _stop_guard: DropGuard,
 }
 
@@ -113,6 +117,9 @@ impl RedisStore {
                 metrics.redis_subscription_live.clone(),
                 metrics.redis_subscription_losses.clone(),
             )),
+            max_raw_len: std::sync::atomic::AtomicU64::new(
+                crate::config::CacheConfig::default().max_object_bytes,
+            ),
             conn,
             breaker,
             metrics,
@@ -132,6 +139,14 @@ impl RedisStore {
             ));
         }
         Ok(store)
+    }
+
+    /// Refuse entries whose body claims more than `max_object_bytes`
+    /// (uncompressed): no entry this process stores is larger, and reading
+    /// one back would allocate what its header claims.
+    pub fn limit_entries(&self, max_object_bytes: u64) {
+        self.max_raw_len
+            .store(max_object_bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The configuration in use.
@@ -355,6 +370,16 @@ impl RedisStore {
         self.subs.live()
     }
 
+    /// Delete one entry that could not be read; fails open (counted by `run`).
+    async fn discard(&self, key: &CacheKey) {
+        let k = self.entry_key(key);
+        let _ = self
+            .run("delete", self.cfg.timeout(), |mut c| async move {
+                redis::cmd("DEL").arg(k).query_async::<u64>(&mut c).await
+            })
+            .await;
+    }
+
     async fn purge_all(&self) -> Result<u64, StoreError> {
         let pattern_e = format!("{}:e:*", self.cfg.prefix);
         let pattern_t = format!("{}:t:*", self.cfg.prefix);
@@ -412,15 +437,26 @@ impl Store for RedisStore {
             self.count("get", "miss");
             return Ok(None);
         };
-        match Entry::decode(Bytes::from(raw)) {
+        let max = self.max_raw_len.load(std::sync::atomic::Ordering::Relaxed);
+        match Entry::decode_within(Bytes::from(raw), max) {
             Ok(e) => {
                 self.count("get", "hit");
                 Ok(Some(Arc::new(e)))
             }
-            Err(e) => {
-                // Another schema version or garbage: a miss, overwritten on fill.
-                tracing::debug!(error = %e, key = %key.short(), "undecodable redis entry");
+            // Another entry format (a rolling upgrade): a miss, overwritten
+            // on fill; deleting it would have old and new replicas delete
+            // each other's entries.
+            Err(e @ DecodeError::Version(_)) => {
+                tracing::debug!(error = %e, key = %key.short(), "redis entry of another version");
                 self.count("get", "miss");
+                Ok(None)
+            }
+            // Untrusted bytes that are no entry of ours: a miss, and deleted
+            // so the next reader does not pay for them again.
+            Err(e) => {
+                tracing::warn!(error = %e, key = %key.short(), "unreadable redis entry; deleting it");
+                self.count("get", e.as_str());
+                self.discard(key).await;
                 Ok(None)
             }
         }
