@@ -8,7 +8,10 @@ use http::Method;
 
 use crate::config::RoutesConfig;
 use crate::fingerprint::{self, build_key};
-use crate::route::{self, CachedRoute, Route};
+use crate::invalidate;
+use crate::route::{self, CachedRoute, ObjectKind, Route};
+use crate::store::Purge;
+use crate::tags;
 
 /// Split fuzz input into a route choice, a content type, a query string and a body.
 fn split(data: &[u8]) -> (CachedRoute, Option<&'static str>, Option<String>, &[u8]) {
@@ -161,6 +164,66 @@ pub fn check_credentials(data: &[u8]) {
     }
 }
 
+/// Write-path classification: a `PUT`/`DELETE` of `/api/v1/{kind}/{segment}`
+/// is a write to that kind whenever Superset would route the segment as an
+/// id (one non-empty path segment once percent-decoded), however the path is
+/// spelled — every byte percent-encoded, or every slash doubled, classifies
+/// the same — and its purge names each readable id's tags, or everything.
+pub fn check_write_path(data: &[u8]) {
+    let (head, rest) = data.split_first().map_or((0, data), |(h, r)| (*h, r));
+    let method = if head & 1 == 0 {
+        Method::PUT
+    } else {
+        Method::DELETE
+    };
+    let kinds = [
+        ObjectKind::Chart,
+        ObjectKind::Dataset,
+        ObjectKind::Dashboard,
+        ObjectKind::Database,
+    ];
+    let kind = kinds[usize::from(head >> 1) % kinds.len()];
+    let seg = String::from_utf8_lossy(rest);
+    let path = format!("/api/v1/{}/{seg}", kind.as_str());
+    let cfg = RoutesConfig::default();
+    let r = route::classify(&method, &path, None, &cfg);
+    if !path.contains('%') {
+        let encoded: String = path.bytes().map(|b| format!("%{b:02X}")).collect();
+        assert_eq!(
+            route::classify(&method, &encoded, None, &cfg),
+            r,
+            "{encoded}"
+        );
+        let doubled = path.replace('/', "//");
+        assert_eq!(
+            route::classify(&method, &doubled, None, &cfg),
+            r,
+            "{doubled}"
+        );
+    }
+    let decoded = route::percent_decode(seg.as_bytes(), false);
+    if !decoded.is_empty() && !decoded.contains(&b'/') {
+        match &r {
+            Route::Write(t) => assert_eq!(t.kind, kind, "{path}"),
+            other => panic!("{method} {path} is not a write: {other:?}"),
+        }
+    }
+    if let Route::Write(t) = &r {
+        match invalidate::purge_for(t) {
+            Purge::All => assert!(t.ids.is_empty() || t.kind == ObjectKind::Database),
+            Purge::Tags(purged) => {
+                assert!(!t.ids.is_empty());
+                for id in &t.ids {
+                    for tag in tags::for_write(t.kind, *id) {
+                        assert!(purged.contains(&tag), "{path}: {tag} not purged");
+                    }
+                }
+            }
+            Purge::Keys(_) => panic!("a write purges by tag"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +256,24 @@ mod tests {
         ] {
             check_fingerprint(d);
             check_classify(d);
+            check_write_path(d);
+        }
+    }
+
+    #[test]
+    fn write_paths_that_once_sidestepped_invalidation() {
+        for d in [
+            &b"\x02%31"[..],
+            b"\x02%30%31",
+            b"\x021/",
+            b"\x02/1",
+            b"\x021%2Frefresh",
+            b"\x02%201",
+            b"\x031/column/5",
+            b"\x00%FF",
+            b"\x0099999999999999999999999",
+        ] {
+            check_write_path(d);
         }
     }
 }

@@ -9,7 +9,9 @@
 mod support;
 
 use chartcache::fingerprint::{self, build_key};
-use chartcache::fuzz_harness::{check_classify, check_credentials, check_fingerprint};
+use chartcache::fuzz_harness::{
+    check_classify, check_credentials, check_fingerprint, check_write_path,
+};
 use chartcache::route::CachedRoute;
 use proptest::prelude::*;
 use serde_json::Value;
@@ -199,6 +201,18 @@ proptest! {
     fn classifier_survives_random_bytes(data in prop::collection::vec(any::<u8>(), 0..512)) {
         check_classify(&data);
     }
+
+    #[test]
+    fn writes_are_writes_however_spelled(head in any::<u8>(), seg in "[0-9a-z/%;+ .]{0,24}") {
+        let mut data = vec![head];
+        data.extend_from_slice(seg.as_bytes());
+        check_write_path(&data);
+    }
+
+    #[test]
+    fn write_paths_survive_random_bytes(data in prop::collection::vec(any::<u8>(), 0..256)) {
+        check_write_path(&data);
+    }
 }
 
 /// Inputs that once looked dangerous stay harmless (regressions go here).
@@ -221,6 +235,7 @@ fn known_hostile_inputs() {
         b"\x04\0{\"a\": [0.30000000000000004, 0.3, 1e-7, 123456789.12345678901234567890]}",
     );
     check_fingerprint(b"\x04%ff%fe=%zz&force=%c3\0{}");
+    check_fingerprint(b"\x04\0{\"row_limit\": 18446744073709551617}");
     check_classify(b"\x00/api/v1/chart/99999999999999999999999/data/");
     check_classify(b"\x00/api/v1/chart//data/");
     check_classify(b"\x03/api/v1/dataset/1/refresh?q=%ff");
