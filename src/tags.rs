@@ -79,7 +79,7 @@ pub fn for_write(kind: ObjectKind, id: u64) -> Vec<String> {
 /// the form data they ran, `form_data.datasource`). `body` is Superset's own
 /// answer, so what it names is what ran. Runs only when storing an entry
 /// whose datasource was unresolved: never on a hit.
-pub fn resolve_from_answer(tags: &mut Vec<String>, body: &[u8]) {
+pub fn resolve_from_answer(tags: &mut [String], body: &[u8]) {
     let Some(pos) = tags.iter().position(|t| t == UNRESOLVED_DATASOURCE) else {
         return;
     };
