@@ -6,10 +6,12 @@
 //! chartcache-load stampede   --target http://127.0.0.1:8080 --upstream http://127.0.0.1:18088 --n 500
 //! chartcache-load floor      --listen 127.0.0.1:18090 --bytes 1024   (no-work tokio + hyper server)
 //! chartcache-load rate       --target http://127.0.0.1:8080 --body body.json --rps 20000   (open loop)
+//! chartcache-load chaos      --bin ../target/release/chartcache [--scenarios all]   (fault injection)
 //! ```
 //! See `loadtests/README.md` for every option.
 
 mod args;
+mod chaos;
 mod client;
 mod dashboards;
 mod floor;
@@ -23,7 +25,7 @@ fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {
         eprintln!(
-            "usage: chartcache-load <upstream|dashboards|stampede|floor|rate|payload> [--option value]..."
+            "usage: chartcache-load <upstream|dashboards|stampede|floor|rate|chaos|payload> [--option value]..."
         );
         return std::process::ExitCode::from(2);
     };
@@ -33,6 +35,7 @@ fn main() -> std::process::ExitCode {
         "stampede" => stampede::run(&a),
         "floor" => floor::run(&a),
         "rate" => rate::run(&a),
+        "chaos" => chaos::run(&a),
         "payload" => {
             // Print a chart-data response of --bytes N (for wrk bodies and checks).
             let n: usize = a.get("bytes", 1024)?;

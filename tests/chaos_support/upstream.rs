@@ -2,14 +2,16 @@
 //! loopback port. Users `alice` and `bob` (Bearer `alice-token`, `bob-token`)
 //! get different answers: every chart-data body names its user, so a client
 //! can tell whether an answer belongs to it. `/api/v1/me/` and `/health`
-//! answer as Superset does. Faults: 500 answers, slow answers, and "killed"
-//! (listener closed, every open connection dropped), then revived on the same port.
+//! answer as Superset does. Like gunicorn in front of Superset, it closes a
+//! keep-alive connection after 2 s without a request. Faults: 500 answers,
+//! slow answers, and "killed" (listener closed, every open connection
+//! dropped), then revived on the same port.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, header};
@@ -81,12 +83,7 @@ impl Upstream {
                 };
                 let _ = stream.set_nodelay(true);
                 let st = st.clone();
-                let task = tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
-                });
+                let task = tokio::spawn(serve_conn(st, stream));
                 let mut c = conns.lock().unwrap();
                 c.retain(|h| !h.is_finished());
                 c.push(task.abort_handle());
@@ -143,6 +140,41 @@ impl Upstream {
 impl Drop for Upstream {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// gunicorn's default `--keep-alive`: idle connections are closed after 2 s.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(2);
+
+/// Serve one connection, closing it once idle for [`KEEPALIVE_IDLE`].
+async fn serve_conn(st: Arc<State>, stream: tokio::net::TcpStream) {
+    let busy = Arc::new(AtomicUsize::new(0));
+    let last = Arc::new(Mutex::new(Instant::now()));
+    let (b, l) = (busy.clone(), last.clone());
+    let svc = hyper::service::service_fn(move |req| {
+        let (st, b, l) = (st.clone(), b.clone(), l.clone());
+        b.fetch_add(1, Ordering::SeqCst);
+        async move {
+            let r = handle(st, req).await;
+            *l.lock().unwrap() = Instant::now();
+            b.fetch_sub(1, Ordering::SeqCst);
+            r
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = tokio::time::sleep(Duration::from_millis(50)), if !closing => {
+                let idle = last.lock().unwrap().elapsed();
+                if busy.load(Ordering::SeqCst) == 0 && idle >= KEEPALIVE_IDLE {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
     }
 }
 
