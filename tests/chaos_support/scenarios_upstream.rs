@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::load::{self, AFTER, DURING, Load};
-use super::proxy::Chartcache;
+use super::proxy::{Chartcache, admin};
 use super::upstream::{Fault, Upstream};
 use super::{Report, Scale, sleep};
 
@@ -52,7 +52,15 @@ pub async fn upstream_fault(bin: &Path, scale: &Scale, fault: UpFault) -> Report
         UpFault::Slow => up.set_delay(Duration::from_millis(2_000)),
         UpFault::Killed => up.kill(),
     }
-    sleep(scale.during).await;
+    // Gone for longer than readiness remembers a good answer (10 s): /readyz
+    // must keep the pod in the Service so the stale entries reach clients.
+    let during = if fault == UpFault::Killed {
+        scale.during.max(Duration::from_secs(11))
+    } else {
+        scale.during
+    };
+    sleep(during).await;
+    let ready = admin(cc.admin_port, http::Method::GET, "/readyz", "").await;
     match fault {
         UpFault::Status500 => up.set_fault(Fault::None),
         UpFault::Slow => up.set_delay(Duration::ZERO),
@@ -62,6 +70,7 @@ pub async fn upstream_fault(bin: &Path, scale: &Scale, fault: UpFault) -> Report
     sleep(scale.after).await;
     let samples = load.finish().await;
     r.add(&samples);
+    let during_len = during;
     let during: Vec<_> = samples.iter().filter(|s| s.phase == DURING).collect();
     let stale = during
         .iter()
@@ -71,11 +80,18 @@ pub async fn upstream_fault(bin: &Path, scale: &Scale, fault: UpFault) -> Report
         "during: answered stale",
         format!("{stale} of {}", during.len()),
     );
+    r.fact("fault lasted (ms)", during_len.as_millis());
+    r.fact("/readyz at the end of the fault", format!("{ready:?}"));
     r.standard_goals(true);
     r.goal(
         "stale entries were served during the fault",
         stale > 0,
         stale,
+    );
+    r.goal(
+        "/readyz stays 200 while Superset fails (readiness is about this process)",
+        matches!(ready, Ok((200, _))),
+        format!("{ready:?}"),
     );
     r.fact("chartcache_warnings", cc.warnings(3).join(" | "));
     r

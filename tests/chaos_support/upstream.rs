@@ -161,7 +161,8 @@ async fn serve_conn(st: Arc<State>, stream: tokio::net::TcpStream) {
             r
         }
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
+    let conn =
+        hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
     let mut closing = false;
     loop {
