@@ -153,7 +153,8 @@ impl Launch {
             .env("CHARTCACHE_UPSTREAM", &self.upstream)
             .env("CHARTCACHE_ADMIN__TOKEN", ADMIN_TOKEN)
             .env("CHARTCACHE_LOG__ACCESS_LOG", "false")
-            .env("CHARTCACHE_LOG", "info");
+            .env("CHARTCACHE_LOG", "info")
+            .env("NO_COLOR", "1");
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
