@@ -28,16 +28,25 @@ pub fn run(args: &Args) -> Result<(), String> {
     let json = args.opt("json");
     args.finish()?;
     if !bin.exists() {
-        return Err(format!("{}: no such binary (cargo build --release first)", bin.display()));
+        return Err(format!(
+            "{}: no such binary (cargo build --release first)",
+            bin.display()
+        ));
     }
     let names: Vec<String> = if which == "all" {
-        chaos_support::SCENARIOS.iter().map(|s| s.to_string()).collect()
+        chaos_support::SCENARIOS
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     } else {
         which.split(',').map(|s| s.trim().to_string()).collect()
     };
     for n in &names {
         if !chaos_support::SCENARIOS.contains(&n.as_str()) {
-            return Err(format!("unknown scenario {n:?}; known: {:?}", chaos_support::SCENARIOS));
+            return Err(format!(
+                "unknown scenario {n:?}; known: {:?}",
+                chaos_support::SCENARIOS
+            ));
         }
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
