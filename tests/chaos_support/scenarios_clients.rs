@@ -46,10 +46,8 @@ async fn slow_conn(port: u16, kind: Slow, bound: Duration) -> Option<f64> {
         Slow::Idle => b"",
     };
     match kind {
-        Slow::Body => {
-            if s.write_all(body_head.as_bytes()).await.is_err() {
-                return Some(t0.elapsed().as_secs_f64());
-            }
+        Slow::Body if s.write_all(body_head.as_bytes()).await.is_err() => {
+            return Some(t0.elapsed().as_secs_f64());
         }
         Slow::Idle => {
             let req = "GET /api/v1/me/ HTTP/1.1\r\nHost: chaos\r\nAuthorization: Bearer alice-token\r\n\r\n";
