@@ -64,9 +64,31 @@ impl Default for Config {
             refresh_ahead: RefreshAheadConfig::default(),
             tiers: TierConfig::defaults(),
             default_tier: "standard".into(),
-            rules: Vec::new(),
+            rules: default_rules(),
         }
     }
+}
+
+/// The rules that apply without a config file, the same as the two in
+/// `config/chartcache.toml`: closed time ranges are kept long, and Superset's
+/// debugging views (samples, query, drill detail) are never cached. A config
+/// file's `rules` replace them (`rules = []` for none).
+fn default_rules() -> Vec<RuleConfig> {
+    use crate::policy::TimeRangeClass;
+    vec![
+        RuleConfig {
+            name: "closed-time-ranges".into(),
+            time_range: vec![TimeRangeClass::AbsolutePast],
+            tier: Some("historical".into()),
+            ..RuleConfig::default()
+        },
+        RuleConfig {
+            name: "samples-uncached".into(),
+            result_type: vec!["samples".into(), "query".into(), "drill_detail".into()],
+            bypass: true,
+            ..RuleConfig::default()
+        },
+    ]
 }
 
 /// Which Superset routes are cache candidates. Everything else is forwarded.
@@ -448,32 +470,6 @@ impl Default for LogConfig {
     }
 }
 
-/// Top-level keys that take a plain value.
-const SCALAR_KEYS: &[&str] = &["listen", "admin_listen", "upstream", "default_tier"];
-/// Top-level sections (set as `CHARTCACHE_SECTION__KEY`).
-const SECTIONS: &[&str] = &[
-    "routes",
-    "identity",
-    "cache",
-    "memory",
-    "upstream_client",
-    "server",
-    "admin",
-    "log",
-    "tiers",
-    "rules",
-    "redis",
-];
-
-/// Whether `CHARTCACHE_<key>` names a config key (`key` is already without the prefix).
-fn is_config_env(key: &figment::value::UncasedStr) -> bool {
-    let k = key.as_str().to_ascii_lowercase();
-    match k.split_once("__") {
-        Some((section, rest)) => SECTIONS.contains(&section) && !rest.is_empty(),
-        None => SCALAR_KEYS.contains(&k.as_str()),
-    }
-}
-
 impl Config {
     /// Load: defaults ← TOML file (if given) ← `CHARTCACHE_*` env.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
@@ -484,12 +480,16 @@ impl Config {
             }
             fig = fig.merge(Toml::file(f));
         }
-        // Only variables that name a config key are read: `CHARTCACHE_LOG` (the log
-        // filter), `CHARTCACHE_CONFIG` (the file) and the `CHARTCACHE_SERVICE_HOST`-style
-        // variables Kubernetes injects for a Service named chartcache are not config.
+        // Any other `CHARTCACHE_*` variable is refused by name, except `CHARTCACHE_LOG`
+        // (the log filter), `CHARTCACHE_CONFIG` (the file) and the
+        // `CHARTCACHE_SERVICE_HOST`-style variables Kubernetes injects for a Service
+        // named chartcache; only those that name a config key are read.
+        crate::config_env::check_names(
+            std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()),
+        )?;
         fig = fig.merge(
             Env::prefixed("CHARTCACHE_")
-                .filter(is_config_env)
+                .filter(|k| crate::config_env::is_config_env(k.as_str()))
                 .split("__")
                 .lowercase(true),
         );
@@ -609,33 +609,20 @@ mod tests {
         c.validate().unwrap();
         assert_eq!(c.rules.len(), 2);
         assert_eq!(c.tiers, crate::policy::TierConfig::defaults());
+        // Without a file the same rules apply.
+        assert_eq!(c.rules, Config::default().rules);
     }
 
     #[test]
-    fn only_config_env_vars_are_read() {
-        use figment::value::UncasedStr;
-        for k in [
-            "UPSTREAM",
-            "listen",
-            "MEMORY__MAX_BYTES",
-            "ADMIN__TOKEN",
-            "LOG__FORMAT",
-            "REDIS__URL",
-        ] {
-            assert!(is_config_env(UncasedStr::new(k)), "{k}");
-        }
-        for k in [
-            "LOG",
-            "CONFIG",
-            "SERVICE_HOST",
-            "PORT",
-            "PORT_8080_TCP_ADDR",
-            "MEMORY__",
-            "NOPE__X",
-            "REDIS_URL",
-        ] {
-            assert!(!is_config_env(UncasedStr::new(k)), "{k}");
-        }
+    fn unknown_sections_are_rejected_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.toml");
+        std::fs::write(&p, "upstream = 'http://x'\n[refresh_ahaed]\nhot_hits = 3\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("refresh_ahaed"), "{e}");
+        std::fs::write(&p, "upstream = 'http://x'\n[memory]\nmax_byte = 3\n").unwrap();
+        let e = Config::load(Some(&p)).unwrap_err().to_string();
+        assert!(e.contains("max_byte"), "{e}");
     }
 
     #[test]

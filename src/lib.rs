@@ -12,6 +12,7 @@ pub mod bounded;
 pub mod clock;
 pub mod coalesce;
 pub mod config;
+mod config_env;
 pub mod context;
 pub mod credentials;
 pub mod deadline;

@@ -106,8 +106,12 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
 fn init_logging(cfg: &Config) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("CHARTCACHE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&cfg.log.level));
+    // Colour only for a person at a terminal: escape codes in a log collector's
+    // lines are noise and break searches.
+    use std::io::IsTerminal;
     let b = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     if cfg.log.format == "json" {
         b.json().flatten_event(true).init();
@@ -219,6 +223,11 @@ fn serve(cfg: Config, cli: &Cli) -> anyhow::Result<()> {
     }
     rt.block_on(async move {
         let token = cfg.admin.resolve_token()?.map(Arc::<str>::from);
+        if token.is_none() {
+            tracing::warn!(
+                "no admin token (admin.token_file or CHARTCACHE_ADMIN__TOKEN): /purge and /explain are disabled"
+            );
+        }
         let listen = cfg.listen;
         let admin_listen = cfg.admin_listen;
         let clock: chartcache::clock::SharedClock = Arc::new(SystemClock);
