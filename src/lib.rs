@@ -21,6 +21,7 @@ pub mod explain;
 pub mod fingerprint;
 #[doc(hidden)]
 pub mod fuzz_harness;
+pub mod healthcheck;
 pub mod identity;
 pub mod invalidate;
 pub mod jwt;

@@ -1,4 +1,4 @@
-//! The `chartcache` binary: serve (default), `check-config`, `explain`.
+//! The `chartcache` binary: serve (default), `check-config`, `explain`, `healthcheck`.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -62,6 +62,16 @@ enum Cmd {
     Serve,
     /// Load and validate the configuration, print it, and exit.
     CheckConfig,
+    /// Probe the admin listener over loopback; exit 0 when it answers 2xx, else 1.
+    /// For exec probes in images without a shell.
+    Healthcheck {
+        /// `/readyz` (ready for traffic) or `/healthz` (alive).
+        #[arg(long, default_value = "/readyz", value_parser = ["/readyz", "/healthz"])]
+        path: String,
+        /// Give up after this long (milliseconds).
+        #[arg(long, default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Show canonical form, key, tags and tier for a request body read from stdin.
     Explain {
         /// Request path (and query), e.g. /api/v1/chart/data.
@@ -122,11 +132,36 @@ fn init_logging(cfg: &Config) {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if let Some(Cmd::Healthcheck { path, timeout_ms }) = &cli.cmd {
+        return healthcheck(&cli, path, *timeout_ms);
+    }
     match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("chartcache: {e:#}");
             std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Exit 0 when the admin listener answers `path` with 2xx; 1 for anything else,
+/// an unreadable config included (a probe knows only success and failure).
+fn healthcheck(cli: &Cli, path: &str, timeout_ms: u64) -> std::process::ExitCode {
+    let res = load(cli).and_then(|cfg| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(chartcache::healthcheck::check(
+                &cfg,
+                path,
+                std::time::Duration::from_millis(timeout_ms),
+            ))
+    });
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chartcache healthcheck: {e:#}");
+            std::process::ExitCode::FAILURE
         }
     }
 }
@@ -179,6 +214,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&v)?);
             Ok(())
         }
+        Some(Cmd::Healthcheck { .. }) => unreachable!("handled in main"),
         None | Some(Cmd::Serve) => serve(cfg, &cli),
     }
 }

@@ -221,3 +221,61 @@ fn text_logs_have_no_colour_off_a_terminal_and_warn_without_admin_token() {
         "{all}"
     );
 }
+
+/// A free loopback port (bound and released; good enough for a test that starts at once).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn healthcheck(admin: &str) -> bool {
+    chartcache()
+        .args([
+            "healthcheck",
+            "--admin-listen",
+            admin,
+            "--timeout-ms",
+            "1000",
+        ])
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success()
+}
+
+#[test]
+fn healthcheck_exits_0_when_ready_and_1_when_not_listening() {
+    let port = free_port();
+    let admin = format!("0.0.0.0:{port}");
+    assert!(!healthcheck(&admin), "nothing listens yet");
+    let mut child = chartcache()
+        .args([
+            "--upstream",
+            "http://127.0.0.1:9",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--admin-listen", &admin])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut ok = false;
+    while Instant::now() < deadline {
+        if healthcheck(&admin) {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        ok,
+        "healthcheck never succeeded against a running chartcache"
+    );
+}
