@@ -46,7 +46,7 @@ pub(crate) fn is_config_env(key: &str) -> bool {
     let keys = keys();
     match k.split_once("__") {
         Some((section, rest)) => keys.sections.iter().any(|s| s == section) && !rest.is_empty(),
-        None => keys.scalars.iter().any(|s| *s == k),
+        None => keys.scalars.contains(&k),
     }
 }
 
