@@ -46,6 +46,9 @@ pub struct Scale {
     /// must have closed every one of them.
     pub slow_per_kind: usize,
     pub slow_close_bound: Duration,
+    /// Configuration the slow-client scenario runs with: shorter deadlines
+    /// than the defaults at the quick scale, so it ends in seconds.
+    pub slow_toml: &'static str,
     /// Distinct ~20 KB answers pushed through a memory store of this size.
     pub mem_entries: u64,
     pub mem_cap_bytes: u64,
@@ -64,7 +67,8 @@ impl Scale {
             sigterm_rounds: 2,
             sighups: 10,
             slow_per_kind: 10,
-            slow_close_bound: Duration::from_secs(12),
+            slow_close_bound: Duration::from_secs(6),
+            slow_toml: "[server]\nheader_read_timeout_ms = 3000\nbody_read_timeout_ms = 3000\nidle_timeout_ms = 3000\n",
             mem_entries: 2_000,
             mem_cap_bytes: 8 << 20,
         }
@@ -82,7 +86,9 @@ impl Scale {
             sigterm_rounds: 6,
             sighups: 50,
             slow_per_kind: 100,
+            // The defaults: head 10 s, body 30 s.
             slow_close_bound: Duration::from_secs(35),
+            slow_toml: "",
             mem_entries: 20_000,
             mem_cap_bytes: 64 << 20,
         }

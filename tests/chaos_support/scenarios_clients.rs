@@ -112,7 +112,7 @@ async fn slow_conn(port: u16, kind: Slow, bound: Duration) -> Option<f64> {
 /// closes every slow connection within `slow_close_bound`.
 pub async fn slow_clients(bin: &Path, scale: &Scale) -> Report {
     let up = Upstream::start().await;
-    let cc = Chartcache::start(bin, &up.url(), "").await;
+    let cc = Chartcache::start(bin, &up.url(), scale.slow_toml).await;
     let load = Load::start(scale.load(&[cc.url()]));
     sleep(scale.before).await;
     load.set_phase(DURING);
