@@ -72,8 +72,9 @@ impl Default for Config {
 /// The rules that apply without a config file, the same as the two in
 /// `config/chartcache.toml`: closed time ranges are kept long, and Superset's
 /// debugging views (samples, query, drill detail) are never cached. A config
-/// file's `rules` replace them (`rules = []` for none).
-fn default_rules() -> Vec<RuleConfig> {
+/// file's `rules` replace them (`rules = []` for none). A built-in rule whose
+/// tier a config's own `tiers` leave out is skipped (`Policy::from_config`).
+pub(crate) fn default_rules() -> Vec<RuleConfig> {
     use crate::policy::TimeRangeClass;
     vec![
         RuleConfig {

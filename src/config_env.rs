@@ -54,8 +54,8 @@ pub(crate) fn is_config_env(key: &str) -> bool {
 /// (`key` is without the prefix).
 fn is_known_other(key: &str) -> bool {
     let k = key.to_ascii_uppercase();
-    // The log filter and the config file path.
-    if k == "LOG" || k == "CONFIG" {
+    // The log filter, the config file path and `--redis-url`'s variable.
+    if k == "LOG" || k == "CONFIG" || k == "REDIS_URL" {
         return true;
     }
     // Kubernetes service links for a Service named `chartcache`:
@@ -161,7 +161,7 @@ mod tests {
     #[test]
     fn unknown_names_are_refused_by_name() {
         for bad in [
-            "CHARTCACHE_REDIS_URL",
+            "CHARTCACHE_REDIS_URI",
             "CHARTCACHE_NOPE__X",
             "CHARTCACHE_MEMORY__",
             "CHARTCACHE_UPSTREM",
@@ -178,6 +178,7 @@ mod tests {
         check_names([
             "CHARTCACHE_LOG",
             "CHARTCACHE_CONFIG",
+            "CHARTCACHE_REDIS_URL",
             "CHARTCACHE_SERVICE_HOST",
             "CHARTCACHE_SERVICE_PORT",
             "CHARTCACHE_SERVICE_PORT_HTTP",

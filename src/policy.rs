@@ -218,6 +218,9 @@ impl Policy {
         let find = |n: &str| tiers.iter().find(|t| t.name == n).cloned();
         let default = find(&cfg.default_tier)
             .ok_or_else(|| anyhow::anyhow!("default_tier {:?} is not a tier", cfg.default_tier))?;
+        // The built-in rules are defaults, not the operator's words: one whose
+        // tier a config's own `tiers` leave out is skipped, not an error.
+        let builtin = cfg.rules == crate::config::default_rules();
         let mut rules = Vec::new();
         for (i, r) in cfg.rules.iter().enumerate() {
             let label = if r.name.is_empty() {
@@ -225,6 +228,10 @@ impl Policy {
             } else {
                 r.name.clone()
             };
+            if builtin && r.tier.as_deref().is_some_and(|t| find(t).is_none()) {
+                tracing::debug!(rule = %label, "built-in rule skipped: its tier is not configured");
+                continue;
+            }
             let tier = match (&r.tier, r.bypass) {
                 (Some(_), true) => {
                     anyhow::bail!("{label}: give either `tier` or `bypass = true`, not both")
@@ -788,6 +795,35 @@ respect_superset_timeout = false
             NOW,
         );
         assert_eq!(&*d.rule, "default");
+    }
+
+    #[test]
+    fn built_in_rules_need_no_tier_of_theirs_but_written_ones_do() {
+        let standard_only = vec![TierConfig {
+            name: "standard".into(),
+            fresh_secs: 60,
+            ..TierConfig::default()
+        }];
+        // Built-in rules with tiers of one's own: the `historical` rule is left out.
+        let p = Policy::from_config(&Config {
+            tiers: standard_only.clone(),
+            upstream: "http://x".into(),
+            ..Config::default()
+        })
+        .unwrap();
+        assert_eq!(p.rules.len(), 1);
+        // The same rule written in a config still names an unknown tier.
+        let mut written = crate::config::default_rules();
+        written.pop();
+        assert!(
+            Policy::from_config(&Config {
+                tiers: standard_only,
+                rules: written,
+                upstream: "http://x".into(),
+                ..Config::default()
+            })
+            .is_err()
+        );
     }
 
     #[test]
