@@ -223,7 +223,8 @@ pub(super) async fn handle(
                 ctx.outcome = Outcome::Hit;
                 ctx.ttl = Some(((entry.meta.fresh_until - now) / 1000) as i64);
                 let Some(resp) = serve_entry(app, &key, &entry, accept, now).await else {
-                    let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn, creds);
+                    let spec =
+                        FetchSpec::new(parts, body, key, &canon.facts, &decision, conn, creds);
                     return Box::pin(refill(app, spec, &cfg, accept, ctx)).await;
                 };
                 // Refresh-ahead: one atomic add per hit; more only for hot entries.
