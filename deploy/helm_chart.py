@@ -66,8 +66,9 @@ def tpl_tree(x, values):
     return x
 
 
-def merged_values(values_path: str = VALUES, defaults_path: str = DEFAULTS) -> dict:
-    return helm_merge(yaml.safe_load(open(defaults_path)), yaml.safe_load(open(values_path)))
+def merged_values(values_path: str | None = None, defaults_path: str | None = None) -> dict:
+    with open(defaults_path or DEFAULTS) as d, open(values_path or VALUES) as v:
+        return helm_merge(yaml.safe_load(d), yaml.safe_load(v))
 
 
 def render_deployment(v: dict) -> dict:

@@ -7,8 +7,8 @@ deploy/validate.py (and standalone: python3 deploy/test_helm_values.py).
   liveness httpGet plus this file's exec was two, which the API server rejects).
 - The graceful-stop wrapper in supersetNode.command runs under dash (Superset's
   /bin/sh): on SIGTERM it holds, then signals run-server.sh's whole process
-  group (gunicorn is its child, not exec'd), waits for all of it, and exits with
-  run-server.sh's status.
+  group (gunicorn is its child, not exec'd), waits for all of it (gunicorn
+  outlives the shell), and exits with run-server.sh's status.
 """
 
 from __future__ import annotations
@@ -27,25 +27,38 @@ import helm_chart  # noqa: E402
 
 import yaml  # noqa: E402
 
-# A stand-in for run-server.sh: a shell that runs its "gunicorn" without exec,
-# like the real script. Both record the SIGTERM they get; gunicorn takes 1 s to
-# stop gracefully, the shell exits 7 once its child is gone.
+# A stand-in for run-server.sh, which runs gunicorn in the foreground without
+# exec and has no trap: SIGTERM kills the shell at once while its "gunicorn"
+# (which records the signal) takes 1 s to stop gracefully, as an orphan of the
+# wrapper. The shell's status is then 143.
 FAKE_SERVER = """#!/bin/sh
-trap 'echo term >> "$OUT/server"; wait $child; exit 7' TERM
 python3 -c '
 import os, signal, sys, time
+out = os.path.join(os.environ["OUT"], "gunicorn")
 def stop(*_):
-    open(os.path.join(os.environ["OUT"], "gunicorn"), "a").write("term\\n")
+    open(out, "a").write("term\\n")
     time.sleep(1)
-    open(os.path.join(os.environ["OUT"], "gunicorn"), "a").write("stopped\\n")
+    open(out, "a").write("stopped\\n")
     sys.exit(0)
 signal.signal(signal.SIGTERM, stop)
 open(os.path.join(os.environ["OUT"], "ready"), "w").write("1")
 while True: time.sleep(0.1)
-' &
-child=$!
-wait $child
+'
 """
+
+
+def as_pid1():
+    """In the container the wrapper is PID 1 and adopts gunicorn when the shell
+    dies; a child subreaper gets the same orphans here (kept across exec)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+
+
+def load(path):
+    with open(path) as f:
+        return yaml.safe_load(f)
 
 
 class HelmMerge(unittest.TestCase):
@@ -57,9 +70,9 @@ class HelmMerge(unittest.TestCase):
     def test_previous_values_had_two_liveness_handlers(self):
         # The failure this guards against: without `httpGet: null` the chart's
         # default handler survives the merge.
-        vals = yaml.safe_load(open(helm_chart.VALUES))
+        vals = load(helm_chart.VALUES)
         del vals["supersetNode"]["livenessProbe"]["httpGet"]
-        merged = helm_chart.helm_merge(yaml.safe_load(open(helm_chart.DEFAULTS)), vals)
+        merged = helm_chart.helm_merge(load(helm_chart.DEFAULTS), vals)
         pod = helm_chart.render_deployment(merged)["spec"]["template"]["spec"]
         self.assertTrue(any("livenessProbe has 2 handlers" in p for p in helm_chart.probe_problems(pod)))
 
@@ -75,7 +88,7 @@ class HelmMerge(unittest.TestCase):
 
 
 def wrapper_script(hold_secs: int, server: str) -> str:
-    vals = yaml.safe_load(open(helm_chart.VALUES))
+    vals = load(helm_chart.VALUES)
     cmd = vals["supersetNode"]["command"]
     assert cmd[:2] == ["/bin/sh", "-c"], cmd
     s = cmd[2]
@@ -96,7 +109,8 @@ class GracefulStopUnderDash(unittest.TestCase):
             os.chmod(server, 0o755)
             # Its own session, like PID 1 in the container: nothing else in its group.
             p = subprocess.Popen([dash, "-c", wrapper_script(1, server)], env={**os.environ, "OUT": out},
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                                 preexec_fn=as_pid1)
             try:
                 deadline = time.monotonic() + 10
                 while not os.path.exists(os.path.join(out, "ready")):
@@ -113,10 +127,10 @@ class GracefulStopUnderDash(unittest.TestCase):
             err = err.decode()
             self.assertNotIn("Illegal number", err)
             self.assertNotIn("can't access tty", err)
-            self.assertEqual(open(os.path.join(out, "server")).read(), "term\n")
             # gunicorn (the grandchild) got SIGTERM and finished before the wrapper left.
             self.assertEqual(open(os.path.join(out, "gunicorn")).read(), "term\nstopped\n")
-            self.assertEqual(p.returncode, 7, err)
+            # run-server.sh's own status: killed by SIGTERM, as sh reports it.
+            self.assertEqual(p.returncode, 128 + signal.SIGTERM, err)
             self.assertGreaterEqual(took, 1.0)  # the hold: Superset keeps serving first
 
 
