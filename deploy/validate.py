@@ -638,6 +638,11 @@ def check_scaling(rel: str, docs: list[dict]) -> None:
         if (o["kind"], o["metadata"]["name"]) in targets:
             R.check("replicas" not in o["spec"],
                     f"{rel}: {ident(o)}: an HPA owns it, so spec.replicas must not be set (each apply resets the count)")
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            # The schema allows repeated env names; the last silently wins.
+            names = [e["name"] for e in c.get("env", []) or []]
+            R.check(len(names) == len(set(names)),
+                    f"{rel}: {ident(o)}/{c['name']}: env names repeat: {sorted({n for n in names if names.count(n) > 1})}")
         for c in chartcache_containers(spec):
             cpu = ((c.get("resources") or {}).get("limits") or {}).get("cpu")
             R.check(bool(cpu) or worker_threads_set(docs, spec, c),
