@@ -17,7 +17,14 @@
    target/release), runs `chartcache check-config` on the config each rendered
    chartcache container would load (ConfigMap + literal CHARTCACHE_* env + args),
    and on the config in deploy/helm-superset-values.yaml.
-6. Checks the Dockerfile statically (multi-stage, numeric non-root USER,
+6. Scaling: no spec.replicas on a Deployment an HPA owns; every chartcache
+   container has a CPU limit or server.worker_threads.
+7. Merges deploy/helm-superset-values.yaml over Superset's chart defaults
+   (deploy/testdata/superset-chart-defaults.yaml) with Helm's rules, renders the
+   chart's web Deployment from it (deploy/helm_chart.py), checks one handler per
+   probe and the schemas, and runs deploy/test_helm_values.py (the graceful-stop
+   wrapper under dash).
+8. Checks the Dockerfile statically (multi-stage, numeric non-root USER,
    ENTRYPOINT, EXPOSE, COPY sources exist).
 
 Exit status 0 only if every check passed. Needs no network.
@@ -605,6 +612,72 @@ def check_configs(rendered: dict[str, list[dict]]) -> dict:
     return drains
 
 
+# ---------------------------------------------------------------- scaling
+
+def worker_threads_set(docs: list[dict], spec: dict, c: dict) -> bool:
+    """server.worker_threads > 0 from literal env or the mounted config."""
+    for e in c.get("env", []) or []:
+        if e["name"] == "CHARTCACHE_SERVER__WORKER_THREADS" and "value" in e:
+            return str(e["value"]).strip() not in ("", "0")
+    toml_text, _, _ = config_for_container(docs, spec, c)
+    try:
+        n = tomllib.loads(toml_text or "").get("server", {}).get("worker_threads", 0)
+    except tomllib.TOMLDecodeError:
+        return False
+    return isinstance(n, int) and n > 0
+
+
+def check_scaling(rel: str, docs: list[dict]) -> None:
+    """An HPA owns its target's replica count: a spec.replicas in the manifest
+    resets it on every apply. A chartcache container with neither a CPU limit
+    nor server.worker_threads runs one proxy thread (and Redis connection) per
+    node CPU."""
+    targets = {(o["spec"]["scaleTargetRef"].get("kind"), o["spec"]["scaleTargetRef"].get("name"))
+               for o in docs if o.get("kind") == "HorizontalPodAutoscaler"}
+    for o, spec, _ in pod_specs(docs):
+        if (o["kind"], o["metadata"]["name"]) in targets:
+            R.check("replicas" not in o["spec"],
+                    f"{rel}: {ident(o)}: an HPA owns it, so spec.replicas must not be set (each apply resets the count)")
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            # The schema allows repeated env names; the last silently wins.
+            names = [e["name"] for e in c.get("env", []) or []]
+            R.check(len(names) == len(set(names)),
+                    f"{rel}: {ident(o)}/{c['name']}: env names repeat: {sorted({n for n in names if names.count(n) > 1})}")
+        for c in chartcache_containers(spec):
+            cpu = ((c.get("resources") or {}).get("limits") or {}).get("cpu")
+            R.check(bool(cpu) or worker_threads_set(docs, spec, c),
+                    f"{rel}: {ident(o)}/chartcache: neither a CPU limit nor server.worker_threads "
+                    "(CHARTCACHE_SERVER__WORKER_THREADS): one proxy thread per node CPU")
+
+
+# ---------------------------------------------------------------- Superset's chart
+
+def check_helm_chart() -> None:
+    """deploy/helm-superset-values.yaml merged over the chart's defaults renders a
+    pod the API server accepts: one handler per probe, names consistent, schema
+    valid; plus the merge and graceful-stop tests (deploy/test_helm_values.py)."""
+    sys.path.insert(0, DEPLOY)
+    import helm_chart
+    import test_helm_values
+
+    where = "deploy/helm-superset-values.yaml on Superset's chart"
+    try:
+        dep = helm_chart.render_deployment(helm_chart.merged_values())
+    except (OSError, KeyError, ValueError, yaml.YAMLError) as e:
+        R.check(False, f"{where}: cannot render: {e}")
+        return
+    pod = dep["spec"]["template"]["spec"]
+    for p in helm_chart.probe_problems(pod) + helm_chart.unique_names(pod):
+        R.check(False, f"{where}: {p}")
+    R.check(True, "")
+    validate_schema(where, dep)
+    check_scaling(where, [dep])
+    n, fails = test_helm_values.run()
+    R.check(n >= 4, f"deploy/test_helm_values.py: only {n} tests ran")
+    for f in fails:
+        R.check(False, f"deploy/test_helm_values.py: {f}")
+
+
 # ---------------------------------------------------------------- Dockerfile
 
 def check_dockerfile() -> None:
@@ -644,6 +717,8 @@ def main() -> int:
     drains = check_configs(rendered)
     for rel, docs in rendered.items():
         check_semantics(rel, docs, drains)
+        check_scaling(rel, docs)
+    check_helm_chart()
     rules = [o for o in rendered.get("deploy/base", []) if o["kind"] == "PrometheusRule"]
     R.check(len(rules) == 1, "deploy/base: expected one PrometheusRule")
     check_metrics(rules)
