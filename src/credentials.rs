@@ -86,8 +86,7 @@ pub fn extract(
     cookie_name: &str,
     guest_header: &HeaderName,
 ) -> Extracted {
-    if let Some(c) = headers.get(header::CONNECTION) {
-        // Several `Connection` headers are rare enough to check one by one.
+    if headers.contains_key(header::CONNECTION) {
         let names_credential = |v: &HeaderValue| {
             v.as_bytes().split(|b| *b == b',').any(|n| {
                 let n = n.trim_ascii();
@@ -96,11 +95,10 @@ pub fn extract(
                     || n.eq_ignore_ascii_case(guest_header.as_str().as_bytes())
             })
         };
-        if names_credential(c)
-            || headers
-                .get_all(header::CONNECTION)
-                .iter()
-                .any(names_credential)
+        if headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .any(names_credential)
         {
             return Extracted::Ambiguous(Ambiguity::ConnectionNamesCredential);
         }

@@ -14,7 +14,6 @@ use chartcache::clock::{SharedClock, SystemClock};
 use chartcache::metrics::Metrics;
 use chartcache::store::redis::RedisConfig;
 use chartcache::store::setup;
-use http::Method;
 use redis_support::*;
 use support::*;
 
@@ -104,17 +103,7 @@ async fn garbage_on_the_invalidation_channel_is_counted_and_keeps_l1() {
     }
     // Then a real purge of chart 2 from A: once B has applied it, B has read
     // every message published before it (one connection, in order).
-    let resp = c
-        .send(
-            Method::POST,
-            &a.admin_url("/purge"),
-            &[
-                ("authorization", "Bearer test-admin-token"),
-                ("content-type", "application/json"),
-            ],
-            r#"{"tags": ["chart:2"]}"#,
-        )
-        .await;
+    let resp = a.purge(&c, r#"{"tags": ["chart:2"]}"#).await;
     assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

@@ -18,7 +18,6 @@ use chartcache::clock::{SharedClock, SystemClock};
 use chartcache::metrics::Metrics;
 use chartcache::store::redis::{RedisConfig, RedisStore};
 use chartcache::store::setup;
-use http::Method;
 use redis_support::*;
 use support::*;
 
@@ -163,17 +162,7 @@ async fn purge_after_a_hung_master_fails_over_reaches_every_replica() {
     }
 
     // The purge on A lands on the new master and answers 200.
-    let resp = c
-        .send(
-            Method::POST,
-            &a.admin_url("/purge"),
-            &[
-                ("authorization", "Bearer test-admin-token"),
-                ("content-type", "application/json"),
-            ],
-            r#"{"tags": ["chart:1"]}"#,
-        )
-        .await;
+    let resp = a.purge(&c, r#"{"tags": ["chart:1"]}"#).await;
     assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
     // Room for a published message to be delivered on loopback.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -226,17 +215,7 @@ async fn purge_after_a_hung_master_fails_over_reaches_every_replica() {
     l1_b.sync();
     let before = l1_b.usage().0;
     assert!(before >= 1);
-    let resp = c
-        .send(
-            Method::POST,
-            &a.admin_url("/purge"),
-            &[
-                ("authorization", "Bearer test-admin-token"),
-                ("content-type", "application/json"),
-            ],
-            r#"{"tags": ["chart:1"]}"#,
-        )
-        .await;
+    let resp = a.purge(&c, r#"{"tags": ["chart:1"]}"#).await;
     assert_eq!(resp.status, 200);
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

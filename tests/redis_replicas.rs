@@ -290,17 +290,7 @@ async fn purge_on_one_replica_evicts_l1_on_the_others() {
     let queries = up.chart_queries();
 
     // Purge the chart's tag through a's admin API.
-    let resp = c
-        .send(
-            Method::POST,
-            &a.admin_url("/purge"),
-            &[
-                ("authorization", "Bearer test-admin-token"),
-                ("content-type", "application/json"),
-            ],
-            r#"{"tags": ["chart:1"]}"#,
-        )
-        .await;
+    let resp = a.purge(&c, r#"{"tags": ["chart:1"]}"#).await;
     assert_eq!(resp.status, 200, "{:?}", resp.body);
 
     // b's L1 copy goes away through the invalidation channel.

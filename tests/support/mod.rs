@@ -127,6 +127,21 @@ impl Proxy {
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://{}{}", self.admin, path)
     }
+
+    /// `POST /purge` on the admin listener with the test token; `body` is the
+    /// purge request (`{"tags": [...]}`, `{"all": true}`).
+    pub async fn purge(&self, c: &TestClient, body: &'static str) -> Resp {
+        c.send(
+            Method::POST,
+            &self.admin_url("/purge"),
+            &[
+                ("authorization", "Bearer test-admin-token"),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+        .await
+    }
 }
 
 /// A response as the tests see it.
