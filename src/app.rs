@@ -12,8 +12,8 @@ use crate::config::Config;
 use crate::identity::IdentityResolver;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::proxy::Fetched;
 use crate::refresh::Refresher;
+use crate::respond::Fetched;
 use crate::store::SharedStore;
 use crate::store::memory::MemoryStore;
 use crate::upstream::Upstream;
@@ -31,10 +31,10 @@ pub struct App {
     pub memory: Option<Arc<MemoryStore>>,
     pub coalescer: Arc<Coalescer<Arc<Fetched>>>,
     /// Canonical forms of recently seen request bodies (hit-path CPU saver).
-    pub canon_memo: crate::proxy::memo::CanonMemo,
+    pub canon_memo: crate::fingerprint::memo::CanonMemo,
     /// Uncompressed and gzip copies of entries, for clients whose encoding
     /// an entry does not carry (hit-path CPU and socket saver).
-    pub copies: crate::proxy::copies::Copies,
+    pub copies: crate::respond::copies::Copies,
     /// Threads for compression and large copies, off the runtime threads.
     pub offload: crate::offload::Offload,
     /// Refresh-ahead of hot entries (and its in-memory credentials).
@@ -80,8 +80,8 @@ impl App {
             None => None,
         };
         let refresher = Refresher::new(&cfg.refresh_ahead);
-        let canon_memo = crate::proxy::memo::CanonMemo::new(cfg.cache.canonical_memo_bytes);
-        let copies = crate::proxy::copies::Copies::new(cfg.cache.raw_copy_bytes);
+        let canon_memo = crate::fingerprint::memo::CanonMemo::new(cfg.cache.canonical_memo_bytes);
+        let copies = crate::respond::copies::Copies::new(cfg.cache.raw_copy_bytes);
         let offload = crate::offload::Offload::new(cfg.server.workers())?;
         if !cfg.redis.enabled() {
             warn_memory_only();

@@ -1,13 +1,14 @@
 //! The per-request context: filled along the way, read once at the end for
 //! metrics, the access log and the `Cache-Status` header.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
-use crate::fingerprint::CacheKey;
-use crate::policy::TierConfig;
+use crate::config::TierConfig;
+use crate::key::CacheKey;
 
 /// `x-request-id`, as a constant: a name given as `&str` is parsed and, not
 /// being a standard header, copied on every insert.
@@ -132,6 +133,14 @@ impl RequestContext {
         // The string's buffer becomes the value's: one allocation, not two.
         HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
     }
+}
+
+/// Connection facts the handler needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: Option<SocketAddr>,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ pub fn check_fingerprint(data: &[u8]) {
     assert_eq!(k1, k2);
     assert_ne!(k1, k3);
     assert_ne!(k1, k4);
-    assert_eq!(fingerprint::CacheKey::from_hex(&k1.to_hex()), Some(k1));
+    assert_eq!(crate::key::CacheKey::from_hex(&k1.to_hex()), Some(k1));
 }
 
 /// Route classification: never panics, and only GET/POST are ever cached.

@@ -28,11 +28,11 @@ use http_body_util::BodyExt;
 
 use crate::body::empty;
 use crate::config::IdentityConfig;
+use crate::config::{IdentityKind, ScopeKind};
 use crate::error::Error;
-use crate::fingerprint::DigestHash;
 use crate::jwt::{AccessTokenVerifier, GuestTokenVerifier};
+use crate::key::DigestHash;
 use crate::metrics::Metrics;
-use crate::policy::ScopeKind;
 use crate::upstream::Upstream;
 
 pub use crate::credentials::{Credentials, Extracted};
@@ -522,6 +522,18 @@ fn parse_me(body: &[u8]) -> Result<Principal, Error> {
         user_id,
         username: r["username"].as_str().unwrap_or("").to_string(),
     })
+}
+
+impl IdentityKind {
+    /// Classify a request's credential set. A guest token names the embedding
+    /// context, so it decides the kind even when other credentials come along.
+    pub fn of(creds: Option<&Credentials>) -> IdentityKind {
+        match creds {
+            None => IdentityKind::Anonymous,
+            Some(c) if c.guest_token.is_some() => IdentityKind::Guest,
+            Some(_) => IdentityKind::User,
+        }
+    }
 }
 
 #[cfg(test)]

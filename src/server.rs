@@ -125,7 +125,7 @@ fn refuse(app: &App, stream: TcpStream, refusing: &Arc<Semaphore>) {
                     _ => break,
                 }
             }
-            Ok::<_, Infallible>(crate::error::Error::Overloaded.into_response())
+            Ok::<_, Infallible>(crate::respond::error(crate::error::Error::Overloaded))
         });
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())

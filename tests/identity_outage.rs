@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use chartcache::clock::ManualClock;
-use chartcache::policy::TierConfig;
+use chartcache::config::TierConfig;
 use http::Method;
 use support::*;
 

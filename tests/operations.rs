@@ -223,7 +223,7 @@ async fn reload_swaps_rules_and_keeps_old_config_when_invalid() {
     let mut cfg = (**proxy.app.config.load()).clone();
     cfg.rules.insert(
         0,
-        chartcache::policy::RuleConfig {
+        chartcache::config::RuleConfig {
             name: "no-big-numbers".into(),
             viz_type: vec!["big_number_total".into()],
             bypass: true,

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use chartcache::app::App;
 use chartcache::clock::{SharedClock, SystemClock};
+use chartcache::config::RedisConfig;
 use chartcache::metrics::Metrics;
-use chartcache::store::redis::RedisConfig;
 use chartcache::store::setup;
 use http::Method;
 use redis_support::*;

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chartcache::clock::{SharedClock, SystemClock};
-use chartcache::fingerprint::CacheKey;
+use chartcache::config::RedisConfig;
+use chartcache::key::CacheKey;
 use chartcache::metrics::Metrics;
 use chartcache::store::breaker::BreakerState;
-use chartcache::store::redis::{RedisConfig, RedisStore};
+use chartcache::store::redis::RedisStore;
 use chartcache::store::{Entry, Meta, Purge, Store, StoreError};
 use redis_support::*;
 
@@ -375,7 +376,7 @@ async fn a_release_is_announced_only_by_its_holder() {
 /// extending: its lock lapses by the TTL, as `fetch_lock_is_exclusive_and_released_by_token` shows.)
 #[tokio::test]
 async fn a_held_fetch_lock_outlives_its_ttl_and_is_released_when_dropped() {
-    use chartcache::store::lock::{Remote, coordinate};
+    use chartcache::store::redis::lock::{Remote, coordinate};
     let r = RedisProc::server(&[]);
     let s = store(RedisConfig {
         lock_ttl_ms: 300,
@@ -409,7 +410,7 @@ async fn a_held_fetch_lock_outlives_its_ttl_and_is_released_when_dropped() {
 /// is given back at once.
 #[tokio::test]
 async fn an_entry_stored_before_the_lock_was_taken_is_served_not_fetched() {
-    use chartcache::store::lock::{Remote, coordinate};
+    use chartcache::store::redis::lock::{Remote, coordinate};
     let r = RedisProc::server(&[]);
     let s = store(cfg(r.url()));
     let stored = entry(&[], 60_000, 0);

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use chartcache::clock::{Clock, ManualClock};
 use chartcache::config::Config;
-use chartcache::policy::{IdentityKind, RuleConfig, TierConfig, TimeRangeClass};
+use chartcache::config::{IdentityKind, RuleConfig, TierConfig, TimeRangeClass};
 use http::Method;
 use serde_json::{Value, json};
 use support::*;

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use chartcache::app::App;
 use chartcache::clock::{ManualClock, SharedClock};
+use chartcache::config::RedisConfig;
+use chartcache::config::TierConfig;
 use chartcache::metrics::Metrics;
-use chartcache::policy::TierConfig;
-use chartcache::store::redis::RedisConfig;
 use chartcache::store::setup;
 use http::Method;
 use redis_support::*;

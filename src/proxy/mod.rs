@@ -1,7 +1,6 @@
 //! The request path: classify, then pass through, forward-and-invalidate, or
 //! answer from the cache (`cached.rs`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,19 +16,10 @@ use crate::route::{self, Route};
 use crate::upstream::{prepare_request_headers, strip_hop_by_hop};
 
 pub(crate) mod cached;
-pub mod copies;
-pub mod memo;
-pub mod respond;
+mod fetch;
+mod refresh;
 
-pub use cached::Fetched;
-
-/// Connection facts the handler needs.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub remote: Option<SocketAddr>,
-    /// `http` or `https`, for `X-Forwarded-Proto`.
-    pub proto: &'static str,
-}
+pub use crate::context::ConnInfo;
 
 /// Handle one client request. Never fails: errors become responses here, and
 /// the context travels out in the response extensions for metrics and logs.
@@ -62,7 +52,13 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Respon
                 && r.status().is_success()
             {
                 let purge = crate::invalidate::purge_for(&target);
-                let _ = Box::pin(crate::invalidate::apply(&app, &purge, "write")).await;
+                let _ = Box::pin(crate::invalidate::apply(
+                    &*app.store,
+                    &app.metrics,
+                    &purge,
+                    "write",
+                ))
+                .await;
             }
             resp
         }
@@ -71,7 +67,7 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Respon
     let mut resp = result.unwrap_or_else(|e| {
         tracing::debug!(error = %e, source = e.source_label(), "request failed");
         ctx.outcome = Outcome::Error;
-        e.into_response()
+        crate::respond::error(e)
     });
     ctx.status = resp.status().as_u16();
     if let Some(cs) = ctx.cache_status() {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 
 use super::{Entry, Purge, Store, StoreError};
 use crate::clock::SharedClock;
-use crate::fingerprint::{CacheKey, DigestHash};
+use crate::key::{CacheKey, DigestHash};
 
 /// In-process store holding decoded entries.
 pub struct MemoryStore {

@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::fingerprint::CacheKey;
+use crate::key::CacheKey;
 
 pub mod breaker;
 pub mod entry;
-pub mod lock;
+
 pub mod memory;
 pub mod redis;
 pub mod setup;

@@ -30,7 +30,7 @@ use super::memory::MemoryStore;
 use super::redis::RedisStore;
 use super::{Entry, Purge, Store, StoreError};
 use crate::clock::SharedClock;
-use crate::fingerprint::CacheKey;
+use crate::key::CacheKey;
 
 /// The wire form of an invalidation message.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]

@@ -24,10 +24,10 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::redis::RedisStore;
-use super::{Entry, Store, StoreError};
+use super::RedisStore;
 use crate::clock::SharedClock;
-use crate::fingerprint::CacheKey;
+use crate::key::CacheKey;
+use crate::store::{Entry, Store, StoreError};
 
 /// Release a lock only if it still holds our token, and announce the release
 /// on channel `ARGV[2]` (payload `ARGV[3]`, the key) in the same step: one
