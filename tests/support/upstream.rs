@@ -71,6 +71,8 @@ pub struct UpstreamState {
     pub guests: Mutex<HashMap<String, String>>,
     /// Superset is down: every request, `/api/v1/me/` included, gets a 503.
     pub down: std::sync::atomic::AtomicBool,
+    /// GLOBAL_ASYNC_QUERIES mode (off unless enabled): `super::gaq`.
+    pub gaq: Arc<super::gaq::Gaq>,
 }
 
 /// A running upstream.
@@ -126,6 +128,7 @@ impl Upstream {
             roles_queries: AtomicUsize::new(0),
             guests: Mutex::new(HashMap::new()),
             down: Default::default(),
+            gaq: Default::default(),
         });
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -244,6 +247,7 @@ async fn serve(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> Response<U
     }
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
     let headers = req.headers().clone();
 
     if path == "/upload" {
@@ -378,6 +382,11 @@ async fn serve(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> Response<U
             ),
         };
     }
+    if st.gaq.enabled.load(Ordering::SeqCst)
+        && let Some(r) = serve_gaq(&st, &method, &path, query.as_deref(), &headers, &body)
+    {
+        return r;
+    }
     let is_chart = (method == "POST" && path.trim_end_matches('/') == "/api/v1/chart/data")
         || (method == "GET" && path.starts_with("/api/v1/chart/") && path.ends_with("/data/"))
         || path.starts_with("/superset/explore_json");
@@ -447,6 +456,46 @@ async fn serve(st: Arc<UpstreamState>, mut req: Request<Incoming>) -> Response<U
         return json(200, serde_json::json!({"id": 1, "result": {}}));
     }
     json(404, serde_json::json!({"message": "Not found"}))
+}
+
+/// The GAQ routes (`super::gaq`), when that mode is on.
+fn serve_gaq(
+    st: &UpstreamState,
+    method: &str,
+    path: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Option<Response<UBody>> {
+    let unauthorized = || {
+        json(
+            401,
+            serde_json::json!({"msg": "Missing Authorization Header"}),
+        )
+    };
+    let (status, v, cookies) = if method == "GET" && path == "/api/v1/async_event/" {
+        st.gaq.poll(headers, query)
+    } else if method == "GET"
+        && let Some(qc) = path.strip_prefix("/api/v1/chart/data/")
+    {
+        let Some((_, user)) = authenticate(st, headers) else {
+            return Some(unauthorized());
+        };
+        st.gaq.result(&user, qc.trim_end_matches('/'))
+    } else if method == "POST" && path.trim_end_matches('/') == "/api/v1/chart/data" {
+        let Some((id, user)) = authenticate(st, headers) else {
+            return Some(unauthorized());
+        };
+        st.gaq.post(headers, (id, &user), body)
+    } else {
+        return None;
+    };
+    let mut r = json(status, v);
+    for c in cookies {
+        r.headers_mut()
+            .append(header::SET_COOKIE, c.parse().unwrap());
+    }
+    Some(r)
 }
 
 use futures_util::StreamExt;

@@ -1,0 +1,390 @@
+//! Superset with GLOBAL_ASYNC_QUERIES behind chartcache: chart-data POSTs are
+//! answered 202 with a ticket for the client's own async channel, the client
+//! polls `/api/v1/async_event/` and fetches `result_url`. The fake upstream's
+//! GAQ mode (`support/gaq.rs`) behaves as Superset 6.1 does; each test drives
+//! clients the way Superset's front end does.
+
+#[path = "support/redis.rs"]
+mod redis_support;
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chartcache::app::App;
+use chartcache::clock::{SharedClock, SystemClock};
+use chartcache::config::RedisConfig;
+use chartcache::metrics::Metrics;
+use chartcache::store::setup;
+use http::Method;
+use serde_json::{Value, json};
+use support::gaq;
+use support::*;
+
+/// A browser login: its session and its own async channel.
+#[derive(Clone)]
+struct Browser {
+    user_id: u64,
+    user: &'static str,
+    channel: String,
+    cookie: String,
+}
+
+impl Browser {
+    fn new(user_id: u64, user: &'static str, channel: &str) -> Browser {
+        let cookie = format!(
+            "session={user}-session; {}={}",
+            gaq::COOKIE,
+            gaq::token(channel, user_id)
+        );
+        Browser {
+            user_id,
+            user,
+            channel: channel.to_string(),
+            cookie,
+        }
+    }
+}
+
+/// What one chart load gave a browser.
+#[derive(Debug)]
+struct Load {
+    /// The POST's answer.
+    post: Resp,
+    /// The data the chart shows (from the POST or from `result_url`).
+    data: Value,
+    /// The `result_url` fetched, if any, and its answer.
+    result: Option<(String, Resp)>,
+}
+
+fn body(force: bool) -> Value {
+    let mut b = chart_body("16-chart-data-bignumber-admin-miss.json");
+    b["force"] = json!(force);
+    b
+}
+
+async fn post(c: &TestClient, p: &str, b: &Browser, body: &Value) -> Resp {
+    c.send(
+        Method::POST,
+        &format!("{p}/api/v1/chart/data"),
+        &[
+            ("cookie", b.cookie.as_str()),
+            ("content-type", "application/json"),
+        ],
+        serde_json::to_vec(body).unwrap(),
+    )
+    .await
+}
+
+async fn get(c: &TestClient, p: &str, b: &Browser, path: &str) -> Resp {
+    c.send(
+        Method::GET,
+        &format!("{p}{path}"),
+        &[("cookie", b.cookie.as_str())],
+        "",
+    )
+    .await
+}
+
+/// Load a chart as Superset's front end does: POST; on 202, check the ticket
+/// is for this browser's channel, poll its events until the job is done
+/// (bounded), then GET `result_url`.
+async fn load(c: &TestClient, p: &str, b: &Browser, body: &Value) -> Result<Load, String> {
+    let post = post(c, p, b, body).await;
+    match post.status.as_u16() {
+        200 => {
+            let data = post.json();
+            return Ok(Load {
+                post,
+                data,
+                result: None,
+            });
+        }
+        202 => {}
+        s => return Err(format!("POST answered {s}")),
+    }
+    let ticket = post.json();
+    if ticket["channel_id"] != json!(b.channel) {
+        return Err(format!(
+            "ticket of channel {} handed to channel {}",
+            ticket["channel_id"], b.channel
+        ));
+    }
+    let job = ticket["job_id"].clone();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = String::from("0-0");
+    let url = loop {
+        if Instant::now() > deadline {
+            return Err(format!("no event for job {job} on channel {}", b.channel));
+        }
+        let r = get(c, p, b, &format!("/api/v1/async_event/?last_id={last}")).await;
+        assert_eq!(r.status, 200, "async_event passes through");
+        let events = r.json()["result"].as_array().cloned().unwrap_or_default();
+        if let Some(e) = events.last() {
+            last = e["id"].as_str().unwrap().to_string();
+        }
+        if let Some(done) = events.iter().find(|e| e["job_id"] == job) {
+            break done["result_url"].as_str().unwrap().to_string();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let r = get(c, p, b, &url).await;
+    if r.status != 200 {
+        return Err(format!("result_url answered {}", r.status));
+    }
+    Ok(Load {
+        post,
+        data: r.json(),
+        result: Some((url, r)),
+    })
+}
+
+fn gaq_upstream(up: &Upstream, job: Duration) {
+    up.state
+        .gaq
+        .enabled
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    up.state
+        .gaq
+        .job_ms
+        .store(job.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn user_of(data: &Value) -> &str {
+    data["result"][0]["user"].as_str().unwrap_or("?")
+}
+
+fn generation(data: &Value) -> u64 {
+    data["result"][0]["generation"].as_u64().unwrap()
+}
+
+/// `n` browsers of alice, each on its own channel, load the chart at once.
+async fn stampede(c: &TestClient, proxies: &[&Proxy], n: usize) -> Vec<Result<Load, String>> {
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let (c, b) = (c.clone(), Browser::new(2, "alice", &format!("ch-{i:02}")));
+        let p = proxies[i % proxies.len()].url("");
+        tasks.push(tokio::spawn(
+            async move { load(&c, &p, &b, &body(false)).await },
+        ));
+    }
+    let mut out = Vec::new();
+    for t in tasks {
+        out.push(t.await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_channels_of_one_user_make_one_job_and_each_gets_its_data() {
+    let up = Upstream::start().await;
+    gaq_upstream(&up, Duration::from_millis(300));
+    let p = Proxy::start(test_config(&up.url())).await;
+    let c = TestClient::new();
+
+    let first = stampede(&c, &[&p], 20).await;
+    for r in &first {
+        let l = r.as_ref().expect("every browser gets its data");
+        assert_eq!(user_of(&l.data), "alice");
+    }
+    assert_eq!(up.state.gaq.jobs(), 1, "one job for 20 identical POSTs");
+    let waited = first
+        .iter()
+        .filter(|r| {
+            r.as_ref()
+                .unwrap()
+                .post
+                .cache_status()
+                .contains("detail=async-wait")
+        })
+        .count();
+    assert_eq!(waited, 19, "all but the ticket holder wait for the data");
+    assert!(
+        up.state.gaq.result_gets() <= 1,
+        "one result_url GET upstream"
+    );
+
+    // The second load is all hits.
+    let second = stampede(&c, &[&p], 20).await;
+    for r in &second {
+        let l = r.as_ref().expect("second load");
+        assert_eq!(l.post.status, 200);
+        assert!(
+            l.post.cache_status().starts_with("chartcache; hit"),
+            "second load hit: {}",
+            l.post.cache_status()
+        );
+        assert_eq!(user_of(&l.data), "alice");
+    }
+    assert_eq!(up.state.gaq.jobs(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_url_is_cached_per_user_and_never_leaks_rows() {
+    let up = Upstream::start().await;
+    gaq_upstream(&up, Duration::from_millis(50));
+    let proxy = Proxy::start(test_config(&up.url())).await;
+    let p = &proxy.url("");
+    let c = TestClient::new();
+    let alice = Browser::new(2, "alice", "alice-ch");
+    let bob = Browser::new(3, "bob", "bob-ch");
+
+    let a = load(&c, p, &alice, &body(false)).await.unwrap();
+    let b = load(&c, p, &bob, &body(false)).await.unwrap();
+    assert_eq!(user_of(&a.data), "alice");
+    assert_eq!(user_of(&b.data), "bob");
+    let (ua, ra) = a.result.unwrap();
+    let (ub, _) = b.result.unwrap();
+    assert_eq!(ua, ub, "Superset gives both users the same result_url");
+    assert!(
+        ra.cache_status().contains("detail=async-filled"),
+        "{}",
+        ra.cache_status()
+    );
+    assert_eq!(up.state.gaq.result_gets(), 2);
+
+    for _ in 0..2 {
+        for (who, name) in [(&alice, "alice"), (&bob, "bob")] {
+            let r = get(&c, p, who, &ua).await;
+            assert_eq!(r.status, 200);
+            assert_eq!(user_of(&r.json()), name, "own rows only");
+            assert!(
+                r.cache_status().starts_with("chartcache; hit"),
+                "{}",
+                r.cache_status()
+            );
+        }
+    }
+    assert_eq!(up.state.gaq.result_gets(), 2, "repeats are hits");
+    // And the POSTs are hits with each user's own data.
+    for (who, name) in [(&alice, "alice"), (&bob, "bob")] {
+        let r = post(&c, p, who, &body(false)).await;
+        assert!(
+            r.cache_status().starts_with("chartcache; hit"),
+            "{}",
+            r.cache_status()
+        );
+        assert_eq!(user_of(&r.json()), name);
+    }
+    assert_eq!(up.state.gaq.jobs(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_refresh_answered_202_replaces_the_entry_with_the_jobs_data() {
+    let up = Upstream::start().await;
+    gaq_upstream(&up, Duration::from_millis(50));
+    let proxy = Proxy::start(test_config(&up.url())).await;
+    let p = &proxy.url("");
+    let c = TestClient::new();
+    let alice = Browser::new(2, "alice", "alice-ch");
+
+    let first = load(&c, p, &alice, &body(false)).await.unwrap();
+    assert_eq!(generation(&first.data), 1);
+    let hit = post(&c, p, &alice, &body(false)).await;
+    assert!(
+        hit.cache_status().starts_with("chartcache; hit"),
+        "{}",
+        hit.cache_status()
+    );
+
+    let forced = load(&c, p, &alice, &body(true)).await.unwrap();
+    assert_eq!(forced.post.status, 202);
+    assert!(
+        forced.post.cache_status().contains("detail=async-202"),
+        "{}",
+        forced.post.cache_status()
+    );
+    assert_eq!(generation(&forced.data), 2);
+    let after = post(&c, p, &alice, &body(false)).await;
+    assert_eq!(after.status, 200);
+    assert!(
+        after.cache_status().starts_with("chartcache; hit"),
+        "{}",
+        after.cache_status()
+    );
+    assert_eq!(
+        generation(&after.json()),
+        2,
+        "the job's data replaced the entry"
+    );
+    assert_eq!(up.state.gaq.jobs(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bearer_clients_without_async_token_get_supersets_401_unless_cached() {
+    let up = Upstream::start().await;
+    gaq_upstream(&up, Duration::from_millis(50));
+    let p = Proxy::start(test_config(&up.url())).await;
+    let c = TestClient::new();
+
+    let r = c.chart(&p, "alice-token", &body(false)).await;
+    assert_eq!(r.status, 401, "Superset's answer on a miss");
+    assert!(
+        r.header("set-cookie")
+            .is_some_and(|v| v.starts_with("async-token="))
+    );
+    assert_eq!(up.state.gaq.jobs(), 0);
+
+    let alice = Browser::new(2, "alice", "alice-ch");
+    load(&c, &p.url(""), &alice, &body(false)).await.unwrap();
+    let r = c.chart(&p, "alice-token", &body(false)).await;
+    assert_eq!(r.status, 200, "alice's entry, filled by her browser");
+    assert!(
+        r.cache_status().starts_with("chartcache; hit"),
+        "{}",
+        r.cache_status()
+    );
+    assert_eq!(user_of(&r.json()), "alice");
+    // bob has no entry: his Bearer client gets Superset's 401.
+    let r = c.chart(&p, "bob-token", &body(false)).await;
+    assert_eq!(r.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_sharing_redis_run_one_job() {
+    let redis = redis_support::RedisProc::server(&[]);
+    let up = Upstream::start().await;
+    gaq_upstream(&up, Duration::from_millis(500));
+    let a = start_redis(&up, &redis).await;
+    let b = start_redis(&up, &redis).await;
+    let c = TestClient::new();
+
+    let loads = stampede(&c, &[&a, &b], 20).await;
+    for r in &loads {
+        let l = r.as_ref().expect("every browser gets its data");
+        assert_eq!(user_of(&l.data), "alice");
+    }
+    assert_eq!(up.state.gaq.jobs(), 1, "one job across both replicas");
+    let again = stampede(&c, &[&a, &b], 20).await;
+    for r in &again {
+        let l = r.as_ref().unwrap();
+        assert!(
+            l.post.cache_status().starts_with("chartcache; hit"),
+            "{}",
+            l.post.cache_status()
+        );
+    }
+    assert_eq!(up.state.gaq.jobs(), 1);
+}
+
+async fn start_redis(up: &Upstream, r: &redis_support::RedisProc) -> Proxy {
+    Proxy::expect_threads();
+    let mut cfg = test_config(&up.url());
+    cfg.redis = RedisConfig {
+        url: Some(r.url()),
+        tiered: true,
+        timeout_ms: 2_000,
+        ..RedisConfig::default()
+    };
+    let metrics = Arc::new(Metrics::new());
+    let clock: SharedClock = Arc::new(SystemClock);
+    let built = setup::build(&cfg, metrics.clone(), clock.clone())
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while built.redis.as_ref().unwrap().subscriptions() == 0 {
+        assert!(Instant::now() < deadline, "no invalidation subscription");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Proxy::start_app(App::new(cfg, built.store, built.memory, metrics, clock).unwrap()).await
+}

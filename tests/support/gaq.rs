@@ -1,0 +1,210 @@
+//! Superset's GLOBAL_ASYNC_QUERIES mode for the test upstream, as observed in
+//! Superset 6.1.0 (polling transport):
+//!
+//! - every client holds an `async-token` cookie, an HS256 JWT
+//!   `{"channel", "sub"}`; a chart-data POST without it gets 401;
+//! - a POST whose result is in Superset's data cache (and not `force`) gets
+//!   200 with the data at once; otherwise 202 with a ticket for the cookie's
+//!   channel, and a "job" (counted) runs; Superset never deduplicates jobs;
+//! - a finished job fills the data cache, whose key holds the RLS of the
+//!   user (here: the username) but not the user, and posts a `done` event with
+//!   `result_url = /api/v1/chart/data/qc-<sha256>` to its channel only;
+//! - `GET /api/v1/async_event/?last_id=` returns the channel's events after
+//!   `last_id`; `GET result_url` returns the caller's own rows (404 for an
+//!   unknown `qc-` key, 422 when the caller's data is not cached).
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+/// The JWT secret of the fake (`GLOBAL_ASYNC_QUERIES_JWT_SECRET`).
+const SECRET: &[u8] = b"test-gaq-secret-that-is-32-bytes-long!";
+pub const COOKIE: &str = "async-token";
+
+#[derive(Serialize, Deserialize)]
+struct Claims {
+    channel: String,
+    sub: String,
+}
+
+/// GAQ state of the fake Superset.
+#[derive(Default)]
+pub struct Gaq {
+    pub enabled: AtomicBool,
+    /// Jobs started (Celery tasks).
+    pub jobs: AtomicUsize,
+    /// How long a job runs.
+    pub job_ms: AtomicU64,
+    /// `GET result_url` requests answered.
+    pub result_gets: AtomicUsize,
+    /// Async-event polls answered.
+    pub polls: AtomicUsize,
+    next_id: AtomicU64,
+    /// Data cache: (query digest, RLS = username) → generation of the data.
+    cache: Mutex<HashMap<(String, String), u64>>,
+    /// `qc-` key → query digest.
+    qc: Mutex<HashMap<String, String>>,
+    /// Channel → events (`id` increasing).
+    events: Mutex<HashMap<String, Vec<Value>>>,
+}
+
+/// An async-token cookie value for `channel` of user `user_id`.
+pub fn token(channel: &str, user_id: u64) -> String {
+    let claims = Claims {
+        channel: channel.to_string(),
+        sub: user_id.to_string(),
+    };
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET),
+    )
+    .unwrap()
+}
+
+/// The verified claims of the request's async-token cookie.
+fn channel_of(h: &HeaderMap) -> Option<(String, String)> {
+    let h = super::gunicorn::joined(h);
+    let v = h.get(http::header::COOKIE)?;
+    let s = String::from_utf8_lossy(v.as_bytes()).into_owned();
+    let tok = s.split(';').find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k.trim() == COOKIE).then(|| v.trim().to_string())
+    })?;
+    let mut val = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
+    val.required_spec_claims.clear();
+    val.validate_exp = false;
+    let data =
+        jsonwebtoken::decode::<Claims>(&tok, &jsonwebtoken::DecodingKey::from_secret(SECRET), &val)
+            .ok()?;
+    Some((data.claims.channel, data.claims.sub))
+}
+
+/// The query digest: the body without `force`, keys sorted (serde_json's map).
+fn digest(body: &Value) -> String {
+    let mut b = body.clone();
+    if let Some(o) = b.as_object_mut() {
+        o.remove("force");
+    }
+    blake3::hash(&serde_json::to_vec(&b).unwrap())
+        .to_hex()
+        .to_string()
+}
+
+/// The data a user sees for a query: their own rows (RLS), the generation of
+/// the cached result, and the same bytes whichever way they are fetched.
+pub fn data(user: &str, generation: u64) -> Value {
+    json!({"result": [{"cache_timeout": 86400, "user": user, "generation": generation,
+        "data": [{"region": format!("{user}-region"), "revenue": 1000 + generation}],
+        "query": format!("SELECT sum(revenue) FROM sales WHERE owner = '{user}'")}]})
+}
+
+pub type Answer = (u16, Value, Vec<String>);
+
+impl Gaq {
+    pub fn jobs(&self) -> usize {
+        self.jobs.load(Ordering::SeqCst)
+    }
+
+    pub fn result_gets(&self) -> usize {
+        self.result_gets.load(Ordering::SeqCst)
+    }
+
+    /// A chart-data POST by `user` (authenticated).
+    pub fn post(
+        self: &std::sync::Arc<Self>,
+        h: &HeaderMap,
+        user: (u64, &str),
+        body: &Bytes,
+    ) -> Answer {
+        let Some((channel, sub)) = channel_of(h) else {
+            let cookie = format!(
+                "{COOKIE}={}; Path=/; HttpOnly",
+                token("fresh-channel", user.0)
+            );
+            return (401, json!({"msg": "Missing async-token"}), vec![cookie]);
+        };
+        let Ok(body) = serde_json::from_slice::<Value>(body) else {
+            return (400, json!({"message": "malformed"}), vec![]);
+        };
+        let force = body.get("force").and_then(Value::as_bool).unwrap_or(false);
+        let dkey = (digest(&body), user.1.to_string());
+        if !force && let Some(g) = self.cache.lock().unwrap().get(&dkey) {
+            return (200, data(user.1, *g), vec![]);
+        }
+        let n = self.jobs.fetch_add(1, Ordering::SeqCst) + 1;
+        let job_id = format!("job-{n:04}-{}", &dkey.0[..8]);
+        let ticket = json!({"channel_id": channel, "job_id": job_id, "user_id": sub,
+            "status": "pending", "errors": [], "result_url": null});
+        let me = self.clone();
+        let delay = Duration::from_millis(self.job_ms.load(Ordering::SeqCst));
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            // The qc key is the query context's: the same for every user.
+            let qc = format!("qc-{}", &blake3::hash(dkey.0.as_bytes()).to_hex()[..64]);
+            me.qc.lock().unwrap().insert(qc.clone(), dkey.0.clone());
+            *me.cache.lock().unwrap().entry(dkey).or_insert(0) += 1;
+            let id = me.next_id.fetch_add(1, Ordering::SeqCst) + 1;
+            let ev = json!({"id": format!("{id}-0"), "channel_id": channel, "job_id": job_id,
+                "user_id": sub, "status": "done", "errors": [],
+                "result_url": format!("/api/v1/chart/data/{qc}")});
+            me.events
+                .lock()
+                .unwrap()
+                .entry(channel)
+                .or_default()
+                .push(ev);
+        });
+        (202, ticket, vec![])
+    }
+
+    /// `GET /api/v1/async_event/?last_id=...` on the cookie's channel.
+    pub fn poll(&self, h: &HeaderMap, query: Option<&str>) -> Answer {
+        self.polls.fetch_add(1, Ordering::SeqCst);
+        let Some((channel, _)) = channel_of(h) else {
+            return (401, json!({"message": "Unauthorized"}), vec![]);
+        };
+        let last: u64 = query
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("last_id=")))
+            .and_then(|v| v.split('-').next()?.parse().ok())
+            .unwrap_or(0);
+        let events = self.events.lock().unwrap();
+        let list: Vec<Value> = events
+            .get(&channel)
+            .map(|v| {
+                v.iter()
+                    .filter(|e| {
+                        let id = e["id"].as_str().unwrap().split('-').next().unwrap();
+                        id.parse::<u64>().unwrap() > last
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default();
+        (200, json!({"result": list}), vec![])
+    }
+
+    /// `GET /api/v1/chart/data/qc-...` by `user` (authenticated).
+    pub fn result(&self, user: &str, qc: &str) -> Answer {
+        self.result_gets.fetch_add(1, Ordering::SeqCst);
+        let Some(d) = self.qc.lock().unwrap().get(qc).cloned() else {
+            return (404, json!({"message": "Not found"}), vec![]);
+        };
+        match self.cache.lock().unwrap().get(&(d, user.to_string())) {
+            Some(g) => (200, data(user, *g), vec![]),
+            None => (
+                422,
+                json!({"message": "Error loading data from cache"}),
+                vec![],
+            ),
+        }
+    }
+}
