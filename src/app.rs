@@ -30,6 +30,8 @@ pub struct App {
     /// The in-process store when one is in use (metrics, sync hit path).
     pub memory: Option<Arc<MemoryStore>>,
     pub coalescer: Arc<Coalescer<Arc<Fetched>>>,
+    /// Async-query jobs (GLOBAL_ASYNC_QUERIES) whose data fills their POST's entry.
+    pub jobs: Arc<crate::proxy::async_query::Jobs>,
     /// Canonical forms of recently seen request bodies (hit-path CPU saver).
     pub canon_memo: crate::fingerprint::memo::CanonMemo,
     /// Uncompressed and gzip copies of entries, for clients whose encoding
@@ -94,6 +96,7 @@ impl App {
             store,
             memory,
             coalescer: Coalescer::new(),
+            jobs: Default::default(),
             canon_memo,
             copies,
             offload,

@@ -122,7 +122,7 @@ impl RequestContext {
             s.push_str("; stored");
         }
         let detail = match self.outcome {
-            Outcome::Coalesced => Some("coalesced"),
+            Outcome::Coalesced => Some(self.detail.unwrap_or("coalesced")),
             Outcome::Stale if self.upstream_ms.is_none() => Some("stale"),
             _ => self.detail,
         };

@@ -23,6 +23,7 @@ pub mod fuzz_harness;
 pub mod healthcheck;
 pub mod identity;
 pub mod invalidate;
+pub mod jobs;
 pub mod jwt;
 pub mod key;
 pub mod layers;

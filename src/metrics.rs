@@ -36,6 +36,7 @@ pub const INVALIDATION_MESSAGES_TOTAL: &str = "chartcache_invalidation_messages_
 pub const CONNECTION_DEADLINES_TOTAL: &str = "chartcache_connection_deadlines_total";
 pub const BUFFERED_REQUEST_BODY_BYTES: &str = "chartcache_buffered_request_body_bytes";
 pub const REFUSED_TOTAL: &str = "chartcache_refused_total";
+pub const ASYNC_QUERIES_TOTAL: &str = "chartcache_async_queries_total";
 
 /// All metrics of one process.
 pub struct Metrics {
@@ -97,6 +98,12 @@ pub struct Metrics {
     pub buffered_body_bytes: IntGauge,
     /// reason (max_connections|refusals_busy|body_budget): connections or requests turned away
     pub refused: IntCounterVec,
+
+    // Async queries (GLOBAL_ASYNC_QUERIES).
+    /// event (ticket|untracked|wait|wait_timeout|linked|filled|marked_stale):
+    /// jobs remembered from `202` answers, POSTs that waited for a job's data
+    /// and how that ended, `done` events matched to a job, entries filled
+    pub async_queries: IntCounterVec,
 }
 
 fn buckets() -> Vec<f64> {
@@ -299,6 +306,11 @@ impl Metrics {
                 REFUSED_TOTAL,
                 "Connections or requests turned away at capacity, by reason",
                 &["reason"],
+            ),
+            async_queries: cv(
+                ASYNC_QUERIES_TOTAL,
+                "Async-query (GLOBAL_ASYNC_QUERIES) jobs and waits, by event",
+                &["event"],
             ),
             registry: r,
         };

@@ -29,6 +29,9 @@ pub(crate) struct FetchSpec {
     /// credentials any fetch of this spec sends (rebuilt by
     /// [`crate::credentials::apply`] over `parts`).
     pub(crate) creds: Option<Credentials>,
+    /// The route and scope of a client's miss (async queries remember them
+    /// for a job's data); `None` for background fetches.
+    pub(crate) origin: Option<(crate::route::CachedRoute, crate::identity::Scope)>,
 }
 
 impl FetchSpec {
@@ -51,6 +54,7 @@ impl FetchSpec {
             respect_superset_timeout: decision.respect_superset_timeout,
             custom_cache_timeout: facts.custom_cache_timeout,
             conn,
+            origin: None,
         }
     }
 

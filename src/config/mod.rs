@@ -209,6 +209,15 @@ pub struct CacheConfig {
     pub store_gzip: bool,
     /// How long followers wait for a coalesced leader before fetching themselves (ms).
     pub coalesce_wait_ms: u64,
+    /// Async queries (GLOBAL_ASYNC_QUERIES): how long identical chart-data
+    /// POSTs of one scope wait for the data of the job a `202` started
+    /// (locally and on other replicas, through the fetch lock) before they
+    /// are forwarded to Superset themselves (ms). 0 turns the wait off.
+    pub async_wait_ms: u64,
+    /// Async queries: jobs remembered at most (job → originating POST), so
+    /// that their data can fill the POST's entry. Beyond it, new jobs are
+    /// passed through unremembered.
+    pub async_max_jobs: u64,
 }
 
 impl Default for CacheConfig {
@@ -221,6 +230,8 @@ impl Default for CacheConfig {
             zstd_level: 3,
             store_gzip: true,
             coalesce_wait_ms: 60_000,
+            async_wait_ms: 30_000,
+            async_max_jobs: 10_000,
         }
     }
 }

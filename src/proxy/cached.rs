@@ -9,6 +9,7 @@ use std::time::Duration;
 use http::header::{self};
 use http::{Request, Response};
 
+use super::async_query::{self, ASYNC_WAIT};
 use super::fetch::{self, FetchResult, lookup, remote_leader, stale_secs};
 use super::refresh;
 use super::{build_upstream_request, send};
@@ -166,6 +167,8 @@ pub(super) async fn handle(
     let mut stale: Option<Arc<Entry>> = None;
     if canon.force {
         ctx.forced = true;
+    } else if route == CachedRoute::ResultUrl && async_query::result_pending(app, &key) {
+        // An async job's data is at Superset; what is stored is older.
     } else if let Some(entry) = lookup(app, &key).await {
         let now = app.clock.now_ms();
         match window(&entry.meta, &tier, now) {
@@ -221,7 +224,8 @@ pub(super) async fn handle(
     // Boxed: the miss path's state (coalescing, locks, the upstream exchange)
     // is most of this function's future, and a hit should neither carry nor
     // copy it.
-    let spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn, creds);
+    let mut spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn, creds);
+    async_query::prepare(app, &mut spec, route, &scope);
     let wait = Duration::from_millis(cfg.cache.coalesce_wait_ms);
     Box::pin(miss(app, spec, canon.force, wait, stale, accept, ctx)).await
 }
@@ -238,13 +242,33 @@ async fn miss(
 ) -> Result<Response<Body>, Error> {
     let key = spec.key;
     let coalesce_key = if force { force_key(&key) } else { key };
+    let coalesce_key = async_query::coalesce_key(coalesce_key, &spec.parts.headers);
     match app.coalescer.acquire(coalesce_key, wait).await {
+        // The leader's async job ticket is for its own channel only: wait
+        // for the job's data instead, or fetch alone.
+        Role::Follower(f) if f.status == http::StatusCode::ACCEPTED && f.entry.is_none() => {
+            if let Some(entry) = async_query::wait_for_job(app, &key).await {
+                ctx.outcome = Outcome::Coalesced;
+                ctx.detail = Some(ASYNC_WAIT);
+                let f = async_query::fetched_of(entry);
+                return serve_fetched(app, &key, &f, accept, app.clock.now_ms()).await;
+            }
+            fetch_alone(app, &spec, force, stale, accept, ctx).await
+        }
         Role::Follower(f) => {
             app.metrics.coalesced.with_label_values(&["local"]).inc();
             ctx.outcome = Outcome::Coalesced;
             serve_fetched(app, &key, &f, accept, app.clock.now_ms()).await
         }
         Role::Leader(guard) => {
+            // An async job of this key is running: its data, not another job.
+            if !force && let Some(entry) = async_query::wait_for_job(app, &key).await {
+                ctx.outcome = Outcome::Coalesced;
+                ctx.detail = Some(ASYNC_WAIT);
+                let f = async_query::fetched_of(entry);
+                guard.publish(f.clone());
+                return serve_fetched(app, &key, &f, accept, app.clock.now_ms()).await;
+            }
             // Across replicas: another replica may be fetching this key already.
             let remote_lock = match remote_leader(app, &key, force).await {
                 Ok(lock) => lock,
@@ -265,6 +289,17 @@ async fn miss(
                 }
             };
             let res = fetch::fetch(app, &spec, ctx, stale.as_ref()).await;
+            // An async job keeps the lock while it runs (before followers
+            // are woken: they look for the job).
+            let remote_lock = async_query::after_fetch(
+                app,
+                &spec,
+                force,
+                async_query::completed(&res),
+                remote_lock,
+                ctx,
+            )
+            .await;
             // The entry is stored (or will not be): release the lock now, before
             // this replica's own followers are woken. Releasing announces it to
             // the other replicas' waiters, and the announcement would otherwise
@@ -294,23 +329,36 @@ async fn miss(
                 }
             }
         }
-        Role::TimedOut => {
-            let res = fetch::fetch(app, &spec, ctx, stale.as_ref()).await?;
-            match res {
-                FetchResult::Complete {
-                    fetched,
-                    set_cookie,
-                } => {
-                    let mut resp =
-                        serve_fetched(app, &key, &fetched, accept, app.clock.now_ms()).await?;
-                    for c in set_cookie {
-                        resp.headers_mut().append(header::SET_COOKIE, c);
-                    }
-                    Ok(resp)
-                }
-                FetchResult::Streaming(resp) => Ok(resp),
+        Role::TimedOut => fetch_alone(app, &spec, force, stale, accept, ctx).await,
+    }
+}
+
+/// Fetch without coalescing (the wait for a leader ran out, or the leader's
+/// answer was another client's async ticket).
+async fn fetch_alone(
+    app: &App,
+    spec: &FetchSpec,
+    force: bool,
+    stale: Option<Arc<Entry>>,
+    accept: Accept,
+    ctx: &mut RequestContext,
+) -> Result<Response<Body>, Error> {
+    let res = fetch::fetch(app, spec, ctx, stale.as_ref()).await;
+    let done = async_query::completed(&res);
+    let _ = async_query::after_fetch(app, spec, force, done, None, ctx).await;
+    match res? {
+        FetchResult::Complete {
+            fetched,
+            set_cookie,
+        } => {
+            let mut resp =
+                serve_fetched(app, &spec.key, &fetched, accept, app.clock.now_ms()).await?;
+            for c in set_cookie {
+                resp.headers_mut().append(header::SET_COOKIE, c);
             }
+            Ok(resp)
         }
+        FetchResult::Streaming(resp) => Ok(resp),
     }
 }
 

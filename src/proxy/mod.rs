@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::route::{self, Route};
 use crate::upstream::{prepare_request_headers, strip_hop_by_hop};
 
+pub mod async_query;
 pub(crate) mod cached;
 mod fetch;
 mod refresh;
@@ -41,9 +42,15 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Respon
     let result = match route {
         Route::Pass => {
             ctx.outcome = Outcome::Pass;
+            let poll = async_query::is_event_poll(&app, req.method(), req.uri().path());
             // Boxed (as every path but the hit): its state stays out of the
             // hit's future.
-            Box::pin(forward_streaming(&app, req, conn, &mut ctx, "pass")).await
+            let resp = Box::pin(forward_streaming(&app, req, conn, &mut ctx, "pass")).await;
+            // An async-event poll is read as it passes, for `done` events.
+            match resp {
+                Ok(r) if poll => Ok(async_query::tap_events(app.clone(), r)),
+                other => other,
+            }
         }
         Route::Write(target) => {
             ctx.outcome = Outcome::Pass;
