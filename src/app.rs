@@ -31,7 +31,7 @@ pub struct App {
     pub memory: Option<Arc<MemoryStore>>,
     pub coalescer: Arc<Coalescer<Arc<Fetched>>>,
     /// Async-query jobs (GLOBAL_ASYNC_QUERIES) whose data fills their POST's entry.
-    pub jobs: Arc<crate::proxy::async_query::Jobs>,
+    pub jobs: Arc<crate::jobs::registry::Jobs>,
     /// Canonical forms of recently seen request bodies (hit-path CPU saver).
     pub canon_memo: crate::fingerprint::memo::CanonMemo,
     /// Uncompressed and gzip copies of entries, for clients whose encoding

@@ -3,7 +3,7 @@
 //! runs in a Celery worker, a `done` event on `/api/v1/async_event/` names
 //! its `result_url`, and `GET result_url` returns the data.
 //!
-//! chartcache keeps the job registry here:
+//! The registry is [`crate::jobs::registry`]; this drives it:
 //! - a `202` answer to a keyed POST is remembered as a job of that POST's key,
 //!   scope, tier and tags ([`after_fetch`]); the cross-replica fetch lock of
 //!   the key stays held while the job runs;
@@ -20,11 +20,9 @@
 //!
 //! Nothing here runs on a hit.
 
-use std::collections::HashMap;
 use std::io::Read as _;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -33,18 +31,17 @@ use http::header::{self, HeaderMap};
 use http::{Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::fetch::FetchResult;
 use crate::app::App;
 use crate::body::{Body, BoxError};
-use crate::config::TierConfig;
 use crate::context::RequestContext;
 use crate::error::Error;
 use crate::fingerprint;
 use crate::identity::Scope;
 use crate::jobs;
+use crate::jobs::registry::{Job, Registered};
 use crate::key::CacheKey;
 use crate::respond::Fetched;
 use crate::route::CachedRoute;
@@ -56,72 +53,6 @@ use crate::store::redis::lock::RemoteLock;
 pub const ASYNC_WAIT: &str = "async-wait";
 /// `Cache-Status` detail of the `result_url` GET whose data filled a job's POST.
 pub const ASYNC_FILLED: &str = "async-filled";
-/// How long a job is remembered for its data to fill the POST's entry: the
-/// life of a Superset async result is of this order too.
-const JOB_TTL: Duration = Duration::from_secs(600);
-
-/// Where a job's data goes: the originating POST's key, scope and policy.
-struct Job {
-    job_id: String,
-    post_key: CacheKey,
-    scope: Scope,
-    tier: Option<Arc<TierConfig>>,
-    tags: Vec<String>,
-    respect_superset_timeout: bool,
-    custom_cache_timeout: Option<u64>,
-    created: Instant,
-}
-
-/// Waiters for the data of a running job of one POST key.
-struct Wait {
-    serial: u64,
-    tx: watch::Sender<Option<Arc<Entry>>>,
-    /// The cross-replica fetch lock of the key, held while the job runs:
-    /// other replicas wait for its release, then read the entry.
-    _lock: Option<RemoteLock>,
-}
-
-#[derive(Default)]
-struct Inner {
-    /// Job id → job, from `202` answers.
-    jobs: HashMap<String, Arc<Job>>,
-    /// `result_url` key in the job's scope → job, once its `done` event was seen.
-    results: HashMap<CacheKey, Arc<Job>>,
-    /// POST key → waiters of its running job.
-    waits: HashMap<CacheKey, Wait>,
-}
-
-/// The job registry of this process (bounded by `cache.async_max_jobs` and
-/// [`JOB_TTL`]).
-#[derive(Default)]
-pub struct Jobs {
-    inner: Mutex<Inner>,
-    /// Jobs remembered: the `async_event` tap does nothing while it is 0.
-    count: AtomicUsize,
-    serial: AtomicU64,
-}
-
-impl Jobs {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Jobs remembered (metrics, tests).
-    pub fn len(&self) -> usize {
-        self.count.load(Ordering::Relaxed)
-    }
-
-    /// Whether no job is remembered.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn sync_count(&self, inner: &Inner) {
-        self.count
-            .store(inner.jobs.len() + inner.results.len(), Ordering::Relaxed);
-    }
-}
-
 /// Step 7 of the cached path, once per miss: note the route and scope, and
 /// give a linked `result_url` GET its job's tier and tags (its entry is
 /// the POST's data, invalidated with it).
@@ -130,7 +61,7 @@ pub(super) fn prepare(app: &App, spec: &mut FetchSpec, route: CachedRoute, scope
     if route != CachedRoute::ResultUrl {
         return;
     }
-    if let Some(job) = app.jobs.lock().results.get(&spec.key) {
+    if let Some(job) = app.jobs.linked(&spec.key) {
         spec.tier = job.tier.clone().or(spec.tier.take());
         spec.tags = job.tags.clone();
         spec.respect_superset_timeout = job.respect_superset_timeout;
@@ -141,7 +72,7 @@ pub(super) fn prepare(app: &App, spec: &mut FetchSpec, route: CachedRoute, scope
 /// Whether a `result_url` key has a job whose data is not stored yet: its
 /// GET goes to Superset (an older entry under the key is not that data).
 pub(super) fn result_pending(app: &App, key: &CacheKey) -> bool {
-    !app.jobs.is_empty() && app.jobs.lock().results.contains_key(key)
+    app.jobs.linked(key).is_some()
 }
 
 /// The coalescing key of a miss: requests with and without an `async-token`
@@ -160,16 +91,13 @@ pub(super) fn coalesce_key(key: CacheKey, headers: &HeaderMap) -> CacheKey {
 /// If a job of `key` is running, wait (bounded by `cache.async_wait_ms`) for
 /// its data. `None`: no job, or it did not deliver in time.
 pub(super) async fn wait_for_job(app: &App, key: &CacheKey) -> Option<Arc<Entry>> {
-    if app.jobs.is_empty() {
-        return None;
-    }
-    let mut rx = app.jobs.lock().waits.get(key)?.tx.subscribe();
+    let mut rx = app.jobs.subscribe(key)?;
     let wait = Duration::from_millis(app.config.load().cache.async_wait_ms);
     let res = tokio::time::timeout(wait, rx.wait_for(Option::is_some)).await;
     match res {
         Ok(Ok(v)) => {
             app.metrics.async_queries.with_label_values(&["wait"]).inc();
-            v.clone()
+            (*v).clone()
         }
         _ => {
             app.metrics
@@ -211,8 +139,7 @@ pub(super) async fn after_fetch(
         }
         CachedRoute::ResultUrl => {
             if let Some(entry) = &fetched.entry {
-                let job = app.jobs.lock().results.get(&spec.key).cloned();
-                if let Some(job) = job {
+                if let Some(job) = app.jobs.linked(&spec.key) {
                     fill(app, &job, spec.key, entry.clone()).await;
                     ctx.detail = Some(ASYNC_FILLED);
                 }
@@ -254,53 +181,28 @@ async fn started(
         custom_cache_timeout: spec.custom_cache_timeout,
         created: Instant::now(),
     });
-    let serial = app.jobs.serial.fetch_add(1, Ordering::Relaxed);
     let wait_ms = cfg.cache.async_wait_ms;
-    {
-        let mut inner = app.jobs.lock();
-        let max = cfg.cache.async_max_jobs as usize;
-        if inner.jobs.len() + inner.results.len() >= max {
-            inner.jobs.retain(|_, j| j.created.elapsed() < JOB_TTL);
-            inner.results.retain(|_, j| j.created.elapsed() < JOB_TTL);
-        }
-        if inner.jobs.len() + inner.results.len() >= max {
-            drop(inner);
+    let max = cfg.cache.async_max_jobs as usize;
+    let serial = match app.jobs.register(job, max, wait_ms > 0, lock) {
+        Registered::Yes(serial) => serial,
+        Registered::Full(lock) => {
             app.metrics
                 .async_queries
                 .with_label_values(&["untracked"])
                 .inc();
             return lock;
         }
-        inner.jobs.insert(job.job_id.clone(), job.clone());
-        // One wait per key: a job started while another runs (its waiters
-        // gave up, or a forced refresh) takes the wait over; the old one's
-        // waiters are released and forward.
-        if wait_ms > 0 {
-            let (tx, _) = watch::channel(None);
-            inner.waits.insert(
-                spec.key,
-                Wait {
-                    serial,
-                    tx,
-                    _lock: lock,
-                },
-            );
-        }
-        app.jobs.sync_count(&inner);
-    }
+    };
     app.metrics
         .async_queries
         .with_label_values(&["ticket"])
         .inc();
-    if wait_ms > 0 {
+    if let Some(serial) = serial {
         let (jobs, key) = (app.jobs.clone(), spec.key);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-            let mut inner = jobs.lock();
-            if inner.waits.get(&key).is_some_and(|w| w.serial == serial) {
-                // Dropped: waiters forward, the lock is released.
-                inner.waits.remove(&key);
-            }
+            // Waiters forward; the lock is released.
+            jobs.end_wait(&key, serial);
         });
     }
     if force {
@@ -341,16 +243,7 @@ async fn fill(app: &App, job: &Job, result_key: CacheKey, entry: Arc<Entry>) {
     if let Err(e) = app.store.put(&job.post_key, entry.clone()).await {
         tracing::warn!(error = %e, key = %job.post_key.short(), "storing a job's data failed");
     }
-    let wait = {
-        let mut inner = app.jobs.lock();
-        inner.results.remove(&result_key);
-        inner.jobs.remove(&job.job_id);
-        app.jobs.sync_count(&inner);
-        inner.waits.remove(&job.post_key)
-    };
-    if let Some(w) = wait {
-        let _ = w.tx.send(Some(entry));
-    }
+    app.jobs.filled(job, &result_key, entry);
     app.metrics
         .async_queries
         .with_label_values(&["filled"])
@@ -361,26 +254,23 @@ async fn fill(app: &App, job: &Job, result_key: CacheKey, entry: Arc<Entry>) {
 /// job's own scope (a `done` event names a URL that is the same for every
 /// user; the data is the job's principal's).
 fn done(app: &App, d: &jobs::Done) {
-    let mut inner = app.jobs.lock();
-    let Some(job) = inner.jobs.get(&d.job_id).cloned() else {
-        return;
-    };
-    let key = job.scope.with_key_part(|scope| {
-        fingerprint::build_key(
-            CachedRoute::ResultUrl,
-            &d.result_url,
-            &[],
-            scope,
-            &fingerprint::body_digest(b""),
-        )
+    let linked = app.jobs.link(&d.job_id, |job| {
+        job.scope.with_key_part(|scope| {
+            fingerprint::build_key(
+                CachedRoute::ResultUrl,
+                &d.result_url,
+                &[],
+                scope,
+                &fingerprint::body_digest(b""),
+            )
+        })
     });
-    inner.results.insert(key, job);
-    app.jobs.sync_count(&inner);
-    drop(inner);
-    app.metrics
-        .async_queries
-        .with_label_values(&["linked"])
-        .inc();
+    if linked {
+        app.metrics
+            .async_queries
+            .with_label_values(&["linked"])
+            .inc();
+    }
 }
 
 /// Whether a pass-through request is an async-event poll worth reading:
@@ -496,6 +386,7 @@ impl HttpBody for Tap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     #[tokio::test]
     async fn the_tap_passes_every_byte_and_sees_the_whole_body() {

@@ -2,11 +2,14 @@
 //! the `202` job ticket of a chart-data POST, the `done` events of
 //! `/api/v1/async_event/`, the shape of a `result_url`, and whether a request
 //! carries an `async-token` cookie. Nothing here trusts what it reads beyond
-//! matching it against what chartcache itself saw pass.
+//! matching it against what chartcache itself saw pass. [`registry`] keeps
+//! the jobs of this process.
 
 use http::HeaderMap;
 use http::header;
 use serde::Deserialize;
+
+pub mod registry;
 
 /// Largest ticket body read (Superset's is about 150 bytes).
 const MAX_TICKET_BYTES: usize = 16 * 1024;
