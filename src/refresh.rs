@@ -333,6 +333,7 @@ mod tests {
                 proto: "http",
             },
             creds: None,
+            origin: None,
         }
     }
 

@@ -309,6 +309,12 @@ mod tests {
             Route::Cached(CachedRoute::ExploreJson)
         );
         assert_eq!(c(Method::GET, "/superset/dashboard/sales/"), Route::Pass);
+        // An async query's result_url: the same URL for every user.
+        let qc = "/api/v1/chart/data/qc-0f3a9c";
+        assert_eq!(c(Method::GET, qc), Route::Cached(CachedRoute::ResultUrl));
+        assert_eq!(c(Method::POST, qc), Route::Pass);
+        assert_eq!(c(Method::GET, "/api/v1/chart/data/other"), Route::Pass);
+        assert_eq!(c(Method::DELETE, "/api/v1/chart/data/qc-1"), Route::Pass);
         assert_eq!(c(Method::GET, "/"), Route::Pass);
         assert_eq!(c(Method::GET, ""), Route::Pass);
     }
