@@ -150,6 +150,14 @@ fn gaq_upstream(up: &Upstream, job: Duration) {
         .store(job.as_millis() as u64, std::sync::atomic::Ordering::SeqCst);
 }
 
+fn metric(p: &Proxy, labels: &str) -> f64 {
+    let text = String::from_utf8(p.app.metrics.render()).unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("chartcache_async_queries_total") && l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 fn user_of(data: &Value) -> &str {
     data["result"][0]["user"].as_str().unwrap_or("?")
 }
@@ -209,6 +217,12 @@ async fn twenty_channels_of_one_user_make_one_job_and_each_gets_its_data() {
         up.state.gaq.result_gets() <= 1,
         "one result_url GET upstream"
     );
+    assert_eq!(metric(&p, "event=\"ticket\""), 1.0);
+    assert_eq!(metric(&p, "event=\"linked\""), 1.0);
+    assert_eq!(metric(&p, "event=\"filled\""), 1.0);
+    assert!(metric(&p, "event=\"wait\"") >= 1.0);
+    assert_eq!(metric(&p, "event=\"wait_timeout\""), 0.0);
+    assert!(p.app.jobs.is_empty(), "a filled job is forgotten");
 
     // The second load is all hits.
     let second = stampede(&c, &[&p], 20).await;
@@ -393,4 +407,59 @@ async fn start_redis(up: &Upstream, r: &redis_support::RedisProc) -> Proxy {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     Proxy::start_app(App::new(cfg, built.store, built.memory, metrics, clock).unwrap()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_wait_bound_a_post_is_forwarded_with_its_own_ticket() {
+    let up = Upstream::start().await;
+    gaq_upstream(&up, Duration::from_millis(1_500));
+    let mut cfg = test_config(&up.url());
+    cfg.cache.async_wait_ms = 200;
+    let proxy = Proxy::start(cfg).await;
+    let p = &proxy.url("");
+    let c = TestClient::new();
+    let (one, two) = (
+        Browser::new(2, "alice", "one"),
+        Browser::new(2, "alice", "two"),
+    );
+
+    let first = post(&c, p, &one, &body(false)).await;
+    assert_eq!(first.status, 202);
+    let started = Instant::now();
+    let second = post(&c, p, &two, &body(false)).await;
+    assert_eq!(second.status, 202, "forwarded once the wait ran out");
+    assert_eq!(second.json()["channel_id"], json!("two"), "its own ticket");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+    assert_eq!(up.state.gaq.jobs(), 2);
+    assert_eq!(metric(&proxy, "event=\"wait_timeout\""), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purge_of_the_posts_tags_removes_the_result_url_entry_too() {
+    let up = Upstream::start().await;
+    gaq_upstream(&up, Duration::from_millis(50));
+    let proxy = Proxy::start(test_config(&up.url())).await;
+    let p = &proxy.url("");
+    let c = TestClient::new();
+    let alice = Browser::new(2, "alice", "alice-ch");
+
+    let l = load(&c, p, &alice, &body(false)).await.unwrap();
+    let (url, _) = l.result.unwrap();
+    let hit = get(&c, p, &alice, &url).await;
+    assert!(hit.cache_status().starts_with("chartcache; hit"));
+    // The fixture's datasource is table 1: the POST's tag, given to its result_url.
+    let r = proxy.purge(&c, r#"{"tags": ["dataset:1__table"]}"#).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let again = get(&c, p, &alice, &url).await;
+    assert!(
+        again.cache_status().contains("fwd=miss"),
+        "{}",
+        again.cache_status()
+    );
+    let post_again = post(&c, p, &alice, &body(false)).await;
+    assert!(
+        !post_again.cache_status().starts_with("chartcache; hit"),
+        "{}",
+        post_again.cache_status()
+    );
 }

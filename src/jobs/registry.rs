@@ -162,6 +162,13 @@ impl Jobs {
         self.lock().results.get(result_key).cloned()
     }
 
+    /// Forget the link of a `result_url` key whose data did not come.
+    pub fn unlink(&self, result_key: &CacheKey) {
+        let mut inner = self.lock();
+        inner.results.remove(result_key);
+        self.sync_count(&inner);
+    }
+
     /// The job's data is stored: forget the job and its link, and hand the
     /// entry to its waiters (releasing the lock).
     pub fn filled(&self, job: &Job, result_key: &CacheKey, entry: Arc<Entry>) {

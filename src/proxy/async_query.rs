@@ -138,11 +138,15 @@ pub(super) async fn after_fetch(
             started(app, spec, scope, force, &fetched.body, lock).await
         }
         CachedRoute::ResultUrl => {
-            if let Some(entry) = &fetched.entry {
-                if let Some(job) = app.jobs.linked(&spec.key) {
+            match (&fetched.entry, app.jobs.linked(&spec.key)) {
+                (Some(entry), Some(job)) => {
                     fill(app, &job, spec.key, entry.clone()).await;
                     ctx.detail = Some(ASYNC_FILLED);
                 }
+                // Superset has no data for it (422: gone, 404: unknown): the
+                // link would only keep sending this key's GETs upstream.
+                (None, Some(_)) => app.jobs.unlink(&spec.key),
+                _ => {}
             }
             lock
         }
