@@ -24,8 +24,6 @@ use support::*;
 /// A browser login: its session and its own async channel.
 #[derive(Clone)]
 struct Browser {
-    user_id: u64,
-    user: &'static str,
     channel: String,
     cookie: String,
 }
@@ -38,8 +36,6 @@ impl Browser {
             gaq::token(channel, user_id)
         );
         Browser {
-            user_id,
-            user,
             channel: channel.to_string(),
             cookie,
         }

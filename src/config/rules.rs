@@ -137,7 +137,8 @@ pub struct RuleConfig {
     pub viz_type: Vec<String>,
     pub result_format: Vec<String>,
     pub result_type: Vec<String>,
-    /// Route kinds: `chart_data`, `chart_data_get`, `explore_json`.
+    /// Route kinds: `chart_data`, `chart_data_get`, `explore_json`,
+    /// `chart_data_result` (an async query's `result_url`).
     pub route: Vec<String>,
     /// Path prefix.
     pub path_prefix: Option<String>,

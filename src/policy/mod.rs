@@ -86,7 +86,7 @@ impl Policy {
             for rt in &r.route {
                 if !matches!(
                     rt.as_str(),
-                    "chart_data" | "chart_data_get" | "explore_json"
+                    "chart_data" | "chart_data_get" | "explore_json" | "chart_data_result"
                 ) {
                     anyhow::bail!("{label}: unknown route {rt:?}");
                 }
