@@ -113,9 +113,21 @@ async fn load(c: &TestClient, p: &str, b: &Browser, body: &Value) -> Result<Load
         if Instant::now() > deadline {
             return Err(format!("no event for job {job} on channel {}", b.channel));
         }
-        let r = get(c, p, b, &format!("/api/v1/async_event/?last_id={last}")).await;
+        // Browsers accept gzip, and Superset compresses the poll answers.
+        let r = c
+            .send(
+                Method::GET,
+                &format!("{p}/api/v1/async_event/?last_id={last}"),
+                &[("cookie", b.cookie.as_str()), ("accept-encoding", "gzip")],
+                "",
+            )
+            .await;
         assert_eq!(r.status, 200, "async_event passes through");
-        let events = r.json()["result"].as_array().cloned().unwrap_or_default();
+        assert_eq!(r.header("content-encoding").as_deref(), Some("gzip"));
+        let events = serde_json::from_slice::<Value>(&r.decoded()).unwrap()["result"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
         if let Some(e) = events.last() {
             last = e["id"].as_str().unwrap().to_string();
         }
