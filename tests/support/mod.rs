@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod gaq;
 pub mod gunicorn;
 pub mod upstream;
