@@ -13,6 +13,11 @@ use crate::key::CacheKey;
 /// `x-request-id`, as a constant: a name given as `&str` is parsed and, not
 /// being a standard header, copied on every insert.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request's id, set by the request-id layer as a request extension so
+/// the request path does not read the header again.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
 /// RFC 9211 `Cache-Status`.
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 

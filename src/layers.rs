@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
-use crate::context::{Outcome, RequestContext, X_REQUEST_ID};
+use crate::context::{Outcome, RequestContext, RequestId, X_REQUEST_ID};
 use crate::deadline::{Active, Activity, Tracked};
 use crate::metrics::Metrics;
 
@@ -18,14 +18,16 @@ use crate::metrics::Metrics;
 pub struct RequestIdLayer;
 
 impl<S> Layer<S> for RequestIdLayer {
-    type Service = RequestId<S>;
+    type Service = SetRequestId<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RequestId { inner }
+        SetRequestId { inner }
     }
 }
 
+/// Sets the `x-request-id` header (forwarded to Superset) and the typed
+/// [`RequestId`] extension (read by the request path).
 #[derive(Clone)]
-pub struct RequestId<S> {
+pub struct SetRequestId<S> {
     inner: S,
 }
 
@@ -36,7 +38,7 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
 }
 
-impl<S, B> Service<Request<B>> for RequestId<S>
+impl<S, B> Service<Request<B>> for SetRequestId<S>
 where
     S: Service<Request<B>>,
 {
@@ -47,13 +49,15 @@ where
         self.inner.poll_ready(cx)
     }
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ok = req
-            .headers()
-            .get(X_REQUEST_ID)
-            .is_some_and(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok());
-        if !ok {
-            req.headers_mut().insert(X_REQUEST_ID, new_request_id());
-        }
+        let id = match req.headers().get(X_REQUEST_ID) {
+            Some(v) if !v.is_empty() && v.len() <= 128 && v.to_str().is_ok() => v.clone(),
+            _ => {
+                let v = new_request_id();
+                req.headers_mut().insert(X_REQUEST_ID, v.clone());
+                v
+            }
+        };
+        req.extensions_mut().insert(RequestId(id));
         self.inner.call(req)
     }
 }

@@ -18,7 +18,7 @@ pub mod deadline;
 pub mod error;
 pub mod explain;
 pub mod fingerprint;
-#[doc(hidden)]
+#[cfg(any(test, fuzzing))]
 pub mod fuzz_harness;
 pub mod healthcheck;
 pub mod identity;

@@ -15,7 +15,7 @@
 //!
 //! Both kinds re-check the store after taking the lead (someone may have
 //! stored a newer entry meanwhile), so a key is refreshed once per generation.
-//! Across replicas they take the shared fetch lock (`store::redis::lock`), the same
+//! Across replicas they take the shared fetch lock (`store::lock`), the same
 //! one cross-replica coalescing of misses uses: a replica that finds it held
 //! leaves the refresh to its holder.
 

@@ -376,7 +376,7 @@ async fn a_release_is_announced_only_by_its_holder() {
 /// extending: its lock lapses by the TTL, as `fetch_lock_is_exclusive_and_released_by_token` shows.)
 #[tokio::test]
 async fn a_held_fetch_lock_outlives_its_ttl_and_is_released_when_dropped() {
-    use chartcache::store::redis::lock::{Remote, coordinate};
+    use chartcache::store::lock::{Remote, coordinate};
     let r = RedisProc::server(&[]);
     let s = store(RedisConfig {
         lock_ttl_ms: 300,
@@ -410,7 +410,7 @@ async fn a_held_fetch_lock_outlives_its_ttl_and_is_released_when_dropped() {
 /// is given back at once.
 #[tokio::test]
 async fn an_entry_stored_before_the_lock_was_taken_is_served_not_fetched() {
-    use chartcache::store::redis::lock::{Remote, coordinate};
+    use chartcache::store::lock::{Remote, coordinate};
     let r = RedisProc::server(&[]);
     let s = store(cfg(r.url()));
     let stored = entry(&[], 60_000, 0);

@@ -16,7 +16,7 @@ use crate::config::TierConfig;
 use crate::identity::Scope;
 use crate::key::CacheKey;
 use crate::store::Entry;
-use crate::store::redis::lock::RemoteLock;
+use crate::store::lock::RemoteLock;
 
 /// How long a job is remembered for its data to fill the POST's entry: the
 /// life of a Superset async result is of this order too.

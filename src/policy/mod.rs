@@ -203,14 +203,12 @@ fn rule_matches(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bypass {
     NoCredential,
-    IdentityDenied,
+    /// Superset or local verification refused the credential.
+    Denied(crate::identity::Denial),
     IdentityError,
     Unkeyable(crate::fingerprint::Unkeyable),
     BodyTooLarge,
     Rule,
-    /// Local verification refused the credential (forged, expired or invalid
-    /// JWT or guest token); the reason is the `Cache-Status` detail.
-    CredentialInvalid(&'static str),
     /// The credential headers can be read more than one way (duplicate or
     /// empty, named by `Connection`, non-ASCII cookies): what would key the
     /// entry might not be what Superset answers for.
@@ -221,12 +219,11 @@ impl Bypass {
     pub fn as_str(&self) -> &'static str {
         match self {
             Bypass::NoCredential => "no-credential",
-            Bypass::IdentityDenied => "identity-denied",
+            Bypass::Denied(d) => d.as_str(),
             Bypass::IdentityError => "identity-error",
             Bypass::Unkeyable(u) => u.as_str(),
             Bypass::BodyTooLarge => "body-too-large",
             Bypass::Rule => "rule",
-            Bypass::CredentialInvalid(why) => why,
             Bypass::AmbiguousCredential => "ambiguous-credential",
         }
     }

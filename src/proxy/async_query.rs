@@ -47,7 +47,7 @@ use crate::respond::Fetched;
 use crate::route::CachedRoute;
 use crate::spec::FetchSpec;
 use crate::store::Entry;
-use crate::store::redis::lock::RemoteLock;
+use crate::store::lock::RemoteLock;
 
 /// `Cache-Status` detail of a POST answered with a job's data it waited for.
 pub const ASYNC_WAIT: &str = "async-wait";

@@ -6,7 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::{self};
+use bytes::Bytes;
+use http::header;
 use http::{Request, Response};
 
 use super::async_query::{self, ASYNC_WAIT};
@@ -16,15 +17,14 @@ use super::{build_upstream_request, send};
 use crate::app::App;
 use crate::body::{self, Body, Limited};
 use crate::coalesce::Role;
-use crate::config::{IdentityKind, ScopeKind};
-use crate::context::ConnInfo;
-use crate::context::{Outcome, RequestContext};
+use crate::config::{IdentityKind, ScopeKind, TierConfig};
+use crate::context::{ConnInfo, Outcome, RequestContext};
 use crate::error::Error;
-use crate::fingerprint;
-use crate::identity::{Extracted, Scope, ScopeOutcome};
+use crate::fingerprint::{self, memo::Canonical};
+use crate::identity::{Credentials, Extracted, Scope, ScopeOutcome};
 use crate::key::CacheKey;
 use crate::offload;
-use crate::policy::Bypass;
+use crate::policy::{Bypass, Decision};
 use crate::refresh::Hotness;
 use crate::respond::{self, Accept, Fetched};
 use crate::route::CachedRoute;
@@ -54,100 +54,20 @@ pub(super) async fn handle(
         }
     };
 
-    // 2. Canonical form and facts. Unkeyable bodies go to Superset byte-for-byte.
-    let content_type = parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok());
-    let canon = match app.canon_memo.canonicalize(
-        route,
-        parts.uri.path(),
-        parts.uri.query(),
-        content_type,
-        &body,
-    ) {
-        Ok(c) => c,
-        Err(u) => {
-            return bypass(
-                app,
-                parts,
-                body::full(body),
-                conn,
-                ctx,
-                Bypass::Unkeyable(u),
-            )
-            .await;
-        }
-    };
-
-    // 3. Credentials, read once hop-by-hop headers are gone (what keys the
-    // entry is what Superset will see), then policy: tier or bypass.
+    // 2–4. Canonical form, credentials, policy and identity scope; anything
+    // that cannot be keyed safely goes to Superset byte-for-byte, uncached.
     crate::upstream::check_host(&parts.headers)?;
-    let creds = match app.identity.credentials(&mut parts.headers, parts.version) {
-        Extracted::None => None,
-        Extracted::Set(c) => Some(c),
-        Extracted::Ambiguous(why) => {
-            tracing::debug!(
-                why = why.as_str(),
-                "ambiguous credentials; forwarding uncached"
-            );
-            let why = Bypass::AmbiguousCredential;
-            return bypass(app, parts, body::full(body), conn, ctx, why).await;
-        }
-    };
-    let decision = app.policy.load().decide_with(
-        route,
-        parts.uri.path(),
-        &canon.facts,
-        canon.time_range_end,
-        IdentityKind::of(creds.as_ref()),
-        app.clock.now_ms(),
-    );
-    let Some(tier) = decision.tier.clone() else {
-        return bypass(app, parts, body::full(body), conn, ctx, Bypass::Rule).await;
+    let Keyed {
+        canon,
+        creds,
+        decision,
+        tier,
+        scope,
+    } = match keyed(app, route, &mut parts, &body).await {
+        Ok(k) => k,
+        Err(why) => return bypass(app, parts, body::full(body), conn, ctx, why).await,
     };
     ctx.tier = Some(tier.clone());
-
-    // 4. Identity: never serve one principal's data to another.
-    let scope = match decision.scope {
-        ScopeKind::Public => Scope::Public,
-        kind @ (ScopeKind::User | ScopeKind::Roles) => {
-            let Some(creds) = &creds else {
-                return bypass(
-                    app,
-                    parts,
-                    body::full(body),
-                    conn,
-                    ctx,
-                    Bypass::NoCredential,
-                )
-                .await;
-            };
-            match app.identity.scope(creds, kind, &app.upstream).await {
-                Ok(ScopeOutcome::Scope(s)) => s,
-                Ok(ScopeOutcome::Denied(why)) => {
-                    let why = if why == "identity-denied" {
-                        Bypass::IdentityDenied
-                    } else {
-                        Bypass::CredentialInvalid(why)
-                    };
-                    return bypass(app, parts, body::full(body), conn, ctx, why).await;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "identity lookup failed; forwarding uncached");
-                    return bypass(
-                        app,
-                        parts,
-                        body::full(body),
-                        conn,
-                        ctx,
-                        Bypass::IdentityError,
-                    )
-                    .await;
-                }
-            }
-        }
-    };
     ctx.scope_kind = Some(scope.kind());
 
     // 5. The key.
@@ -228,6 +148,90 @@ pub(super) async fn handle(
     async_query::prepare(app, &mut spec, route, &scope);
     let wait = Duration::from_millis(cfg.cache.coalesce_wait_ms);
     Box::pin(miss(app, spec, canon.force, wait, stale, accept, ctx)).await
+}
+
+/// What steps 2–4 of [`handle`] establish for a request that may be cached.
+struct Keyed {
+    canon: Arc<Canonical>,
+    creds: Option<Credentials>,
+    decision: Decision,
+    tier: Arc<TierConfig>,
+    scope: Scope,
+}
+
+/// Steps 2–4 of [`handle`]: the canonical form and facts, the credential set
+/// (read once hop-by-hop headers are gone: what keys the entry is what
+/// Superset will see), the policy decision, and the identity scope — or why
+/// the request is forwarded uncached.
+async fn keyed(
+    app: &App,
+    route: CachedRoute,
+    parts: &mut http::request::Parts,
+    body: &Bytes,
+) -> Result<Keyed, Bypass> {
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let canon = app
+        .canon_memo
+        .canonicalize(
+            route,
+            parts.uri.path(),
+            parts.uri.query(),
+            content_type,
+            body,
+        )
+        .map_err(Bypass::Unkeyable)?;
+    let creds = match app.identity.credentials(&mut parts.headers, parts.version) {
+        Extracted::None => None,
+        Extracted::Set(c) => Some(c),
+        Extracted::Ambiguous(why) => {
+            tracing::debug!(
+                why = why.as_str(),
+                "ambiguous credentials; forwarding uncached"
+            );
+            return Err(Bypass::AmbiguousCredential);
+        }
+    };
+    let decision = app.policy.load().decide_with(
+        route,
+        parts.uri.path(),
+        &canon.facts,
+        canon.time_range_end,
+        IdentityKind::of(creds.as_ref()),
+        app.clock.now_ms(),
+    );
+    let tier = decision.tier.clone().ok_or(Bypass::Rule)?;
+    let scope = resolve_scope(app, decision.scope, creds.as_ref()).await?;
+    Ok(Keyed {
+        canon,
+        creds,
+        decision,
+        tier,
+        scope,
+    })
+}
+
+/// Step 4: never serve one principal's data to another. The scope the key is
+/// built with, or why there is none.
+async fn resolve_scope(
+    app: &App,
+    kind: ScopeKind,
+    creds: Option<&Credentials>,
+) -> Result<Scope, Bypass> {
+    if kind == ScopeKind::Public {
+        return Ok(Scope::Public);
+    }
+    let creds = creds.ok_or(Bypass::NoCredential)?;
+    match app.identity.scope(creds, kind, &app.upstream).await {
+        Ok(ScopeOutcome::Scope(s)) => Ok(s),
+        Ok(ScopeOutcome::Denied(why)) => Err(Bypass::Denied(why)),
+        Err(e) => {
+            tracing::warn!(error = %e, "identity lookup failed; forwarding uncached");
+            Err(Bypass::IdentityError)
+        }
+    }
 }
 
 /// Step 7 of [`handle`]: lead the fetch of `spec.key` or follow the leader's.

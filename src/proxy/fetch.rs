@@ -20,16 +20,16 @@ use crate::offload;
 use crate::policy::{self, Cacheability, NotStorable};
 use crate::respond::{self, Fetched};
 use crate::spec::FetchSpec;
-use crate::store::{Entry, Meta};
+use crate::store::{Entry, Meta, Peek};
 
-/// Cross-replica coalescing (see `store::redis::lock`): `Ok(lock)` → fetch, holding
+/// Cross-replica coalescing (see `store::lock`): `Ok(lock)` → fetch, holding
 /// the lock (if any) until stored; `Err(fetched)` → another replica's entry.
 pub(crate) async fn remote_leader(
     app: &App,
     key: &CacheKey,
     force: bool,
-) -> Result<Option<crate::store::redis::lock::RemoteLock>, Arc<Fetched>> {
-    use crate::store::redis::lock::{Remote, coordinate};
+) -> Result<Option<crate::store::lock::RemoteLock>, Arc<Fetched>> {
+    use crate::store::lock::{Remote, coordinate};
     if force {
         return Ok(None);
     }
@@ -52,9 +52,12 @@ pub(super) fn stale_secs(entry: &Entry, now: u64) -> i64 {
 
 /// Store lookup that fails open: errors are misses.
 pub(crate) async fn lookup(app: &App, key: &CacheKey) -> Option<Arc<Entry>> {
-    // The memory store answers synchronously: no boxed future on the hit path.
-    if let (Some(mem), true) = (&app.memory, app.store.name() == "memory") {
-        return mem.get_sync(key);
+    // Memory (and a tiered store's L1) answers synchronously: no boxed
+    // future on the hit path.
+    match app.store.peek(key) {
+        Peek::Found(e) => return Some(e),
+        Peek::Absent => return None,
+        Peek::Unknown => {}
     }
     match app.store.get(key).await {
         Ok(e) => e,

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::body::{self, Body};
-use crate::context::{CACHE_STATUS, Outcome, RequestContext, X_REQUEST_ID};
+use crate::context::{CACHE_STATUS, Outcome, RequestContext, RequestId, X_REQUEST_ID};
 use crate::error::Error;
 use crate::route::{self, Route};
 use crate::upstream::{prepare_request_headers, strip_hop_by_hop};
@@ -26,10 +26,9 @@ pub use crate::context::ConnInfo;
 /// the context travels out in the response extensions for metrics and logs.
 pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
     let request_id = req
-        .headers()
-        .get(X_REQUEST_ID)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("-"));
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(|| HeaderValue::from_static("-"), |id| id.0.clone());
     let mut ctx = RequestContext::new(request_id, req.method().clone(), req.uri().clone());
     let cfg = app.config.load();
     let route = route::classify(

@@ -3,7 +3,7 @@
 //!
 //! Both kinds re-check the store after taking the lead (someone may have
 //! stored a newer entry meanwhile), so a key is refreshed once per generation.
-//! Across replicas they take the shared fetch lock (`store::redis::lock`), the same
+//! Across replicas they take the shared fetch lock (`store::lock`), the same
 //! one cross-replica coalescing of misses uses: a replica that finds it held
 //! leaves the refresh to its holder.
 
@@ -17,7 +17,7 @@ use crate::key::CacheKey;
 use crate::refresh::{Finished, HotJob};
 use crate::respond::Fetched;
 use crate::spec::FetchSpec;
-use crate::store::{Entry, Purge, Store};
+use crate::store::Entry;
 
 use super::fetch;
 
@@ -91,7 +91,7 @@ async fn run(app: &App, spec: &FetchSpec, guard: LeaderGuard<Arc<Fetched>>, kind
         count(app, kind, "skipped");
         return;
     }
-    // Across replicas: the shared fetch lock (`store::redis::lock`). If another
+    // Across replicas: the shared fetch lock (`store::lock`). If another
     // replica is refreshing the key, its entry is handed to local followers.
     let _remote_lock = match fetch::remote_leader(app, &spec.key, false).await {
         Ok(lock) => lock,
@@ -142,19 +142,19 @@ async fn already_done(app: &App, key: &CacheKey, kind: Kind) -> bool {
     if done(local.as_ref()) {
         return true;
     }
-    let Some(remote) = app.store.remote() else {
+    let Some(shared) = app.store.shared() else {
         return false;
     };
     // Redis trouble: refresh anyway (fail open).
-    let Ok(shared) = remote.get(key).await else {
+    let Ok(shared) = shared.get_shared(key).await else {
         return false;
     };
     if !done(shared.as_ref()) {
         return false;
     }
     let newer = shared.is_some_and(|s| local.is_none_or(|l| s.meta.stored_at > l.meta.stored_at));
-    if let (Some(mem), true, true) = (&app.memory, newer, app.store.name() == "tiered") {
-        mem.purge_now(&Purge::Keys(vec![*key]));
+    if newer {
+        app.store.forget_local(key);
     }
     true
 }

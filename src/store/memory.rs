@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Entry, Purge, Store, StoreError};
+use super::{Entry, Peek, Purge, Store, StoreError};
 use crate::clock::SharedClock;
 use crate::key::{CacheKey, DigestHash};
 
@@ -143,6 +143,13 @@ impl Store for MemoryStore {
     fn name(&self) -> &'static str {
         "memory"
     }
+    fn peek(&self, key: &CacheKey) -> Peek {
+        match self.get_sync(key) {
+            Some(e) => Peek::Found(e),
+            None => Peek::Absent,
+        }
+    }
+
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, StoreError> {
         Ok(self.get_sync(key))
     }

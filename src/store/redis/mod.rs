@@ -21,7 +21,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::breaker::Breaker;
 use super::entry::DecodeError;
-use super::{Entry, Purge, Store, StoreError};
+use super::{Entry, Purge, SharedTier, Store, StoreError};
 use crate::clock::SharedClock;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
@@ -78,7 +78,7 @@ pub struct RedisStore {
     /// Successful subscriptions to the lock-release channel so far.
     release_subscriptions: Arc<std::sync::atomic::AtomicU64>,
     /// Replicas waiting here for another replica's fetch lock on a key.
-    releases: Arc<lock::Releases>,
+    releases: Arc<crate::store::lock::Releases>,
     /// The channels subscribed and whether the subscription is live.
     subs: Arc<pubsub::Subscriptions>,
     /// Largest body (uncompressed) an entry read back may claim: the
@@ -230,8 +230,8 @@ impl RedisStore {
     pub(crate) fn release_channel(&self) -> String {
         format!("{}:rel", self.cfg.prefix)
     }
-    /// Waiters for lock releases (see `store::redis::lock`).
-    pub fn releases(&self) -> &Arc<lock::Releases> {
+    /// Waiters for lock releases (see `store::lock`).
+    pub fn releases(&self) -> &Arc<crate::store::lock::Releases> {
         &self.releases
     }
 
@@ -352,7 +352,7 @@ impl RedisStore {
     }
 
     /// Wake this replica's lock waiters when another replica releases a fetch
-    /// lock (`store::redis::lock`), instead of leaving them to their next poll.
+    /// lock (`store::lock`), instead of leaving them to their next poll.
     pub fn watch_lock_releases(self: &Arc<Self>) {
         let releases = self.releases.clone();
         self.add_channel(pubsub::Handler {
@@ -511,8 +511,8 @@ impl Store for RedisStore {
         Ok(n)
     }
 
-    fn remote(&self) -> Option<Arc<RedisStore>> {
-        self.me.upgrade()
+    fn shared(&self) -> Option<Arc<dyn SharedTier>> {
+        self.me.upgrade().map(|s| s as Arc<dyn SharedTier>)
     }
 }
 

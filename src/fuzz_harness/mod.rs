@@ -225,6 +225,9 @@ pub fn check_write_path(data: &[u8]) {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
