@@ -16,8 +16,7 @@ use chartcache::clock::{SharedClock, SystemClock};
 use chartcache::config::RedisConfig;
 use chartcache::metrics::Metrics;
 use chartcache::store::setup;
-use http::Method;
-use serde_json::{Value, json};
+use serde_json::json;
 use support::browser::*;
 use support::*;
 
