@@ -18,7 +18,8 @@
 //!   POST's key alike, with the POST's tier and tags; waiters get it, and
 //!   the lock is released so other replicas read it.
 //!
-//! Nothing here runs on a hit.
+//! Nothing here runs on a chart-data hit; a `result_url` hit looks its key
+//! up in the registry, and only while jobs are remembered.
 
 use std::io::Read as _;
 use std::pin::Pin;
@@ -53,6 +54,7 @@ use crate::store::lock::RemoteLock;
 pub const ASYNC_WAIT: &str = "async-wait";
 /// `Cache-Status` detail of the `result_url` GET whose data filled a job's POST.
 pub const ASYNC_FILLED: &str = "async-filled";
+
 /// Step 7 of the cached path, once per miss: note the route and scope, and
 /// give a linked `result_url` GET its job's tier and tags (its entry is
 /// the POST's data, invalidated with it).
