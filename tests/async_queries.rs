@@ -152,7 +152,16 @@ async fn forced_refresh_answered_202_replaces_the_entry_with_the_jobs_data() {
         hit.cache_status()
     );
 
-    let forced = load(&c, p, &alice, &body(true)).await.unwrap();
+    let ticket = post(&c, p, &alice, &body(true)).await;
+    // While the forced job runs, the entry it replaces is stale.
+    let meanwhile = post(&c, p, &alice, &body(false)).await;
+    assert!(
+        meanwhile.cache_status().contains("detail=stale"),
+        "{}",
+        meanwhile.cache_status()
+    );
+    assert_eq!(generation(&meanwhile.json()), 1);
+    let forced = finish(&c, p, &alice, ticket).await.unwrap();
     assert_eq!(forced.post.status, 202);
     assert!(
         forced.post.cache_status().contains("detail=async-202"),

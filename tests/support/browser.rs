@@ -79,6 +79,11 @@ pub async fn get(c: &TestClient, p: &str, b: &Browser, path: &str) -> Resp {
 /// (bounded), then GET `result_url`.
 pub async fn load(c: &TestClient, p: &str, b: &Browser, body: &Value) -> Result<Load, String> {
     let post = post(c, p, b, body).await;
+    finish(c, p, b, post).await
+}
+
+/// The rest of a chart load, given the POST's answer.
+pub async fn finish(c: &TestClient, p: &str, b: &Browser, post: Resp) -> Result<Load, String> {
     match post.status.as_u16() {
         200 => {
             let data = post.json();
