@@ -78,7 +78,7 @@ pub struct Metrics {
     pub stored_bytes: IntCounter,
     /// reason
     pub not_stored: IntCounterVec,
-    /// kind (swr|ahead), result (stored|not_stored|error|skipped|inflight|elsewhere|no_credential)
+    /// kind (swr|ahead), result (stored|not_stored|error|skipped|inflight|elsewhere|no_credential|async_job)
     pub background_refreshes: IntCounterVec,
     /// worker: open client connections per proxy thread (`server.runtime = "per_core"`)
     pub worker_connections: IntGaugeVec,

@@ -161,6 +161,14 @@ async fn forced_refresh_answered_202_replaces_the_entry_with_the_jobs_data() {
         meanwhile.cache_status()
     );
     assert_eq!(generation(&meanwhile.json()), 1);
+    // No revalidation races the job with Superset's older data.
+    let text = String::from_utf8(proxy.app.metrics.render()).unwrap();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("chartcache_background_refreshes_total")
+                && l.contains("async_job")),
+        "the revalidation is left to the job"
+    );
     let forced = finish(&c, p, &alice, ticket).await.unwrap();
     assert_eq!(forced.post.status, 202);
     assert!(

@@ -77,6 +77,11 @@ pub(super) fn result_pending(app: &App, key: &CacheKey) -> bool {
     app.jobs.linked(key).is_some()
 }
 
+/// Whether a job of the POST key `key` is running (its wait is open).
+pub(super) fn job_running(app: &App, key: &CacheKey) -> bool {
+    app.jobs.subscribe(key).is_some()
+}
+
 /// The coalescing key of a miss: requests with and without an `async-token`
 /// cookie never share an upstream answer (Superset answers the latter `401`
 /// in GAQ mode, the former `202` or `200`).

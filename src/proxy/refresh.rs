@@ -73,6 +73,12 @@ impl Kind {
 /// Returns whether a refresh was started.
 pub(crate) fn revalidate(app: &Arc<App>, mut spec: FetchSpec) -> bool {
     spec.detach();
+    // An async job of the key (a forced refresh) will replace the entry:
+    // a revalidation would only race it with older data.
+    if super::async_query::job_running(app, &spec.key) {
+        count(app, Kind::Revalidate, "async_job");
+        return false;
+    }
     let Some(guard) = app.coalescer.try_lead(spec.key) else {
         count(app, Kind::Revalidate, "inflight");
         return false;
