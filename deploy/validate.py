@@ -41,7 +41,10 @@ Exit status 0 only if every check passed. Needs no network.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import glob
+import io
 import json
 import os
 import re
@@ -333,6 +336,52 @@ def check_one_scaler(rel: str, docs: list[dict]) -> None:
                 R.check(ns == m.group(1),
                         f"{rel}: {ident(o)}: trigger {t.get('name')} queries namespace {m.group(1)!r} "
                         f"but is rendered in {ns!r}: set the overlay's namespace in the queries")
+
+
+def selftest_scaling_checks() -> None:
+    """The scaler checks catch what they are for (on made-up objects): a
+    Deployment scaled twice or not at all, a ScaledObject without a usable
+    prometheus trigger, a query for another namespace."""
+    global R
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "chartcache", "namespace": "ns"},
+           "spec": {"template": {"metadata": {}, "spec": {"containers": []}}}}
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "chartcache"},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chartcache"},
+                    "minReplicas": 2, "maxReplicas": 4}}
+    good = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "chartcache", "namespace": "ns"},
+            "spec": {"scaleTargetRef": {"name": "chartcache"}, "minReplicaCount": 2, "maxReplicaCount": 4,
+                     "triggers": [{"type": "prometheus", "metadata": {
+                         "serverAddress": "http://prometheus:9090", "threshold": "5",
+                         "query": 'sum(chartcache_inflight_requests{namespace="ns"})'}}]}}
+    no_threshold = copy.deepcopy(good)
+    del no_threshold["spec"]["triggers"][0]["metadata"]["threshold"]
+    other_ns = copy.deepcopy(good)
+    other_ns["metadata"]["namespace"] = "elsewhere"
+    dangling = copy.deepcopy(good)
+    dangling["spec"]["scaleTargetRef"]["name"] = "nope"
+    cases = [
+        ("HPA only", [dep, hpa], 0),
+        ("ScaledObject only", [dep, good], 0),
+        ("HPA and ScaledObject", [dep, hpa, good], 1),
+        ("no scaler", [dep], 1),
+        ("trigger without threshold", [dep, no_threshold], 1),
+        ("query for another namespace", [dep, other_ns], 1),
+        ("ScaledObject for a missing Deployment", [dep, hpa, dangling], 1),
+    ]
+    real = R
+    try:
+        for name, docs, want_failures in cases:
+            R = Report()
+            with contextlib.redirect_stdout(io.StringIO()):
+                for o in docs:
+                    if o["kind"] == "ScaledObject":
+                        check_scaledobject_shape("selftest", o)
+                check_one_scaler("selftest", docs)
+            got = len(R.failed)
+            real.check((got > 0) == (want_failures > 0),
+                       f"validate.py self-test, scaler checks, {name}: {got} failure(s) {R.failed}")
+    finally:
+        R = real
 
 
 # ---------------------------------------------------------------- semantics
@@ -995,6 +1044,7 @@ def main() -> int:
         check_semantics(rel, docs, drains)
         check_scaling(rel, docs)
         check_one_scaler(rel, docs)
+    selftest_scaling_checks()
     check_hpa_metrics(rendered, adapter_metrics())
     check_keda_queries(rendered)
     check_dashboard_configmap(rendered)
