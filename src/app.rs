@@ -94,7 +94,7 @@ impl App {
         if !cfg.redis.enabled() {
             warn_memory_only();
         }
-        if store.remote().is_some() {
+        if store.shared().is_some() {
             metrics.prime_store("redis", crate::metrics::known::REDIS_OPS);
         }
         Ok(Arc::new(App {
