@@ -71,13 +71,21 @@ impl App {
         // Unreadable certificates are a startup error, not a runtime surprise.
         let tls = match &cfg.server.tls {
             Some(t) => {
-                Some(crate::tls::acceptor(t).map_err(|e| anyhow::anyhow!("server.tls: {e}"))?)
+                let expiry = metrics.tls_cert_expiry.with_label_values(&["proxy"]);
+                Some(
+                    crate::tls::acceptor(t, expiry)
+                        .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?,
+                )
             }
             None => None,
         };
         let admin_tls = match &cfg.admin.tls {
             Some(t) => {
-                Some(crate::tls::acceptor(t).map_err(|e| anyhow::anyhow!("admin.tls: {e}"))?)
+                let expiry = metrics.tls_cert_expiry.with_label_values(&["admin"]);
+                Some(
+                    crate::tls::acceptor(t, expiry)
+                        .map_err(|e| anyhow::anyhow!("admin.tls: {e}"))?,
+                )
             }
             None => None,
         };
@@ -87,6 +95,9 @@ impl App {
         let offload = crate::offload::Offload::new(cfg.server.workers())?;
         if !cfg.redis.enabled() {
             warn_memory_only();
+        }
+        if store.shared().is_some() {
+            metrics.prime_store("redis", crate::metrics::known::REDIS_OPS);
         }
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
@@ -197,6 +208,11 @@ impl App {
             let (entries, bytes) = m.usage();
             self.metrics.memory_entries.set(entries as i64);
             self.metrics.memory_bytes.set(bytes as i64);
+            self.metrics.memory_capacity.set(m.capacity() as i64);
+            let (size, expired) = m.evictions();
+            let ev = &self.metrics.memory_evictions;
+            Metrics::catch_up(&ev.with_label_values(&["size"]), size);
+            Metrics::catch_up(&ev.with_label_values(&["expired"]), expired);
         }
         let parts = &self.metrics.memory_cache_bytes;
         parts

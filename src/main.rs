@@ -311,7 +311,9 @@ fn spawn_reloader(app: Arc<App>, cli: &Cli) {
             return;
         };
         while hup.recv().await.is_some() {
-            match load(&cli).and_then(|cfg| app.reload(cfg)) {
+            let reloaded = load(&cli).and_then(|cfg| app.reload(cfg));
+            app.metrics.config_reloaded(reloaded.is_ok());
+            match reloaded {
                 Ok(restart) if restart.is_empty() => tracing::info!("configuration reloaded"),
                 Ok(restart) => tracing::warn!(
                     ?restart,

@@ -70,7 +70,7 @@ fn service_stack(
     TowerToHyperService::new(
         ServiceBuilder::new()
             .layer(ActivityLayer(activity))
-            .layer(ObserveLayer::new(metrics, access_log))
+            .layer(ObserveLayer::new(metrics, access_log).client(conn.remote))
             .layer(RequestIdLayer)
             .service(handler),
     )

@@ -279,6 +279,11 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     /// Extra PEM CA bundle trusted for `https://` upstreams (besides the webpki roots).
     pub ca_file: Option<String>,
+    /// `Host` sent to Superset, and the TLS server name (SNI, certificate
+    /// check) of an `https://` upstream, instead of the client's `Host` and
+    /// the upstream URL's host: a remote Superset served under its own name
+    /// (edge mode). The client's host goes on in `X-Forwarded-Host`.
+    pub host_header: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -291,6 +296,7 @@ impl Default for UpstreamConfig {
             ready_requires_upstream: false,
             pool_max_idle_per_host: 256,
             ca_file: None,
+            host_header: None,
         }
     }
 }

@@ -172,21 +172,16 @@ pub(crate) async fn send(
     match &res {
         Ok(r) => {
             app.upstream_ok();
-            let class = crate::metrics::status_class(r.status().as_u16());
             app.metrics
                 .upstream_requests
-                .with_label_values(&[kind, class])
+                .with_label_values(&[kind, r.status().as_str()])
                 .inc();
         }
         Err(e) => {
-            let label = match e {
-                Error::UpstreamTimeout => "timeout",
-                Error::UpstreamConnect(_) => "connect",
-                _ => "protocol",
-            };
+            let failure = crate::metrics::UpstreamFailure::of(e);
             app.metrics
                 .upstream_errors
-                .with_label_values(&[kind, label])
+                .with_label_values(&[kind, failure.as_str()])
                 .inc();
         }
     }
