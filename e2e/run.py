@@ -136,9 +136,29 @@ def print_table(all_results):
     print("\n%-5s %-3s %-6s %s" % ("mode", "id", "status", "check / detail"))
     print("-" * 100)
     for mode, rs in all_results.items():
-        for r in rs:
+        for r in sorted(rs, key=lambda r: r["check"]):
             print("%-5s %-3s %-6s %s" % (mode, r["check"], r["status"], r["title"]))
             print("%-16s %s" % ("", r["detail"][:400]))
+
+
+def measurements(all_results):
+    """The numbers worth reading across runs, pulled out of the checks' data."""
+    m = {}
+    for mode, rs in all_results.items():
+        by = {r["check"]: r.get("data") or {} for r in rs}
+        e = {}
+        if by.get("h"):
+            e["per_view"] = {k: {x: v[x] for x in ("sql", "jobs", "warm_sql", "warm_jobs")
+                                 if x in v} for k, v in by["h"].items()}
+        if by.get("d"):
+            e["stampede"] = {k: {x: v[x] for x in ("sql", "jobs", "got_data", "foreign_tickets")}
+                             for k, v in by["d"].items()}
+        if by.get("c"):
+            e["first_all_hit_load"] = by["c"].get("first_all_hit_load")
+        if by.get("i"):
+            e["browser"] = by["i"].get("timing")
+        m[mode] = e
+    return m
 
 
 def main():
@@ -185,10 +205,13 @@ def main():
     summary = {s: statuses.count(s) for s in ("PASS", "FAIL", "ERROR", "SKIP")}
     print(f"\n{summary['PASS']} passed, {summary['FAIL'] + summary['ERROR']} failed, "
           f"{summary['SKIP']} skipped")
+    meas = measurements(all_results)
+    for mode, e in meas.items():
+        print(f"measured [{mode}]: {json.dumps(e)}")
     print("timings:", json.dumps(timings))
     out = a.results or os.path.join(rundir, "results.json")
     with open(out, "w") as f:
-        json.dump({"timings": timings, "summary": summary, "setup_error": failed_setup,
+        json.dump({"timings": timings, "summary": summary, "measurements": meas, "setup_error": failed_setup,
                    "rundir": rundir, "results": all_results}, f, indent=1, default=str)
     print(f"results: {out}")
     ok = not failed_setup and summary["FAIL"] == 0 and summary["ERROR"] == 0 and statuses

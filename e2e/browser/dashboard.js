@@ -91,7 +91,7 @@ async function loadOnce(page, n) {
     context.setDefaultTimeout(timeoutMs);
     await login(context);
     const page = await context.newPage();
-    for (let n = 1; n <= (cfg.loads || 2); n += 1) out.loads.push(await loadOnce(page, n));
+    for (let n = 1; n <= (cfg.loads || 3); n += 1) out.loads.push(await loadOnce(page, n));
   } catch (e) {
     out.error = String(e && e.stack ? e.stack : e);
   } finally {

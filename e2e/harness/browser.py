@@ -25,7 +25,7 @@ def ensure_deps():
                        check=True, timeout=300, capture_output=True)
 
 
-def run_node(base, user, password, slug, charts, outdir, loads=2, timeout_ms=60000):
+def run_node(base, user, password, slug, charts, outdir, loads=3, timeout_ms=60000):
     cfg = {"base": base, "user": user, "password": password, "slug": slug,
            "charts": charts, "loads": loads, "out": outdir, "chromium": CHROMIUM,
            "timeout_ms": timeout_ms}
@@ -112,7 +112,7 @@ def check(env):
                   "ms_until_all_data")}
     data["timing"] = timing
     detail = "; ".join(bad[:5]) if bad else (
-        f"alice and bob: every chart rendered their own values, 2 loads each; warm chart-data "
+        f"alice and bob: every chart rendered their own values, 3 loads each; warm (3rd) load chart-data "
         f"POST p50 via {timing['warm_post_p50_ms_via']} ms, direct "
         f"{timing['warm_post_p50_ms_direct']} ms; screenshots in {outdir}")
     return {"check": "i", "title": "headless Chromium dashboard load renders the right numbers",

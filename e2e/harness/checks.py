@@ -129,11 +129,11 @@ def check_stampede(env):
     v = out["via"]
     n_ok = (v["jobs"] == 1) if env.gaq else (v["sql"] == 1)
     ok = n_ok and v["got_data"] == STAMPEDE and v["foreign_tickets"] == 0
-    unit = "jobs" if env.gaq else "SQL"
-    detail = (f"via chartcache: {v['jobs'] if env.gaq else v['sql']} {unit}, "
+    unit = "Celery job" if env.gaq else "SQL query"
+    detail = (f"via chartcache: {v['jobs'] if env.gaq else v['sql']} x {unit}, "
               f"{v['got_data']}/{STAMPEDE} got their data, {v['foreign_tickets']} tickets of "
               f"another channel, posts {v['posts']}; direct: "
-              f"{out['direct']['jobs'] if env.gaq else out['direct']['sql']} {unit}")
+              f"{out['direct']['jobs'] if env.gaq else out['direct']['sql']} x {unit}")
     if v["errors"]:
         detail += f"; errors: {v['errors']}"
     return [result("d", f"{STAMPEDE}-session stampede: 1 upstream {unit}, all get data",
