@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -24,6 +25,9 @@ from harness.env import Env  # noqa: E402
 from harness.http import Client  # noqa: E402
 
 ALL_CHECKS = checks.ORDER + ["browser"]
+# The report's letters, accepted by --only as well.
+LETTERS = {"a": "loads", "b": "loads", "c": "loads", "d": "stampede", "e": "force",
+           "f": "result_url", "g": "bearer", "h": "counts", "i": "browser"}
 TEMPLATE_DB = os.path.expanduser("~/.cache/chartcache-e2e/metadata-6.1.0.db")
 
 
@@ -44,10 +48,10 @@ def parse_args():
                     help="run superset db upgrade/init instead of copying the cached "
                          "freshly-initialised metadata DB")
     a = ap.parse_args()
-    a.only = [c.strip() for c in a.only.split(",") if c.strip()]
+    a.only = [LETTERS.get(c.strip(), c.strip()) for c in a.only.split(",") if c.strip()]
     for c in a.only:
         if c not in ALL_CHECKS:
-            ap.error(f"unknown check {c!r}; known: {', '.join(ALL_CHECKS)}")
+            ap.error(f"unknown check {c!r}; known: {', '.join(ALL_CHECKS)} or a-i")
     return a
 
 
@@ -163,6 +167,8 @@ def measurements(all_results):
 
 def main():
     a = parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the finally below stops every process.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t_start = time.monotonic()
     timings = {}
     rundir = tempfile.mkdtemp(prefix="chartcache-e2e-")

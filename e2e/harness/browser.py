@@ -99,7 +99,7 @@ def check(env):
             for problem in judge(load, exp[user]):
                 bad.append(f"{user} load {load['load']}: {problem}")
         data[user] = [{k: v for k, v in load.items() if k != "responses"}
-                      | {"statuses": [(r["method"], r["status"], r["cache_status"])
+                      | {"statuses": [(r["method"], r["url"], r["status"], r["cache_status"])
                                       for r in load["responses"]]} for load in out["loads"]]
     # The same warm load straight to Superset, for comparison.
     direct = run_node(env.direct, "alice", objects.PASSWORD, env.ids["slug"], len(env.charts),

@@ -28,7 +28,10 @@ class Env:
         self.query_log = os.path.join(rundir, "queries.log")
         self.worker_log = worker_log
         self.wait_secs = wait_secs
-        self.charts = ids["charts"]
+        # The URL the dashboard's front end POSTs each chart's query context to.
+        self.charts = [dict(c, path="/api/v1/chart/data?form_data=%7B%22slice_id%22%3A"
+                                    f"{c['id']}%7D&dashboard_id={ids['dashboard']}")
+                       for c in ids["charts"]]
         self.qcs = {c["id"]: objects.query_context(ids["dataset"], c["form_data"])
                     for c in self.charts}
 

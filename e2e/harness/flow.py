@@ -76,7 +76,8 @@ def chart_data(client, poller, chart, qc, wait_secs):
     res = ChartResult(chart)
     t0 = time.monotonic()
     try:
-        r = client.call("POST", "/api/v1/chart/data", qc, timeout=wait_secs + 10)
+        r = client.call("POST", chart.get("path", "/api/v1/chart/data"), qc,
+                        timeout=wait_secs + 10)
         res.post_status = r.status
         res.cache_status = r.header("cache-status")
         if r.status == 200:
