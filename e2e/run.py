@@ -209,8 +209,6 @@ def main():
         print(f"\nSETUP FAILED: {failed_setup}")
     statuses = [r["status"] for rs in all_results.values() for r in rs]
     summary = {s: statuses.count(s) for s in ("PASS", "FAIL", "ERROR", "SKIP")}
-    print(f"\n{summary['PASS']} passed, {summary['FAIL'] + summary['ERROR']} failed, "
-          f"{summary['SKIP']} skipped")
     meas = measurements(all_results)
     for mode, e in meas.items():
         print(f"measured [{mode}]: {json.dumps(e)}")
@@ -226,6 +224,9 @@ def main():
             if p.endswith(".log") and p not in ("install.log", "cargo.log"):
                 print(f"----- tail of {p} -----")
                 print(procs.tail_file(os.path.join(rundir, p), 12))
+    # The closing line, last so that CI logs end with the tally.
+    print(f"\n{summary['PASS']} passed, {summary['FAIL'] + summary['ERROR']} failed, "
+          f"{summary['SKIP']} skipped")
     return 0 if ok else 1
 
 
