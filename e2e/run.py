@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import browser, chartcache, checks, objects, procs, superset  # noqa: E402
 from harness.env import Env  # noqa: E402
-from harness.http import Client  # noqa: E402
+from harness.client import Client  # noqa: E402
 
 ALL_CHECKS = checks.ORDER + ["browser"]
 # The report's letters, accepted by --only as well.

@@ -200,7 +200,7 @@ def check_result_url(env):
 # ---- g: a Bearer-token client without the async-token cookie ----
 
 def check_bearer(env):
-    from .http import Client
+    from .client import Client
     env.reset()
     big = next(c for c in env.charts if c["viz"] == "big_number_total")
     qc = env.qcs[big["id"]]

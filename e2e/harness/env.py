@@ -9,7 +9,7 @@ import urllib.request
 
 from . import objects, superset
 from .flow import EventPoller
-from .http import Client
+from .client import Client
 
 
 class Env:
