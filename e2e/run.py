@@ -152,7 +152,8 @@ def measurements(all_results):
         by = {r["check"]: r.get("data") or {} for r in rs}
         e = {}
         if by.get("h"):
-            e["per_view"] = {k: {x: v[x] for x in ("sql", "jobs", "warm_sql", "warm_jobs")
+            e["per_view"] = {k: {x: v[x] for x in ("sql", "jobs", "upstream_posts", "charts_with_data",
+                                           "warm_sql", "warm_jobs", "warm_hits")
                                  if x in v} for k, v in by["h"].items()}
         if by.get("d"):
             e["stampede"] = {k: {x: v[x] for x in ("sql", "jobs", "got_data", "foreign_tickets")}

@@ -235,8 +235,11 @@ def check_counts(env):
             sql, jobs = env.counts_since(m)
             got = sum(1 for load in loads for r in load
                       if r.payload is not None and _summary_ok(env, exp, "alice", r))
-            entry = {"sql": sql, "jobs": jobs, "charts_with_data": got,
-                     "charts_requested": n * len(env.charts)}
+            # POSTs that reached Superset (chartcache's coalesced followers did not).
+            upstream = sum(1 for load in loads for r in load
+                           if not _hit(r.cache_status) and "collapsed" not in (r.cache_status or ""))
+            entry = {"sql": sql, "jobs": jobs, "upstream_posts": upstream,
+                     "charts_with_data": got, "charts_requested": n * len(env.charts)}
             if n == 1:  # a second, warm view by the same login
                 m = env.mark()
                 load = flow.dashboard_load(*ls[0], env.charts, env.qcs, env.wait_secs)
