@@ -28,6 +28,7 @@ pub mod context;
 pub mod credentials;
 pub mod fingerprint;
 pub mod identity;
+// Job tickets of async queries; its `registry` (held by `App`) uses `store`.
 pub mod jobs;
 pub mod metrics;
 pub mod policy;
