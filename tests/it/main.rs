@@ -1,0 +1,42 @@
+//! chartcache's integration tests, one module per concern, in one binary so
+//! the shared harness (`support/`) and the crate are compiled and linked once.
+//! Run one module with `cargo test --test it MODULE::` (for example
+//! `cargo test --test it redis_store::`).
+//!
+//! Two suites are binaries of their own because they read process-wide
+//! figures that other tests in the same process would disturb:
+//! `tests/streaming.rs` (peak RSS) and `tests/chaos/` (latency goals under
+//! load, real processes). Everything here shares the process: the only
+//! process global the crate keeps, `chartcache::worker`'s thread count, is
+//! set to the same value (`support::PROXY_THREADS`, 2) by every test that
+//! sets it.
+
+mod cache_path;
+mod config_cli;
+mod connection_deadlines;
+mod deploy_manifests;
+mod drain_per_core;
+mod guest_token_expiry;
+mod identity_outage;
+mod keys_invalidation;
+mod memory_budget;
+mod operations;
+mod passthrough;
+mod readiness;
+mod redis_hostile_entries;
+mod redis_invalidation_messages;
+mod redis_pubsub_failover;
+mod redis_replicas;
+mod redis_sentinel;
+mod redis_startup;
+mod redis_store;
+mod redis_tls;
+mod security_credentials;
+mod security_fuzz;
+mod security_identity;
+mod security_limits;
+mod security_tls;
+mod tiers;
+mod tiers_replicas;
+mod upstream_keepalive;
+mod support;
