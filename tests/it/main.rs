@@ -3,13 +3,13 @@
 //! Run one module with `cargo test --test it MODULE::` (for example
 //! `cargo test --test it redis_store::`).
 //!
-//! Two suites are binaries of their own because they read process-wide
-//! figures that other tests in the same process would disturb:
-//! `tests/streaming.rs` (peak RSS) and `tests/chaos/` (latency goals under
-//! load, real processes). Everything here shares the process: the only
-//! process global the crate keeps, `chartcache::worker`'s thread count, is
-//! set to the same value (`support::PROXY_THREADS`, 2) by every test that
-//! sets it.
+//! Three suites are binaries of their own because they read process-wide
+//! figures that other tests in the same process would change:
+//! `tests/streaming.rs` (peak RSS), `tests/redis_tls.rs` (counts the Redis
+//! store's connections, sized by `chartcache::worker`'s process-wide thread
+//! count, which it leaves unset) and `tests/chaos/` (latency goals under
+//! load). Everything here shares the process: that thread count is set to
+//! the same value (`support::PROXY_THREADS`, 2) by every test that sets it.
 
 mod cache_path;
 mod config_cli;
@@ -30,7 +30,6 @@ mod redis_replicas;
 mod redis_sentinel;
 mod redis_startup;
 mod redis_store;
-mod redis_tls;
 mod security_credentials;
 mod security_fuzz;
 mod security_identity;

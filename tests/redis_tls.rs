@@ -3,6 +3,12 @@
 //! `redis.tls_ca_file` makes it trusted, without it the connection is refused;
 //! `redis.tls_client_cert_file` / `tls_client_key_file` for mutual TLS.
 
+// A binary of its own: it counts the store's connections, whose number
+// depends on the process-wide per-core thread count (`chartcache::worker`)
+// that the other integration tests set.
+#[path = "it/support/redis_server.rs"]
+mod redis_support;
+
 use std::sync::Arc;
 
 use chartcache::clock::{Clock, SharedClock, SystemClock};
@@ -14,7 +20,7 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair,
 };
-use crate::support::redis_server::*;
+use redis_support::*;
 
 /// A CA, a server certificate for 127.0.0.1 / localhost and a client
 /// certificate, as PEM files in a temp dir.
