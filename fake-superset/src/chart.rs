@@ -94,10 +94,9 @@ pub async fn answer(st: &State, user: &str, method: &Method, body: &Bytes) -> Re
             }
             json(200, json!({"result": [r]}))
         }
-        Answer::Sized => crate::reply::json_bytes(
-            200,
-            superset_response(row_limit.unwrap_or(1024) as usize),
-        ),
+        Answer::Sized => {
+            crate::reply::json_bytes(200, superset_response(row_limit.unwrap_or(1024) as usize))
+        }
     };
     match mode {
         ChartMode::Ok => ok(),

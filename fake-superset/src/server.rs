@@ -40,13 +40,17 @@ pub struct State {
     pub roles: Mutex<HashMap<u64, Vec<String>>>,
     /// Guest token (`X-GuestToken`) → name the chart data is answered for.
     pub guests: Mutex<HashMap<String, String>>,
+    /// Chart-data queries answered (counted once authenticated and parsed).
     pub chart_queries: AtomicUsize,
+    /// `/api/v1/me/` requests.
     pub me_queries: AtomicUsize,
+    /// `/api/v1/me/roles/` requests.
     pub roles_queries: AtomicUsize,
     /// Chart queries per username.
     pub per_user: Mutex<HashMap<String, usize>>,
     /// Added to every chart-data answer.
     pub delay_ms: AtomicU64,
+    /// What chart-data requests get back.
     pub mode: Mutex<ChartMode>,
     /// `cache_timeout` put into [`Answer::Named`] results.
     pub cache_timeout: AtomicU64,
@@ -97,16 +101,20 @@ pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Routes a caller adds in front of Superset's: `Ok` answers the request,
 /// `Err` hands it back to be served as Superset would.
-pub type Extra = fn(Arc<State>, Request<Incoming>) -> BoxFuture<Result<Response<Body>, Request<Incoming>>>;
+pub type Extra =
+    fn(Arc<State>, Request<Incoming>) -> BoxFuture<Result<Response<Body>, Request<Incoming>>>;
 
 /// How the fake is started.
 #[derive(Clone)]
 pub struct Options {
+    /// The credentials accepted at start ([`Users::standard`] by default).
     pub users: Users,
+    /// The shape of chart-data answers ([`Answer::Named`] by default).
     pub answer: Answer,
     /// Close keep-alive connections idle this long ([`GUNICORN_KEEPALIVE`]);
     /// `None` keeps them open (and serves HTTP/2 and upgrades too).
     pub keepalive_idle: Option<Duration>,
+    /// The caller's own routes, tried before Superset's.
     pub extra: Option<Extra>,
 }
 
@@ -123,7 +131,9 @@ impl Default for Options {
 
 /// A running fake Superset on loopback, stopped on drop.
 pub struct Superset {
+    /// Where it listens (the same after [`Superset::revive`]).
     pub addr: SocketAddr,
+    /// Its counters and knobs.
     pub state: Arc<State>,
     opts: Options,
     accept: Option<tokio::task::JoinHandle<()>>,
@@ -182,26 +192,32 @@ impl Superset {
         addr
     }
 
+    /// `http://{addr}`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
     }
 
+    /// Chart-data queries answered so far.
     pub fn chart_queries(&self) -> usize {
         self.state.chart_queries.load(Ordering::SeqCst)
     }
 
+    /// `/api/v1/me/` requests so far.
     pub fn me_queries(&self) -> usize {
         self.state.me_queries.load(Ordering::SeqCst)
     }
 
+    /// `/api/v1/me/roles/` requests so far.
     pub fn roles_queries(&self) -> usize {
         self.state.roles_queries.load(Ordering::SeqCst)
     }
 
+    /// What chart-data requests get from now on.
     pub fn set_mode(&self, m: ChartMode) {
         *self.state.mode.lock().unwrap() = m;
     }
 
+    /// Delay every chart-data answer by `d` from now on.
     pub fn set_delay(&self, d: Duration) {
         self.state
             .delay_ms

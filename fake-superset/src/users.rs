@@ -123,6 +123,9 @@ mod tests {
     fn numbered_tokens_name_their_user() {
         let h = headers(&[("authorization", "Bearer user-17-tok-3")]);
         assert_eq!(numbered(&h), Some((17, "user17".into())));
-        assert_eq!(numbered(&headers(&[("authorization", "Bearer alice")])), None);
+        assert_eq!(
+            numbered(&headers(&[("authorization", "Bearer alice")])),
+            None
+        );
     }
 }

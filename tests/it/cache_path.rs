@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
+use crate::support::*;
 use chartcache::config::RuntimeFlavor;
 use http::Method;
-use crate::support::*;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 

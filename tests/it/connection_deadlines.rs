@@ -4,8 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use http::Method;
 use crate::support::*;
+use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

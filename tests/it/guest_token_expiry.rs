@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use http::Method;
 use crate::support::*;
+use http::Method;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 

@@ -8,10 +8,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::support::*;
 use chartcache::clock::ManualClock;
 use chartcache::policy::TierConfig;
 use http::Method;
-use crate::support::*;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 const JWT_SECRET: &[u8] = b"test-superset-secret-key";

@@ -8,9 +8,9 @@
 //! - entries of `GET /api/v1/chart/{id}/data/` and of `explore_json` GETs
 //!   carried no datasource tag, so no dataset edit ever purged them.
 
+use crate::support::*;
 use http::Method;
 use serde_json::json;
-use crate::support::*;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 const ALICE: (&str, &str) = ("authorization", "Bearer alice-token");

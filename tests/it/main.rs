@@ -35,7 +35,7 @@ mod security_fuzz;
 mod security_identity;
 mod security_limits;
 mod security_tls;
+mod support;
 mod tiers;
 mod tiers_replicas;
 mod upstream_keepalive;
-mod support;

@@ -6,8 +6,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http::Method;
 use crate::support::*;
+use http::Method;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 

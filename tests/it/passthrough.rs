@@ -1,8 +1,8 @@
 //! Requests that are not cached: forwarded unchanged, with forwarding headers,
 //! request ids and protocol upgrades.
 
-use http::Method;
 use crate::support::*;
+use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]

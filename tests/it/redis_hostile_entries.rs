@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::redis_server::*;
+use crate::support::*;
 use bytes::Bytes;
 use chartcache::app::App;
 use chartcache::clock::{SharedClock, SystemClock};
@@ -14,8 +16,6 @@ use chartcache::metrics::Metrics;
 use chartcache::store::Entry;
 use chartcache::store::redis::RedisConfig;
 use chartcache::store::setup;
-use crate::support::redis_server::*;
-use crate::support::*;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 

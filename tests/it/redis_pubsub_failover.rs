@@ -9,13 +9,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::redis_server::*;
+use crate::support::*;
 use chartcache::app::App;
 use chartcache::clock::{SharedClock, SystemClock};
 use chartcache::metrics::Metrics;
 use chartcache::store::redis::{RedisConfig, RedisStore};
 use chartcache::store::setup;
-use crate::support::redis_server::*;
-use crate::support::*;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 

@@ -4,13 +4,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::redis_server::*;
 use chartcache::clock::{SharedClock, SystemClock};
 use chartcache::fingerprint::CacheKey;
 use chartcache::metrics::Metrics;
 use chartcache::store::breaker::BreakerState;
 use chartcache::store::redis::{RedisConfig, RedisStore};
 use chartcache::store::{Entry, Meta, Purge, Store, StoreError};
-use crate::support::redis_server::*;
 
 fn clock() -> SharedClock {
     Arc::new(SystemClock)

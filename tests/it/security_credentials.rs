@@ -13,6 +13,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use chartcache::clock::{Clock, ManualClock};
 use chartcache::config::Config;
@@ -22,7 +23,6 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use crate::support::*;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 const T0: u64 = 1_764_000_000_000;

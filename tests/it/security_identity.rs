@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
+use crate::support::*;
 use http::Method;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
-use crate::support::*;
 
 use chartcache::config::Config;
 use chartcache::policy::{RuleConfig, ScopeKind};

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -15,7 +16,6 @@ use rcgen::{
     KeyPair,
 };
 use rustls::pki_types::{CertificateDer, ServerName};
-use crate::support::*;
 use tokio_rustls::TlsConnector;
 
 use chartcache::config::TlsConfig;

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use crate::support::*;
 use chartcache::clock::{Clock, ManualClock};
 use chartcache::config::Config;
 use chartcache::policy::{IdentityKind, RuleConfig, TierConfig, TimeRangeClass};
 use http::Method;
 use serde_json::{Value, json};
-use crate::support::*;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 /// 2025-11-24T16:00:00Z: a realistic wall clock for time-range classes.

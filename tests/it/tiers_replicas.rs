@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::support::redis_server::*;
+use crate::support::*;
 use chartcache::app::App;
 use chartcache::clock::{ManualClock, SharedClock};
 use chartcache::metrics::Metrics;
@@ -12,8 +14,6 @@ use chartcache::policy::TierConfig;
 use chartcache::store::redis::RedisConfig;
 use chartcache::store::setup;
 use http::Method;
-use crate::support::redis_server::*;
-use crate::support::*;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 
