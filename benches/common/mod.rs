@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use fake_superset::{Answer, Options, Superset};
 
+// Not every bench that includes this module uses it.
+#[allow(unused_imports)]
 pub use fake_superset::payload::superset_response;
 
 /// Directory of the Superset 6.1 fixtures.
