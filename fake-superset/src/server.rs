@@ -58,14 +58,17 @@ pub struct State {
     pub filler: AtomicUsize,
     /// The shape of chart-data answers.
     pub answer: Answer,
-    /// Requests seen; callers' own routes record theirs (or not) themselves.
+    /// Requests seen (with [`Options::record`]); callers' own routes record
+    /// theirs (or not) themselves.
     pub seen: Mutex<Vec<Seen>>,
+    /// Whether Superset's routes push to [`State::seen`].
+    pub record: bool,
     /// Superset is down: every request, `/api/v1/me/` included, gets a 503.
     pub down: AtomicBool,
 }
 
 impl State {
-    fn new(users: Users, answer: Answer) -> State {
+    fn new(users: Users, answer: Answer, record: bool) -> State {
         State {
             bearers: Mutex::new(users.bearers),
             sessions: Mutex::new(users.sessions),
@@ -81,6 +84,7 @@ impl State {
             filler: AtomicUsize::new(0),
             answer,
             seen: Mutex::new(Vec::new()),
+            record,
             down: AtomicBool::new(false),
         }
     }
@@ -116,6 +120,9 @@ pub struct Options {
     pub keepalive_idle: Option<Duration>,
     /// The caller's own routes, tried before Superset's.
     pub extra: Option<Extra>,
+    /// Keep every request in [`State::seen`] (on by default; off for long
+    /// load runs, whose request count has no bound).
+    pub record: bool,
 }
 
 impl Default for Options {
@@ -125,6 +132,7 @@ impl Default for Options {
             answer: Answer::Named,
             keepalive_idle: None,
             extra: None,
+            record: true,
         }
     }
 }
@@ -162,7 +170,7 @@ impl Superset {
 
     /// Start on an existing listener (restart tests).
     pub fn start_on(listener: TcpListener, opts: Options) -> Superset {
-        let state = Arc::new(State::new(opts.users.clone(), opts.answer));
+        let state = Arc::new(State::new(opts.users.clone(), opts.answer, opts.record));
         let mut s = Superset {
             addr: listener.local_addr().unwrap(),
             state,
@@ -301,12 +309,14 @@ async fn handle(st: Arc<State>, extra: Option<Extra>, req: Request<Incoming>) ->
         .await
         .map(|c| c.to_bytes())
         .unwrap_or_default();
-    st.seen.lock().unwrap().push((
-        method.to_string(),
-        path.clone(),
-        headers.clone(),
-        body.clone(),
-    ));
+    if st.record {
+        st.seen.lock().unwrap().push((
+            method.to_string(),
+            path.clone(),
+            headers.clone(),
+            body.clone(),
+        ));
+    }
     match path.as_str() {
         "/health" => return reply::json(200, json!({"ok": true})),
         "/api/v1/me/" => {

@@ -39,6 +39,8 @@ impl Upstream {
     pub async fn start() -> Upstream {
         let s = Superset::start_with(Options {
             keepalive_idle: Some(GUNICORN_KEEPALIVE),
+            // Long runs send requests without bound; nothing reads them back.
+            record: false,
             ..Options::default()
         })
         .await;
