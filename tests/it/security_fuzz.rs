@@ -4,7 +4,7 @@
 //! random JSON documents whose key order and whitespace must not matter.
 //!
 //! Case counts are fixed so `cargo test` stays quick; raise them with
-//! `PROPTEST_CASES=100000 cargo test --test security_fuzz`.
+//! `PROPTEST_CASES=100000 cargo test --test it security_fuzz::`.
 
 use chartcache::fingerprint::{self, build_key};
 use chartcache::fuzz_harness::{

@@ -7,8 +7,8 @@
 //! Each scenario is bounded in time and count and returns a [`Report`]:
 //! requests, non-200 answers, wrong-user answers, p50/p99 before/during/after
 //! the fault, and the goals checked. The same scenarios run quick (a few
-//! seconds each, in `cargo test --test chaos`: `tests/chaos/chaos_*.rs`) and long (the release
-//! build, `loadtests/chaos.sh`), at the [`Scale`] given.
+//! seconds each, in `cargo test --test chaos`: `tests/chaos/chaos_*.rs`) and
+//! long (the release build, `loadtests/chaos.sh`), at the [`Scale`] given.
 
 #![allow(dead_code)]
 
