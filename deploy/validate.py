@@ -10,15 +10,24 @@
    timing, Service/ServiceMonitor port names, HPA targets, ConfigMap and Secret
    references, no literal secrets, and Redis wherever more than one replica
    of chartcache can run (memory-only replicas miss each other's purges).
-4. Checks that the Grafana dashboard parses and that every metric it or the
-   PrometheusRule uses is one that src/metrics.rs defines (or a process_* one),
-   with label names the metric has.
+4. Checks that the Grafana dashboard parses and that every metric it, the
+   PrometheusRule, the prometheus-adapter rules and KEDA's queries use is one
+   that src/metrics.rs defines (or a process_* one), with label names the
+   metric has (read for every metric from its registration); runs
+   `promtool check rules` and the rule unit tests (`promtool test rules`
+   deploy/prometheusrule_test.yaml, deploy/prometheusrule_week_test.yaml) on
+   the rendered PrometheusRule, checks every alert's runbook_url anchor
+   against deploy/README.md, and that the dashboard ships as a ConfigMap
+   for Grafana's sidecar.
 5. If a chartcache binary is available (CHARTCACHE_BIN, else target/debug or
    target/release), runs `chartcache check-config` on the config each rendered
    chartcache container would load (ConfigMap + literal CHARTCACHE_* env + args),
    and on the config in deploy/helm-superset-values.yaml.
-6. Scaling: no spec.replicas on a Deployment an HPA owns; every chartcache
-   container has a CPU limit or server.worker_threads.
+6. Scaling: exactly one of HPA or KEDA ScaledObject targets each Deployment
+   without spec.replicas (none with it); ScaledObjects are checked field by
+   field (no schema for KEDA's CRD here); the HPA's Pods metric is one the
+   prometheus-adapter rules serve; every chartcache container has a CPU limit
+   or server.worker_threads.
 7. Merges deploy/helm-superset-values.yaml over Superset's chart defaults
    (deploy/testdata/superset-chart-defaults.yaml) with Helm's rules, renders the
    chart's web Deployment from it (deploy/helm_chart.py), checks one handler per
@@ -32,10 +41,14 @@ Exit status 0 only if every check passed. Needs no network.
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import glob
+import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -51,7 +64,11 @@ K8S_VERSIONS = os.environ.get("K8S_VERSIONS", "1.30.0 1.35.0").split()
 CRD_KINDS = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
 }
+# Where the alerts' runbooks live; runbook_url anchors must be headings there.
+RUNBOOKS = os.path.join(ROOT, "deploy", "README.md")
+RULE_TESTS = ["prometheusrule_test.yaml", "prometheusrule_week_test.yaml"]
 # Labels Prometheus attaches at scrape time (target labels) or that histograms carry.
 TARGET_LABELS = {
     "namespace", "pod", "job", "instance", "service", "container", "endpoint",
@@ -123,6 +140,8 @@ def validate_schema(rel: str, o: dict) -> None:
     if key in CRD_KINDS:
         if o["kind"] == "ServiceMonitor":
             check_servicemonitor_shape(rel, o)
+        elif o["kind"] == "ScaledObject":
+            check_scaledobject_shape(rel, o)
         else:
             check_prometheusrule_shape(rel, o)
         return
@@ -188,8 +207,181 @@ def check_prometheusrule_shape(rel: str, o: dict) -> None:
                     f"{where}: alert {tag}: labels.severity must be critical|warning|info",
                 )
                 R.check(bool((r.get("annotations") or {}).get("summary")), f"{where}: alert {tag}: annotations.summary")
+                check_runbook(where, tag, (r.get("annotations") or {}).get("runbook_url"))
             else:
                 R.check(":" in r["record"], f"{where}: record {tag}: use level:metric:operations naming")
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub/GitLab give a Markdown heading."""
+    a = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return a.replace(" ", "-")
+
+
+def check_runbook(where: str, alert: str, url: str | None) -> None:
+    """runbook_url points at a heading of deploy/README.md that exists."""
+    if not R.check(isinstance(url, str) and url.startswith("https://"),
+                   f"{where}: alert {alert}: annotations.runbook_url (https) missing"):
+        return
+    path, _, anchor = url.partition("#")
+    R.check(path.endswith("/deploy/README.md") and bool(anchor),
+            f"{where}: alert {alert}: runbook_url must be .../deploy/README.md#<anchor>: {url}")
+    headings = [l.lstrip("#").strip() for l in open(RUNBOOKS) if re.match(r"#{2,4} ", l)]
+    R.check(anchor in {github_anchor(h) for h in headings},
+            f"{where}: alert {alert}: runbook_url anchor #{anchor} is no heading of deploy/README.md")
+    R.check(anchor == alert.lower(), f"{where}: alert {alert}: runbook anchor should be #{alert.lower()}")
+
+
+KEDA_SO_FIELDS = {"scaleTargetRef", "minReplicaCount", "maxReplicaCount", "pollingInterval",
+                  "cooldownPeriod", "idleReplicaCount", "advanced", "triggers", "fallback",
+                  "initialCooldownPeriod"}
+KEDA_TRIGGER_FIELDS = {"type", "name", "metadata", "metricType", "authenticationRef", "useCachedMetrics"}
+
+
+def check_scaledobject_shape(rel: str, o: dict) -> None:
+    """KEDA's ScaledObject (keda.sh/v1alpha1), which kubernetes-validate does
+    not know: the fields KEDA reads, with the types it accepts."""
+    where = f"{rel}: {ident(o)}"
+    spec = o.get("spec") or {}
+    extra = set(spec) - KEDA_SO_FIELDS
+    R.check(not extra, f"{where}: unknown spec fields {sorted(extra)}")
+    ref = spec.get("scaleTargetRef") or {}
+    R.check(isinstance(ref.get("name"), str) and ref["name"], f"{where}: spec.scaleTargetRef.name missing")
+    R.check(ref.get("kind", "Deployment") == "Deployment" and ref.get("apiVersion", "apps/v1") == "apps/v1",
+            f"{where}: scaleTargetRef must be an apps/v1 Deployment")
+    lo, hi = spec.get("minReplicaCount", 0), spec.get("maxReplicaCount", 100)
+    R.check(isinstance(lo, int) and isinstance(hi, int) and 2 <= lo <= hi,
+            f"{where}: 2 <= minReplicaCount ({lo}) <= maxReplicaCount ({hi}) (PDB, rolling restarts)")
+    for f in ("pollingInterval", "cooldownPeriod"):
+        if f in spec:
+            R.check(isinstance(spec[f], int) and spec[f] > 0, f"{where}: spec.{f} must be a positive integer")
+    triggers = spec.get("triggers")
+    if not R.check(isinstance(triggers, list) and triggers, f"{where}: spec.triggers missing"):
+        return
+    names = [t.get("name") for t in triggers if t.get("name")]
+    R.check(len(names) == len(set(names)), f"{where}: trigger names repeat")
+    prom = 0
+    for i, t in enumerate(triggers):
+        w = f"{where}: triggers[{i}]"
+        extra = set(t) - KEDA_TRIGGER_FIELDS
+        R.check(not extra, f"{w}: unknown fields {sorted(extra)}")
+        md = t.get("metadata") or {}
+        R.check(all(isinstance(v, str) for v in md.values()), f"{w}: metadata values must be strings (KEDA: map[string]string)")
+        if t.get("type") == "prometheus":
+            prom += 1
+            R.check(t.get("metricType", "AverageValue") in ("AverageValue", "Value"),
+                    f"{w}: prometheus metricType must be AverageValue or Value")
+            R.check(str(md.get("serverAddress", "")).startswith(("http://", "https://")),
+                    f"{w}: metadata.serverAddress (http(s) URL) missing")
+            q = md.get("query")
+            if R.check(isinstance(q, str) and q.strip(), f"{w}: metadata.query missing"):
+                R.check(balanced(q), f"{w}: query has unbalanced brackets or quotes")
+            try:
+                R.check(float(md.get("threshold")) > 0, f"{w}: metadata.threshold must be > 0")
+            except (TypeError, ValueError):
+                R.check(False, f"{w}: metadata.threshold must be a number in a string")
+        elif t.get("type") in ("cpu", "memory"):
+            R.check(t.get("metricType") in ("Utilization", "AverageValue"), f"{w}: {t['type']} metricType")
+            R.check(str(md.get("value", "")).isdigit(), f"{w}: metadata.value must be a number in a string")
+        else:
+            R.check(False, f"{w}: trigger type {t.get('type')!r} not expected here (prometheus, cpu, memory)")
+    R.check(prom >= 1, f"{where}: needs a prometheus trigger (request rate)")
+
+
+def scalers(docs: list[dict]) -> dict[tuple[str, str], list[str]]:
+    """(kind, name) of each scaled workload -> the HPAs/ScaledObjects targeting it."""
+    out: dict[tuple[str, str], list[str]] = {}
+    for o in docs:
+        if o.get("kind") == "HorizontalPodAutoscaler":
+            ref = o["spec"]["scaleTargetRef"]
+            out.setdefault((ref.get("kind"), ref.get("name")), []).append(ident(o))
+        elif o.get("kind") == "ScaledObject":
+            ref = (o.get("spec") or {}).get("scaleTargetRef") or {}
+            out.setdefault((ref.get("kind", "Deployment"), ref.get("name")), []).append(ident(o))
+    return out
+
+
+def max_replicas(docs: list[dict], kind: str, name: str) -> int:
+    most = 1
+    for o in docs:
+        spec = o.get("spec") or {}
+        if o.get("kind") == "HorizontalPodAutoscaler" and spec["scaleTargetRef"].get("name") == name:
+            most = max(most, spec.get("maxReplicas", 1))
+        if o.get("kind") == "ScaledObject" and (spec.get("scaleTargetRef") or {}).get("name") == name:
+            most = max(most, spec.get("maxReplicaCount", 100))
+    return most
+
+
+def check_one_scaler(rel: str, docs: list[dict]) -> None:
+    """Each Deployment is scaled by exactly one of an HPA or a ScaledObject
+    (two controllers fighting over spec.replicas flap it), unless it sets
+    spec.replicas itself (then by none). Every scaler targets a rendered one."""
+    by = scalers(docs)
+    deps = {("Deployment", o["metadata"]["name"]): o for o in docs if o.get("kind") == "Deployment"}
+    for key, o in deps.items():
+        n = len(by.get(key, []))
+        if "replicas" in o["spec"]:
+            R.check(n == 0, f"{rel}: {ident(o)}: sets spec.replicas and is scaled by {by.get(key)}")
+        else:
+            R.check(n == 1, f"{rel}: {ident(o)}: scaled by {n} of HPA/ScaledObject {by.get(key, [])}, expected exactly one")
+    for key, who in by.items():
+        R.check(key in deps, f"{rel}: {who}: scaleTargetRef {key[0]}/{key[1]} not rendered")
+    for o in docs:
+        if o.get("kind") != "ScaledObject":
+            continue
+        ns = o["metadata"].get("namespace")
+        for t in o["spec"].get("triggers", []):
+            q = (t.get("metadata") or {}).get("query", "")
+            for m in re.finditer(r'namespace\s*=\s*"([^"]*)"', q):
+                R.check(ns == m.group(1),
+                        f"{rel}: {ident(o)}: trigger {t.get('name')} queries namespace {m.group(1)!r} "
+                        f"but is rendered in {ns!r}: set the overlay's namespace in the queries")
+
+
+def selftest_scaling_checks() -> None:
+    """The scaler checks catch what they are for (on made-up objects): a
+    Deployment scaled twice or not at all, a ScaledObject without a usable
+    prometheus trigger, a query for another namespace."""
+    global R
+    dep = {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "chartcache", "namespace": "ns"},
+           "spec": {"template": {"metadata": {}, "spec": {"containers": []}}}}
+    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "chartcache"},
+           "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chartcache"},
+                    "minReplicas": 2, "maxReplicas": 4}}
+    good = {"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject", "metadata": {"name": "chartcache", "namespace": "ns"},
+            "spec": {"scaleTargetRef": {"name": "chartcache"}, "minReplicaCount": 2, "maxReplicaCount": 4,
+                     "triggers": [{"type": "prometheus", "metadata": {
+                         "serverAddress": "http://prometheus:9090", "threshold": "5",
+                         "query": 'sum(chartcache_inflight_requests{namespace="ns"})'}}]}}
+    no_threshold = copy.deepcopy(good)
+    del no_threshold["spec"]["triggers"][0]["metadata"]["threshold"]
+    other_ns = copy.deepcopy(good)
+    other_ns["metadata"]["namespace"] = "elsewhere"
+    dangling = copy.deepcopy(good)
+    dangling["spec"]["scaleTargetRef"]["name"] = "nope"
+    cases = [
+        ("HPA only", [dep, hpa], 0),
+        ("ScaledObject only", [dep, good], 0),
+        ("HPA and ScaledObject", [dep, hpa, good], 1),
+        ("no scaler", [dep], 1),
+        ("trigger without threshold", [dep, no_threshold], 1),
+        ("query for another namespace", [dep, other_ns], 1),
+        ("ScaledObject for a missing Deployment", [dep, hpa, dangling], 1),
+    ]
+    real = R
+    try:
+        for name, docs, want_failures in cases:
+            R = Report()
+            with contextlib.redirect_stdout(io.StringIO()):
+                for o in docs:
+                    if o["kind"] == "ScaledObject":
+                        check_scaledobject_shape("selftest", o)
+                check_one_scaler("selftest", docs)
+            got = len(R.failed)
+            real.check((got > 0) == (want_failures > 0),
+                       f"validate.py self-test, scaler checks, {name}: {got} failure(s) {R.failed}")
+    finally:
+        R = real
 
 
 # ---------------------------------------------------------------- semantics
@@ -233,12 +425,8 @@ MEMORY_ONLY_REPLICAS = (
 
 def check_shared_invalidation(rel: str, docs: list[dict]) -> None:
     """More than one replica of a chartcache container requires Redis."""
-    hpas = [o for o in docs if o["kind"] == "HorizontalPodAutoscaler"]
     for o, spec, _ in pod_specs(docs):
-        most = max([o["spec"].get("replicas", 1)] + [
-            h["spec"].get("maxReplicas", 1) for h in hpas
-            if h["spec"]["scaleTargetRef"].get("name") == o["metadata"]["name"]
-        ])
+        most = max(o["spec"].get("replicas", 1), max_replicas(docs, o["kind"], o["metadata"]["name"]))
         for c in chartcache_containers(spec):
             toml_text, env, _ = config_for_container(docs, spec, c)
             R.check(most <= 1 or has_redis(toml_text, env, c),
@@ -344,22 +532,33 @@ def check_semantics(rel: str, docs: list[dict], drain_secs: dict) -> None:
 # ---------------------------------------------------------------- metrics
 
 def load_metrics() -> tuple[set[str], set[str], dict[str, set[str]]]:
-    """Names, histogram names, and label names per metric, from src/metrics.rs."""
+    """Names, histogram names, and label names per metric, from src/metrics.rs.
+
+    Every metric there is registered by one helper call that names its
+    constant and, for the labelled kinds, its label list:
+    `c(NAME, "help")`, `g(NAME, "help")`, `cv(NAME, "help", &["a", "b"])`,
+    `gv(...)`, `hv(...)`. A constant without such a call fails the check, so
+    every metric's labels are known (none is skipped)."""
     src = open(os.path.join(ROOT, "src", "metrics.rs")).read()
-    consts = dict(re.findall(r'pub const ([A-Z0-9_]+): &str = "([a-z0-9_:]+)";', src))
+    consts = dict(re.findall(r'pub const ([A-Z0-9_]+): &str =\s*"([a-z0-9_:]+)";', src))
     R.check(len(consts) > 0, "src/metrics.rs: no `pub const NAME: &str = \"chartcache_...\"` found")
-    hist = {consts[c] for c in re.findall(r"\bhv\(\s*([A-Z0-9_]+)", src) if c in consts}
-    hist |= {consts[c] for c in re.findall(r"Histogram(?:Vec)?::new\(\s*HistogramOpts::new\(\s*([A-Z0-9_]+)", src) if c in consts}
+    string = r'"(?:[^"\\]|\\.)*"'
+    call = re.compile(r"\b(c|g|cv|gv|hv)\(\s*([A-Z0-9_]+)\s*,\s*" + string + r"\s*(?:,\s*&\[([^\]]*)\])?\s*,?\s*\)", re.S)
     labels: dict[str, set[str]] = {}
-    body = src.split("let m = Metrics {", 1)[1].split("registry: r", 1)[0] if "let m = Metrics {" in src else ""
-    for chunk in re.split(r"\n\s{12}[a-z_]+:\s", body):
-        names = [c for c in re.findall(r"\b([A-Z][A-Z0-9_]+)\b", chunk) if c in consts]
-        if len(names) != 1:
+    hist: set[str] = set()
+    for kind, const, labs in call.findall(src):
+        if const not in consts:
             continue
-        m = re.search(r"&\[([^\]]*)\]", chunk)
-        labels[consts[names[0]]] = set(re.findall(r'"([a-z_]+)"', m.group(1))) if m else set()
-    if len(labels) != len(consts):
-        R.note("src/metrics.rs: could not read every metric's labels; label names not checked for the rest")
+        name = consts[const]
+        want_labels = kind.endswith("v")
+        R.check(want_labels == bool(labs.strip()),
+                f"src/metrics.rs: {const}: {kind}(...) {'needs' if want_labels else 'takes no'} a label list")
+        R.check(name not in labels, f"src/metrics.rs: {const} registered twice")
+        labels[name] = set(re.findall(r'"([a-z_]+)"', labs))
+        if kind == "hv":
+            hist.add(name)
+    for const, name in consts.items():
+        R.check(name in labels, f"src/metrics.rs: {const} is not registered with c/g/cv/gv/hv(NAME, \"help\", &[labels]): its labels cannot be checked")
     return set(consts.values()), hist, labels
 
 
@@ -421,7 +620,8 @@ def check_metric(where: str, name: str, labs: set[str], names: set[str], hist: s
     if name in recorded:
         R.check(True, "")
         return
-    if name.startswith("process_"):
+    # process_* come from the same /metrics; up is the scrape's own series.
+    if name.startswith("process_") or name == "up":
         R.check(True, "")
         return
     if not R.check(base in names, f"{where}: metric {name!r} is not defined in src/metrics.rs"):
@@ -495,6 +695,130 @@ def check_metrics(rule_docs: list[dict]) -> None:
                 for name, labs in metric_refs(r["expr"]):
                     check_metric(f"PrometheusRule {r.get('alert') or r.get('record')}", name, labs,
                                  names, hist, labels, recorded)
+
+
+def check_query_metrics(where: str, expr: str, names, hist, labels) -> None:
+    R.check(balanced(expr), f"{where}: unbalanced brackets or quotes in {expr!r}")
+    for name, labs in metric_refs(expr):
+        check_metric(where, name, labs, names, hist, labels, set())
+
+
+ADAPTER_RULES = os.path.join(DEPLOY, "prometheus-adapter", "rules.yaml")
+
+
+def adapter_metrics() -> set[str]:
+    """Custom metric names deploy/prometheus-adapter/rules.yaml serves; its
+    series queries checked against src/metrics.rs."""
+    names, hist, labels = load_metrics()
+    try:
+        vals = yaml.safe_load(open(ADAPTER_RULES))
+        R.check(True, "")
+    except (OSError, yaml.YAMLError) as e:
+        R.check(False, f"deploy/prometheus-adapter/rules.yaml: {e}")
+        return set()
+    custom = ((vals or {}).get("rules") or {}).get("custom")
+    if not R.check(isinstance(custom, list) and custom, "deploy/prometheus-adapter/rules.yaml: rules.custom missing"):
+        return set()
+    served = set()
+    for i, r in enumerate(custom):
+        where = f"deploy/prometheus-adapter/rules.yaml: rules.custom[{i}]"
+        sq = r.get("seriesQuery", "")
+        check_query_metrics(where, sq, names, hist, labels)
+        over = ((r.get("resources") or {}).get("overrides") or {})
+        R.check({"namespace", "pod"} <= set(over), f"{where}: resources.overrides must map namespace and pod (a Pods metric)")
+        mq = r.get("metricsQuery", "")
+        R.check("<<.Series>>" in mq and "<<.LabelMatchers>>" in mq and "<<.GroupBy>>" in mq,
+                f"{where}: metricsQuery must use <<.Series>>, <<.LabelMatchers>> and <<.GroupBy>>")
+        n = r.get("name") or {}
+        series = [m for m, _ in metric_refs(sq)]
+        R.check(bool(n.get("matches")) and all(re.search(n["matches"], s) for s in series),
+                f"{where}: name.matches does not match the series queried {series}")
+        if R.check(bool(n.get("as")), f"{where}: name.as missing"):
+            R.check(not n["as"].endswith("_per_second"),
+                    f"{where}: name.as {n['as']!r} collides with the chart's default rules (*_total -> *_per_second)")
+            served.add(n["as"])
+    return served
+
+
+def check_hpa_metrics(rendered: dict[str, list[dict]], served: set[str]) -> None:
+    """Every Pods/Object metric an HPA asks for is served by the adapter rules."""
+    for rel, docs in rendered.items():
+        for h in docs:
+            if h.get("kind") != "HorizontalPodAutoscaler":
+                continue
+            for m in h["spec"].get("metrics", []):
+                if m.get("type") in ("Pods", "Object"):
+                    name = m[m["type"].lower()]["metric"]["name"]
+                    R.check(name in served, f"{rel}: {ident(h)}: metric {name!r} is served by no rule in deploy/prometheus-adapter/rules.yaml ({sorted(served)})")
+
+
+def check_keda_queries(rendered: dict[str, list[dict]]) -> None:
+    names, hist, labels = load_metrics()
+    for rel, docs in rendered.items():
+        for o in docs:
+            if o.get("kind") == "ScaledObject":
+                for t in o["spec"].get("triggers", []):
+                    q = (t.get("metadata") or {}).get("query")
+                    if q:
+                        check_query_metrics(f"{rel}: {ident(o)} trigger {t.get('name')}", q, names, hist, labels)
+
+
+def check_dashboard_configmap(rendered: dict[str, list[dict]]) -> None:
+    """The dashboard ships as a ConfigMap with Grafana's sidecar label, holding
+    deploy/grafana/chartcache.json as it is."""
+    want = open(os.path.join(DEPLOY, "grafana", "chartcache.json")).read()
+    for rel, docs in rendered.items():
+        cms = [o for o in docs if o.get("kind") == "ConfigMap"
+               and (o["metadata"].get("labels") or {}).get("grafana_dashboard") == "1"]
+        if R.check(len(cms) == 1, f"{rel}: expected one ConfigMap labelled grafana_dashboard: \"1\", found {len(cms)}"):
+            R.check(cms[0].get("data", {}).get("chartcache.json") == want,
+                    f"{rel}: {ident(cms[0])}: data.chartcache.json differs from deploy/grafana/chartcache.json")
+
+
+def promtool_available(what: str) -> bool:
+    """promtool (Debian: prometheus) runs the rule checks. Missing under CI it
+    is a failure, locally a loud skip."""
+    if shutil.which("promtool"):
+        return True
+    msg = f"promtool not found: {what} NOT run (apt-get install prometheus)"
+    if os.environ.get("CI"):
+        R.check(False, f"{msg}; CI is set, so this fails")
+    else:
+        R.note(f"SKIPPED {msg}; set CI=1 to make this a failure")
+    return False
+
+
+def check_rules_with_promtool(rule_docs: list[dict]) -> None:
+    """`promtool check rules` on the rendered PrometheusRule's groups, then the
+    unit tests (deploy/prometheusrule*_test.yaml) against them."""
+    if len(rule_docs) != 1 or not promtool_available("promtool check rules / test rules"):
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        rules = os.path.join(tmp, "chartcache-rules.yaml")
+        with open(rules, "w") as f:
+            yaml.safe_dump(rule_docs[0]["spec"], f, sort_keys=False)
+        p = subprocess.run(["promtool", "check", "rules", rules], capture_output=True, text=True, timeout=60)
+        R.check(p.returncode == 0, f"promtool check rules: {(p.stdout + p.stderr).strip()}")
+        tests = []
+        for t in RULE_TESTS:
+            src = os.path.join(DEPLOY, t)
+            if R.check(os.path.isfile(src), f"deploy/{t} missing"):
+                shutil.copy(src, os.path.join(tmp, t))
+                tests.append(t)
+        alerts = {r["alert"] for g in rule_docs[0]["spec"]["groups"] for r in g["rules"] if "alert" in r}
+        tested = set()
+        for t in tests:
+            doc = yaml.safe_load(open(os.path.join(tmp, t)))
+            R.check(doc.get("rule_files") == ["chartcache-rules.yaml"], f"deploy/{t}: rule_files must be [chartcache-rules.yaml]")
+            for case in doc.get("tests", []):
+                for a in case.get("alert_rule_test", []):
+                    tested.add(a["alertname"])
+        R.check(alerts <= tested, f"rule unit tests: no case for {sorted(alerts - tested)}")
+        p = subprocess.run(["promtool", "test", "rules", *tests], capture_output=True, text=True,
+                           timeout=300, cwd=tmp)
+        R.check(p.returncode == 0, f"promtool test rules: {(p.stdout + p.stderr).strip()[-4000:]}")
+        if p.returncode == 0:
+            print(f"promtool: rules checked, {len(tests)} unit test files passed ({len(tested)} alerts covered)")
 
 
 # ---------------------------------------------------------------- check-config
@@ -632,12 +956,11 @@ def check_scaling(rel: str, docs: list[dict]) -> None:
     resets it on every apply. A chartcache container with neither a CPU limit
     nor server.worker_threads runs one proxy thread (and Redis connection) per
     node CPU."""
-    targets = {(o["spec"]["scaleTargetRef"].get("kind"), o["spec"]["scaleTargetRef"].get("name"))
-               for o in docs if o.get("kind") == "HorizontalPodAutoscaler"}
+    targets = set(scalers(docs))
     for o, spec, _ in pod_specs(docs):
         if (o["kind"], o["metadata"]["name"]) in targets:
             R.check("replicas" not in o["spec"],
-                    f"{rel}: {ident(o)}: an HPA owns it, so spec.replicas must not be set (each apply resets the count)")
+                    f"{rel}: {ident(o)}: an HPA/ScaledObject owns it, so spec.replicas must not be set (each apply resets the count)")
         for c in spec.get("containers", []) + spec.get("initContainers", []):
             # The schema allows repeated env names; the last silently wins.
             names = [e["name"] for e in c.get("env", []) or []]
@@ -710,7 +1033,9 @@ def main() -> int:
         docs = render(d)
         if docs is not None:
             rendered[os.path.relpath(d, ROOT)] = docs
-    R.check(len(rendered) >= 4, f"expected base + 3 overlays, rendered {sorted(rendered)}")
+    R.check(len(rendered) >= 5, f"expected base + 4 overlays, rendered {sorted(rendered)}")
+    R.check(any(o.get("kind") == "ScaledObject" for docs in rendered.values() for o in docs),
+            "no overlay renders the KEDA ScaledObject (deploy/components/keda)")
     for rel, docs in rendered.items():
         for o in docs:
             validate_schema(rel, o)
@@ -718,10 +1043,16 @@ def main() -> int:
     for rel, docs in rendered.items():
         check_semantics(rel, docs, drains)
         check_scaling(rel, docs)
+        check_one_scaler(rel, docs)
+    selftest_scaling_checks()
+    check_hpa_metrics(rendered, adapter_metrics())
+    check_keda_queries(rendered)
+    check_dashboard_configmap(rendered)
     check_helm_chart()
     rules = [o for o in rendered.get("deploy/base", []) if o["kind"] == "PrometheusRule"]
     R.check(len(rules) == 1, "deploy/base: expected one PrometheusRule")
     check_metrics(rules)
+    check_rules_with_promtool(rules)
     check_dockerfile()
     print(f"rendered: {', '.join(sorted(rendered))}; k8s schemas: {', '.join(K8S_VERSIONS)}")
     if R.failed:

@@ -13,7 +13,7 @@ use serde::Deserialize;
 
 use crate::app::App;
 use crate::body::{Body, full};
-use crate::fingerprint::CacheKey;
+use crate::key::CacheKey;
 use crate::store::Purge;
 
 /// Admin request handler.
@@ -178,7 +178,7 @@ async fn purge(app: &App, req: Request<Incoming>) -> Response<Body> {
         }
         _ => return bad("give exactly one of tags, keys or all".into()),
     };
-    match crate::invalidate::apply(app, &purge, "admin").await {
+    match crate::invalidate::apply(&*app.store, &app.metrics, &purge, "admin").await {
         Ok(n) => json(StatusCode::OK, serde_json::json!({ "removed": n })),
         Err(e) => json(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -191,7 +191,7 @@ async fn explain(app: &App, req: Request<Incoming>) -> Response<Body> {
     let mut path = "/api/v1/chart/data".to_string();
     let mut method = Method::POST;
     let mut scope = "user:?".to_string();
-    let mut identity = crate::policy::IdentityKind::User;
+    let mut identity = crate::config::IdentityKind::User;
     for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
         match k.as_ref() {
             "path" => path = v.into_owned(),
@@ -199,9 +199,9 @@ async fn explain(app: &App, req: Request<Incoming>) -> Response<Body> {
             "scope" => scope = v.into_owned(),
             "identity" => {
                 identity = match v.as_ref() {
-                    "guest" => crate::policy::IdentityKind::Guest,
-                    "anonymous" => crate::policy::IdentityKind::Anonymous,
-                    _ => crate::policy::IdentityKind::User,
+                    "guest" => crate::config::IdentityKind::Guest,
+                    "anonymous" => crate::config::IdentityKind::Anonymous,
+                    _ => crate::config::IdentityKind::User,
                 }
             }
             _ => {}

@@ -12,8 +12,8 @@ use crate::config::Config;
 use crate::identity::IdentityResolver;
 use crate::metrics::Metrics;
 use crate::policy::Policy;
-use crate::proxy::Fetched;
 use crate::refresh::Refresher;
+use crate::respond::Fetched;
 use crate::store::SharedStore;
 use crate::store::memory::MemoryStore;
 use crate::upstream::Upstream;
@@ -30,11 +30,13 @@ pub struct App {
     /// The in-process store when one is in use (metrics, sync hit path).
     pub memory: Option<Arc<MemoryStore>>,
     pub coalescer: Arc<Coalescer<Arc<Fetched>>>,
+    /// Async-query jobs (GLOBAL_ASYNC_QUERIES) whose data fills their POST's entry.
+    pub jobs: Arc<crate::jobs::registry::Jobs>,
     /// Canonical forms of recently seen request bodies (hit-path CPU saver).
-    pub canon_memo: crate::proxy::memo::CanonMemo,
+    pub canon_memo: crate::fingerprint::memo::CanonMemo,
     /// Uncompressed and gzip copies of entries, for clients whose encoding
     /// an entry does not carry (hit-path CPU and socket saver).
-    pub copies: crate::proxy::copies::Copies,
+    pub copies: crate::respond::copies::Copies,
     /// Threads for compression and large copies, off the runtime threads.
     pub offload: crate::offload::Offload,
     /// Refresh-ahead of hot entries (and its in-memory credentials).
@@ -69,22 +71,33 @@ impl App {
         // Unreadable certificates are a startup error, not a runtime surprise.
         let tls = match &cfg.server.tls {
             Some(t) => {
-                Some(crate::tls::acceptor(t).map_err(|e| anyhow::anyhow!("server.tls: {e}"))?)
+                let expiry = metrics.tls_cert_expiry.with_label_values(&["proxy"]);
+                Some(
+                    crate::tls::acceptor(t, expiry)
+                        .map_err(|e| anyhow::anyhow!("server.tls: {e}"))?,
+                )
             }
             None => None,
         };
         let admin_tls = match &cfg.admin.tls {
             Some(t) => {
-                Some(crate::tls::acceptor(t).map_err(|e| anyhow::anyhow!("admin.tls: {e}"))?)
+                let expiry = metrics.tls_cert_expiry.with_label_values(&["admin"]);
+                Some(
+                    crate::tls::acceptor(t, expiry)
+                        .map_err(|e| anyhow::anyhow!("admin.tls: {e}"))?,
+                )
             }
             None => None,
         };
         let refresher = Refresher::new(&cfg.refresh_ahead);
-        let canon_memo = crate::proxy::memo::CanonMemo::new(cfg.cache.canonical_memo_bytes);
-        let copies = crate::proxy::copies::Copies::new(cfg.cache.raw_copy_bytes);
+        let canon_memo = crate::fingerprint::memo::CanonMemo::new(cfg.cache.canonical_memo_bytes);
+        let copies = crate::respond::copies::Copies::new(cfg.cache.raw_copy_bytes);
         let offload = crate::offload::Offload::new(cfg.server.workers())?;
         if !cfg.redis.enabled() {
             warn_memory_only();
+        }
+        if store.shared().is_some() {
+            metrics.prime_store("redis", crate::metrics::known::REDIS_OPS);
         }
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),
@@ -94,6 +107,7 @@ impl App {
             store,
             memory,
             coalescer: Coalescer::new(),
+            jobs: Default::default(),
             canon_memo,
             copies,
             offload,
@@ -194,6 +208,11 @@ impl App {
             let (entries, bytes) = m.usage();
             self.metrics.memory_entries.set(entries as i64);
             self.metrics.memory_bytes.set(bytes as i64);
+            self.metrics.memory_capacity.set(m.capacity() as i64);
+            let (size, expired) = m.evictions();
+            let ev = &self.metrics.memory_evictions;
+            Metrics::catch_up(&ev.with_label_values(&["size"]), size);
+            Metrics::catch_up(&ev.with_label_values(&["expired"]), expired);
         }
         let parts = &self.metrics.memory_cache_bytes;
         parts

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::fingerprint::CacheKey;
+use crate::key::CacheKey;
 
 /// State of one in-flight fetch.
 #[derive(Clone)]

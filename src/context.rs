@@ -1,17 +1,23 @@
 //! The per-request context: filled along the way, read once at the end for
 //! metrics, the access log and the `Cache-Status` header.
 
+use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
-use crate::fingerprint::CacheKey;
-use crate::policy::TierConfig;
+use crate::config::TierConfig;
+use crate::key::CacheKey;
 
 /// `x-request-id`, as a constant: a name given as `&str` is parsed and, not
 /// being a standard header, copied on every insert.
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// The request's id, set by the request-id layer as a request extension so
+/// the request path does not read the header again.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
 /// RFC 9211 `Cache-Status`.
 pub const CACHE_STATUS: HeaderName = HeaderName::from_static("cache-status");
 
@@ -121,7 +127,7 @@ impl RequestContext {
             s.push_str("; stored");
         }
         let detail = match self.outcome {
-            Outcome::Coalesced => Some("coalesced"),
+            Outcome::Coalesced => Some(self.detail.unwrap_or("coalesced")),
             Outcome::Stale if self.upstream_ms.is_none() => Some("stale"),
             _ => self.detail,
         };
@@ -132,6 +138,14 @@ impl RequestContext {
         // The string's buffer becomes the value's: one allocation, not two.
         HeaderValue::from_maybe_shared(Bytes::from(s)).ok()
     }
+}
+
+/// Connection facts the handler needs.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: Option<SocketAddr>,
+    /// `http` or `https`, for `X-Forwarded-Proto`.
+    pub proto: &'static str,
 }
 
 #[cfg(test)]

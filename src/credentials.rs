@@ -229,11 +229,11 @@ impl Credentials {
     /// blake3 over the whole set, each part length-prefixed and tagged, so no
     /// two different sets share a digest. Only digests are kept in memory maps.
     pub fn digest(&self) -> [u8; 32] {
-        // Gathered, then hashed at once (see `fingerprint::Gather`).
-        let mut g = crate::fingerprint::Gather::<1024>::default();
+        // Gathered, then hashed at once (see `key::Gather`).
+        let mut g = crate::key::Gather::<1024>::default();
         let mut part = |tag: u8, v: Option<&[u8]>| {
             g.push(&[tag]);
-            crate::fingerprint::hash_optional_part(&mut |b| g.push(b), v);
+            crate::key::hash_optional_part(&mut |b| g.push(b), v);
         };
         part(b'a', self.authorization.as_ref().map(|v| v.as_bytes()));
         part(b's', self.session.as_ref().map(|v| v.as_bytes()));

@@ -5,8 +5,9 @@ use http::Method;
 use serde_json::{Value, json};
 
 use crate::config::Config;
+use crate::config::{IdentityKind, ScopeKind};
 use crate::fingerprint;
-use crate::policy::{Decision, IdentityKind, Policy, ScopeKind};
+use crate::policy::{Decision, Policy};
 use crate::route::{self, Route};
 
 /// Explain a request. `scope` is the identity scope to key with (e.g. `user:2`);

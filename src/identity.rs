@@ -28,11 +28,11 @@ use http_body_util::BodyExt;
 
 use crate::body::empty;
 use crate::config::IdentityConfig;
+use crate::config::{IdentityKind, ScopeKind};
 use crate::error::Error;
-use crate::fingerprint::DigestHash;
 use crate::jwt::{AccessTokenVerifier, GuestTokenVerifier};
+use crate::key::DigestHash;
 use crate::metrics::Metrics;
-use crate::policy::ScopeKind;
 use crate::upstream::Upstream;
 
 pub use crate::credentials::{Credentials, Extracted};
@@ -129,7 +129,31 @@ pub enum ScopeOutcome {
     Scope(Scope),
     /// Refused (by Superset, or by local verification): never served from
     /// cache, forwarded so Superset answers for itself.
-    Denied(&'static str),
+    Denied(Denial),
+}
+
+/// Why a credential was refused; `as_str()` is the `Cache-Status` detail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denial {
+    /// Superset answered `/api/v1/me/` (or `/me/roles/`) with 401, 403 or 422.
+    Superset,
+    /// A Superset JWT failed local verification.
+    JwtInvalid,
+    /// A guest token failed verification or is not readable.
+    GuestInvalid,
+    /// A guest token's `exp` has passed, or cannot be read.
+    GuestExpired,
+}
+
+impl Denial {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Denial::Superset => "identity-denied",
+            Denial::JwtInvalid => "jwt-invalid",
+            Denial::GuestInvalid => "guest-invalid",
+            Denial::GuestExpired => "guest-expired",
+        }
+    }
 }
 
 /// A mapping and the instant it stops being valid.
@@ -345,14 +369,14 @@ impl IdentityResolver {
                 Err(e) => {
                     self.count("local-denied");
                     tracing::debug!(error = %e, "bearer token failed local verification");
-                    return Ok(ScopeOutcome::Denied("jwt-invalid"));
+                    return Ok(ScopeOutcome::Denied(Denial::JwtInvalid));
                 }
             }
         }
         match kind {
             ScopeKind::Roles => match self.resolve_roles(creds, upstream).await? {
                 RolesResolution::Roles(r) => Ok(ScopeOutcome::Scope(Scope::Roles(r))),
-                RolesResolution::Denied(_) => Ok(ScopeOutcome::Denied("identity-denied")),
+                RolesResolution::Denied(_) => Ok(ScopeOutcome::Denied(Denial::Superset)),
             },
             ScopeKind::User | ScopeKind::Public => {
                 if let Some(id) = local_user {
@@ -360,7 +384,7 @@ impl IdentityResolver {
                 }
                 match self.resolve(creds, upstream).await? {
                     Resolution::Principal(p) => Ok(ScopeOutcome::Scope(Scope::User(p.user_id))),
-                    Resolution::Denied(_) => Ok(ScopeOutcome::Denied("identity-denied")),
+                    Resolution::Denied(_) => Ok(ScopeOutcome::Denied(Denial::Superset)),
                 }
             }
         }
@@ -372,7 +396,7 @@ impl IdentityResolver {
     /// it has passed. With a secret the token must verify.
     fn guest_scope(&self, token: &HeaderValue) -> ScopeOutcome {
         let Ok(token) = token.to_str() else {
-            return ScopeOutcome::Denied("guest-invalid");
+            return ScopeOutcome::Denied(Denial::GuestInvalid);
         };
         match &self.guest {
             Some(v) => match v.verify(token) {
@@ -383,7 +407,7 @@ impl IdentityResolver {
                 Err(e) => {
                     self.count("guest-denied");
                     tracing::debug!(error = %e, "guest token failed verification");
-                    ScopeOutcome::Denied("guest-invalid")
+                    ScopeOutcome::Denied(Denial::GuestInvalid)
                 }
             },
             None => {
@@ -392,7 +416,7 @@ impl IdentityResolver {
                 // tier keeps its entries.
                 if crate::jwt::unverified_expired(token) {
                     self.count("guest-denied");
-                    return ScopeOutcome::Denied("guest-expired");
+                    return ScopeOutcome::Denied(Denial::GuestExpired);
                 }
                 self.count("guest");
                 let mut h = blake3::Hasher::new();
@@ -522,6 +546,18 @@ fn parse_me(body: &[u8]) -> Result<Principal, Error> {
         user_id,
         username: r["username"].as_str().unwrap_or("").to_string(),
     })
+}
+
+impl IdentityKind {
+    /// Classify a request's credential set. A guest token names the embedding
+    /// context, so it decides the kind even when other credentials come along.
+    pub fn of(creds: Option<&Credentials>) -> IdentityKind {
+        match creds {
+            None => IdentityKind::Anonymous,
+            Some(c) if c.guest_token.is_some() => IdentityKind::Guest,
+            Some(_) => IdentityKind::User,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,9 +1,9 @@
 //! Invalidation: what a successful write to a Superset object purges, and the
 //! one function every purge (admin API or automatic) goes through.
 
-use crate::app::App;
+use crate::metrics::Metrics;
 use crate::route::{ObjectKind, WriteTarget};
-use crate::store::Purge;
+use crate::store::{Purge, Store};
 use crate::tags;
 
 /// The purge a successful write implies (tags from [`crate::tags`]).
@@ -25,21 +25,22 @@ pub fn purge_for(target: &WriteTarget) -> Purge {
 /// Apply a purge to the store (which fans it out to other replicas when it is
 /// shared). Fails open: a store error is logged and counted, never raised.
 pub async fn apply(
-    app: &App,
+    store: &dyn Store,
+    metrics: &Metrics,
     purge: &Purge,
     source: &'static str,
 ) -> Result<u64, crate::store::StoreError> {
-    app.metrics.purges.with_label_values(&[source]).inc();
-    let res = app.store.purge(purge).await;
+    metrics.purges.with_label_values(&[source]).inc();
+    let res = store.purge(purge).await;
     match &res {
         Ok(n) => {
-            app.metrics.purged_entries.inc_by(*n);
+            metrics.purged_entries.inc_by(*n);
             tracing::info!(?purge, removed = n, source, "purge");
         }
         Err(e) => {
-            app.metrics
+            metrics
                 .store_errors
-                .with_label_values(&[app.store.name(), "purge"])
+                .with_label_values(&[store.name(), "purge"])
                 .inc();
             tracing::warn!(?purge, error = %e, source, "purge failed");
         }

@@ -2,6 +2,7 @@
 //! together in `server::service_stack`.
 
 use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -9,7 +10,7 @@ use std::task::{Context, Poll};
 use http::{HeaderValue, Request, Response};
 use tower::{Layer, Service};
 
-use crate::context::{Outcome, RequestContext, X_REQUEST_ID};
+use crate::context::{Outcome, RequestContext, RequestId, X_REQUEST_ID};
 use crate::deadline::{Active, Activity, Tracked};
 use crate::metrics::Metrics;
 
@@ -18,14 +19,16 @@ use crate::metrics::Metrics;
 pub struct RequestIdLayer;
 
 impl<S> Layer<S> for RequestIdLayer {
-    type Service = RequestId<S>;
+    type Service = SetRequestId<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RequestId { inner }
+        SetRequestId { inner }
     }
 }
 
+/// Sets the `x-request-id` header (forwarded to Superset) and the typed
+/// [`RequestId`] extension (read by the request path).
 #[derive(Clone)]
-pub struct RequestId<S> {
+pub struct SetRequestId<S> {
     inner: S,
 }
 
@@ -36,7 +39,7 @@ fn new_request_id() -> HeaderValue {
     HeaderValue::from_bytes(&hex).expect("hex is a valid header value")
 }
 
-impl<S, B> Service<Request<B>> for RequestId<S>
+impl<S, B> Service<Request<B>> for SetRequestId<S>
 where
     S: Service<Request<B>>,
 {
@@ -47,13 +50,15 @@ where
         self.inner.poll_ready(cx)
     }
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let ok = req
-            .headers()
-            .get(X_REQUEST_ID)
-            .is_some_and(|v| !v.is_empty() && v.len() <= 128 && v.to_str().is_ok());
-        if !ok {
-            req.headers_mut().insert(X_REQUEST_ID, new_request_id());
-        }
+        let id = match req.headers().get(X_REQUEST_ID) {
+            Some(v) if !v.is_empty() && v.len() <= 128 && v.to_str().is_ok() => v.clone(),
+            _ => {
+                let v = new_request_id();
+                req.headers_mut().insert(X_REQUEST_ID, v.clone());
+                v
+            }
+        };
+        req.extensions_mut().insert(RequestId(id));
         self.inner.call(req)
     }
 }
@@ -127,6 +132,7 @@ where
 pub struct ObserveLayer {
     metrics: Arc<Metrics>,
     access_log: bool,
+    client: Option<IpAddr>,
 }
 
 impl ObserveLayer {
@@ -134,7 +140,15 @@ impl ObserveLayer {
         ObserveLayer {
             metrics,
             access_log,
+            client: None,
         }
+    }
+
+    /// The connection's peer, for the access log's `client_ip` (the layer is
+    /// built per connection).
+    pub fn client(mut self, remote: Option<SocketAddr>) -> Self {
+        self.client = remote.map(|a| a.ip());
+        self
     }
 }
 
@@ -145,6 +159,7 @@ impl<S> Layer<S> for ObserveLayer {
             inner,
             metrics: self.metrics.clone(),
             access_log: self.access_log,
+            client: self.client,
         }
     }
 }
@@ -154,6 +169,16 @@ pub struct Observe<S> {
     inner: S,
     metrics: Arc<Metrics>,
     access_log: bool,
+    client: Option<IpAddr>,
+}
+
+/// What the access log says about the client beyond the request context.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// The address that connected (the last proxy's, behind an ingress).
+    pub ip: Option<IpAddr>,
+    /// `X-Forwarded-For` as received (values joined with `, `), empty when absent.
+    pub forwarded_for: Option<HeaderValue>,
 }
 
 impl<S, B, RB> Service<Request<B>> for Observe<S>
@@ -168,10 +193,18 @@ where
     }
     fn call(&mut self, req: Request<B>) -> Self::Future {
         self.metrics.inflight.inc();
+        // Only read when it is logged: a clone of a header value is a
+        // reference count, but there is no reason to pay even that.
+        let peer = self.access_log.then(|| {
+            Box::new(Peer {
+                ip: self.client,
+                forwarded_for: forwarded_for(req.headers()),
+            })
+        });
         Observed {
             inner: self.inner.call(req),
             metrics: Some(self.metrics.clone()),
-            access_log: self.access_log,
+            peer,
         }
     }
 }
@@ -186,7 +219,8 @@ pin_project_lite::pin_project! {
         // Taken when recorded, so a future dropped before completing (client
         // gone) still leaves the in-flight gauge right (see `PinnedDrop`).
         metrics: Option<Arc<Metrics>>,
-        access_log: bool,
+        // Present when the access log is on.
+        peer: Option<Box<Peer>>,
     }
 
     impl<F> PinnedDrop for Observed<F> {
@@ -211,14 +245,18 @@ where
             if let Ok(resp) = &res
                 && let Some(ctx) = resp.extensions().get::<RequestContext>()
             {
-                record(&metrics, ctx, *this.access_log);
+                record(&metrics, ctx);
+                if let Some(peer) = this.peer.as_deref() {
+                    let bytes = ctx.bytes.or_else(|| content_length(resp.headers()));
+                    access_log(ctx, peer, bytes);
+                }
             }
         }
         Poll::Ready(res)
     }
 }
 
-fn record(m: &Metrics, ctx: &RequestContext, access_log: bool) {
+fn record(m: &Metrics, ctx: &RequestContext) {
     let outcome = ctx.outcome.as_str();
     let elapsed = ctx.start.elapsed();
     if ctx.outcome == Outcome::Hit && ctx.status == 200 && ctx.route == "chart_data" {
@@ -234,24 +272,58 @@ fn record(m: &Metrics, ctx: &RequestContext, access_log: bool) {
             .with_label_values(&[ctx.route, outcome])
             .observe(elapsed.as_secs_f64());
     }
-    if access_log {
-        tracing::info!(
-            target: "access",
-            request_id = ctx.request_id.to_str().unwrap_or("-"),
-            method = %ctx.method,
-            path = ctx.uri.path(),
-            status = ctx.status,
-            route = ctx.route,
-            outcome,
-            detail = ctx.detail.unwrap_or(""),
-            key = %ctx.key.map(|k| k.short()).unwrap_or_default(),
-            scope = ctx.scope_kind.unwrap_or(""),
-            tier = ctx.tier.as_ref().map_or("", |t| t.name.as_str()),
-            upstream_ms = ctx.upstream_ms,
-            total_us = elapsed.as_micros() as u64,
-            bytes = ctx.bytes,
-        );
+}
+
+/// One access-log line. `client_ip` is the peer that connected; behind an
+/// ingress or load balancer that is the proxy, and the client is in
+/// `forwarded_for` (as received: only the entries added by proxies you run
+/// can be trusted). `bytes` is the response body's length when known from
+/// the entry or `Content-Length` (absent for a chunked pass-through).
+fn access_log(ctx: &RequestContext, peer: &Peer, bytes: Option<u64>) {
+    tracing::info!(
+        target: "access",
+        request_id = ctx.request_id.to_str().unwrap_or("-"),
+        client_ip = peer.ip.map(tracing::field::display),
+        forwarded_for = peer.forwarded_for.as_ref().and_then(|v| v.to_str().ok()),
+        method = %ctx.method,
+        path = ctx.uri.path(),
+        status = ctx.status,
+        route = ctx.route,
+        outcome = ctx.outcome.as_str(),
+        detail = ctx.detail.unwrap_or(""),
+        key = %ctx.key.map(|k| k.short()).unwrap_or_default(),
+        scope = ctx.scope_kind.unwrap_or(""),
+        tier = ctx.tier.as_ref().map_or("", |t| t.name.as_str()),
+        upstream_ms = ctx.upstream_ms,
+        total_us = ctx.start.elapsed().as_micros() as u64,
+        bytes,
+    );
+}
+
+/// The request's `X-Forwarded-For` values, one value (joined like the header
+/// chartcache forwards), or `None`.
+fn forwarded_for(headers: &http::HeaderMap) -> Option<HeaderValue> {
+    let mut all = headers.get_all("x-forwarded-for").iter();
+    let first = all.next()?.clone();
+    let rest: Vec<&[u8]> = all.map(|v| v.as_bytes()).collect();
+    if rest.is_empty() {
+        return Some(first);
     }
+    let mut joined = first.as_bytes().to_vec();
+    for r in rest {
+        joined.extend_from_slice(b", ");
+        joined.extend_from_slice(r);
+    }
+    HeaderValue::from_bytes(&joined).ok()
+}
+
+fn content_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 #[cfg(test)]
@@ -285,7 +357,7 @@ mod tests {
         ctx.status = 200;
         for outcome in [Outcome::Hit, Outcome::Hit, Outcome::Miss] {
             ctx.outcome = outcome;
-            record(&m, &ctx, false);
+            record(&m, &ctx);
         }
         let count = |o: &str| {
             m.requests
@@ -324,5 +396,64 @@ mod tests {
             0,
             "completed requests are not counted twice"
         );
+    }
+
+    /// The access log names the peer, the forwarded chain as received and the
+    /// response's length (from `Content-Length` when the context has none).
+    #[test]
+    fn access_log_has_client_ip_forwarded_for_and_bytes() {
+        #[derive(Clone, Default)]
+        struct Buf(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let writer = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(move || writer.clone())
+            .finish();
+        let handler = tower::service_fn(|_req: Request<()>| async {
+            let mut ctx = RequestContext::new(
+                HeaderValue::from_static("rid"),
+                http::Method::GET,
+                http::Uri::from_static("/api/v1/chart/1"),
+            );
+            ctx.status = 200;
+            let mut resp = Response::new(());
+            resp.headers_mut().insert(
+                http::header::CONTENT_LENGTH,
+                HeaderValue::from_static("1234"),
+            );
+            resp.extensions_mut().insert(ctx);
+            Ok::<_, std::convert::Infallible>(resp)
+        });
+        let peer: SocketAddr = "10.1.2.3:40000".parse().unwrap();
+        let mut svc = ObserveLayer::new(Arc::new(Metrics::new()), true)
+            .client(Some(peer))
+            .layer(handler);
+        let mut req = Request::new(());
+        // Two headers, as gunicorn would see them joined.
+        req.headers_mut()
+            .append("x-forwarded-for", HeaderValue::from_static("203.0.113.7"));
+        req.headers_mut()
+            .append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        tracing::subscriber::with_default(subscriber, || {
+            use futures_util::FutureExt;
+            svc.call(req).now_or_never().unwrap().unwrap();
+        });
+        let out = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+        let f = &line["fields"];
+        assert_eq!(f["client_ip"], "10.1.2.3", "{out}");
+        assert_eq!(f["forwarded_for"], "203.0.113.7, 10.0.0.1", "{out}");
+        assert_eq!(f["bytes"], 1234, "{out}");
+        assert_eq!(f["status"], 200, "{out}");
     }
 }

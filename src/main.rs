@@ -171,6 +171,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.cmd {
         Some(Cmd::CheckConfig) => {
             cfg.validate()?;
+            // Tiers and rules are checked where they are compiled.
+            chartcache::policy::Policy::from_config(&cfg)?;
             println!("{}", toml_string(&cfg)?);
             eprintln!("configuration is valid");
             Ok(())
@@ -205,9 +207,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &body,
                 scope,
                 match identity.as_str() {
-                    "guest" => chartcache::policy::IdentityKind::Guest,
-                    "anonymous" => chartcache::policy::IdentityKind::Anonymous,
-                    _ => chartcache::policy::IdentityKind::User,
+                    "guest" => chartcache::config::IdentityKind::Guest,
+                    "anonymous" => chartcache::config::IdentityKind::Anonymous,
+                    _ => chartcache::config::IdentityKind::User,
                 },
                 SystemClock.now_ms(),
             );
@@ -309,7 +311,9 @@ fn spawn_reloader(app: Arc<App>, cli: &Cli) {
             return;
         };
         while hup.recv().await.is_some() {
-            match load(&cli).and_then(|cfg| app.reload(cfg)) {
+            let reloaded = load(&cli).and_then(|cfg| app.reload(cfg));
+            app.metrics.config_reloaded(reloaded.is_ok());
+            match reloaded {
                 Ok(restart) if restart.is_empty() => tracing::info!("configuration reloaded"),
                 Ok(restart) => tracing::warn!(
                     ?restart,

@@ -1,6 +1,15 @@
 //! Prometheus metrics. Every metric name lives here; all carry the `chartcache_`
 //! prefix and their unit. One `Metrics` value is built at startup and shared
 //! (no global statics), so tests can assert on exact counts.
+//!
+//! Conventions (checked by `deploy/validate.py` and the tests below):
+//! - every metric is registered by one of the helpers in [`Metrics::new`]
+//!   (`c`, `cv`, `g`, `gv`, `hv`) with its name constant and label list
+//!   written out, so the label names can be read from this file;
+//! - `status` is always the full HTTP status code (`"503"`), never a class;
+//! - a labelled series whose label values are known up front exists from
+//!   startup at zero (see `known.rs`), so `rate()` and `increase()` see the
+//!   first event and alerts need no `absent()` guards.
 
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
@@ -36,11 +45,19 @@ pub const INVALIDATION_MESSAGES_TOTAL: &str = "chartcache_invalidation_messages_
 pub const CONNECTION_DEADLINES_TOTAL: &str = "chartcache_connection_deadlines_total";
 pub const BUFFERED_REQUEST_BODY_BYTES: &str = "chartcache_buffered_request_body_bytes";
 pub const REFUSED_TOTAL: &str = "chartcache_refused_total";
+pub const ASYNC_QUERIES_TOTAL: &str = "chartcache_async_queries_total";
+pub const BUILD_INFO: &str = "chartcache_build_info";
+pub const MEMORY_STORE_CAPACITY_BYTES: &str = "chartcache_memory_store_capacity_bytes";
+pub const MEMORY_STORE_EVICTIONS_TOTAL: &str = "chartcache_memory_store_evictions_total";
+pub const CONFIG_RELOADS_TOTAL: &str = "chartcache_config_reloads_total";
+pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
+    "chartcache_config_last_reload_success_timestamp_seconds";
+pub const TLS_CERT_EXPIRY_TIMESTAMP_SECONDS: &str = "chartcache_tls_cert_expiry_timestamp_seconds";
 
 /// All metrics of one process.
 pub struct Metrics {
     pub registry: Registry,
-    /// route, outcome (hit|stale|miss|coalesced|bypass|pass|error), status
+    /// route, outcome (hit|stale|miss|coalesced|bypass|pass|error), status (code)
     pub requests: IntCounterVec,
     /// route, outcome
     pub request_duration: HistogramVec,
@@ -48,10 +65,11 @@ pub struct Metrics {
     /// answered 200, resolved once: most requests are that, and each
     /// `with_label_values` hashes its labels and reads a locked map.
     pub chart_data_hit: (IntCounter, Histogram),
+    /// Requests between their head and their handler's response head.
     pub inflight: IntGauge,
-    /// kind (chart|identity|pass|write|refresh), status class (2xx..5xx)
+    /// kind (chart|pass|write), status (code, e.g. 200, 502)
     pub upstream_requests: IntCounterVec,
-    /// kind, error (connect|timeout|protocol)
+    /// kind, error (connect|timeout|protocol: [`UpstreamFailure`])
     pub upstream_errors: IntCounterVec,
     /// kind
     pub upstream_duration: HistogramVec,
@@ -67,17 +85,21 @@ pub struct Metrics {
     pub breaker_open: IntGaugeVec,
     pub memory_bytes: IntGauge,
     pub memory_entries: IntGauge,
+    /// `memory.max_bytes`: what `memory_bytes` may reach before evictions
+    pub memory_capacity: IntGauge,
+    /// cause (size|expired): entries the memory store dropped on its own
+    pub memory_evictions: IntCounterVec,
     /// cache (memo|copies): bytes of the other in-process caches of the memory budget
     pub memory_cache_bytes: IntGaugeVec,
-    /// result (principal|denied|error)
+    /// result (principal|denied|error|...)
     pub identity_lookups: IntCounterVec,
     /// source (admin|write)
     pub purges: IntCounterVec,
     pub purged_entries: IntCounter,
     pub stored_bytes: IntCounter,
-    /// reason
+    /// reason ([`crate::policy::NotStorable`])
     pub not_stored: IntCounterVec,
-    /// kind (swr|ahead), result (stored|not_stored|error|skipped|inflight|elsewhere|no_credential)
+    /// kind (swr|ahead), result (stored|not_stored|error|skipped|inflight|elsewhere|no_credential|async_job)
     pub background_refreshes: IntCounterVec,
     /// worker: open client connections per proxy thread (`server.runtime = "per_core"`)
     pub worker_connections: IntGaugeVec,
@@ -97,17 +119,35 @@ pub struct Metrics {
     pub buffered_body_bytes: IntGauge,
     /// reason (max_connections|refusals_busy|body_budget): connections or requests turned away
     pub refused: IntCounterVec,
+
+    // Async queries (GLOBAL_ASYNC_QUERIES).
+    /// event (ticket|untracked|wait|wait_timeout|linked|filled|marked_stale):
+    /// jobs remembered from `202` answers, POSTs that waited for a job's data
+    /// and how that ended, `done` events matched to a job, entries filled
+    pub async_queries: IntCounterVec,
+    /// version, key_schema: always 1
+    pub build_info: IntGaugeVec,
+    /// result (success|failure): SIGHUP configuration reloads
+    pub config_reloads: IntCounterVec,
+    /// Unix time of the last configuration load that took effect (startup included)
+    pub config_last_reload_success: IntGauge,
+    /// listener (proxy|admin): `notAfter` of the certificate served, Unix seconds
+    pub tls_cert_expiry: IntGaugeVec,
 }
 
+/// Latency buckets, seconds: sub-millisecond hits up to the longest timeout
+/// (`upstream_client.response_timeout_ms`, 120 s by default), so a slow
+/// Superset query lands in a bucket rather than only in `+Inf`.
 fn buckets() -> Vec<f64> {
     vec![
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-        60.0,
+        60.0, 90.0, 120.0,
     ]
 }
 
 impl Metrics {
-    /// Build and register everything, including process metrics.
+    /// Build and register everything, including process metrics, with the
+    /// known label values at zero.
     pub fn new() -> Metrics {
         let r = Registry::new();
         fn reg<C: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: C) -> C {
@@ -115,8 +155,12 @@ impl Metrics {
                 .expect("metric registered twice");
             c
         }
+        let c = |n: &str, h: &str| reg(&r, IntCounter::new(n, h).unwrap());
         let cv =
             |n: &str, h: &str, l: &[&str]| reg(&r, IntCounterVec::new(Opts::new(n, h), l).unwrap());
+        let g = |n: &str, h: &str| reg(&r, IntGauge::new(n, h).unwrap());
+        let gv =
+            |n: &str, h: &str, l: &[&str]| reg(&r, IntGaugeVec::new(Opts::new(n, h), l).unwrap());
         let hv = |n: &str, h: &str, l: &[&str]| {
             reg(
                 &r,
@@ -125,7 +169,7 @@ impl Metrics {
         };
         let requests = cv(
             REQUESTS_TOTAL,
-            "Requests by route, cache outcome and status",
+            "Requests by route, cache outcome and status code",
             &["route", "outcome", "status"],
         );
         let request_duration = hv(
@@ -140,13 +184,13 @@ impl Metrics {
             ),
             requests,
             request_duration,
-            inflight: reg(
-                &r,
-                IntGauge::new(INFLIGHT_REQUESTS, "Requests in flight").unwrap(),
+            inflight: g(
+                INFLIGHT_REQUESTS,
+                "Requests in flight (head received, response head not yet sent)",
             ),
             upstream_requests: cv(
                 UPSTREAM_REQUESTS_TOTAL,
-                "Requests sent to Superset",
+                "Requests sent to Superset, by kind and Superset's status code",
                 &["kind", "status"],
             ),
             upstream_errors: cv(
@@ -179,35 +223,26 @@ impl Metrics {
                 "Store operation latency",
                 &["store", "op"],
             ),
-            breaker_open: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        STORE_BREAKER_OPEN,
-                        "1 while a store's circuit breaker is open",
-                    ),
-                    &["store"],
-                )
-                .unwrap(),
+            breaker_open: gv(
+                STORE_BREAKER_OPEN,
+                "1 while a store's circuit breaker is open",
+                &["store"],
             ),
-            memory_bytes: reg(
-                &r,
-                IntGauge::new(MEMORY_STORE_BYTES, "Bytes held by the memory store").unwrap(),
+            memory_bytes: g(MEMORY_STORE_BYTES, "Bytes held by the memory store"),
+            memory_entries: g(MEMORY_STORE_ENTRIES, "Entries held by the memory store"),
+            memory_capacity: g(
+                MEMORY_STORE_CAPACITY_BYTES,
+                "Bytes the memory store may hold (memory.max_bytes)",
             ),
-            memory_entries: reg(
-                &r,
-                IntGauge::new(MEMORY_STORE_ENTRIES, "Entries held by the memory store").unwrap(),
+            memory_evictions: cv(
+                MEMORY_STORE_EVICTIONS_TOTAL,
+                "Entries the memory store dropped to stay within its capacity (size) or past their stale window (expired)",
+                &["cause"],
             ),
-            memory_cache_bytes: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        MEMORY_CACHE_BYTES,
-                        "Bytes held by the canonical memo and the encoding copies",
-                    ),
-                    &["cache"],
-                )
-                .unwrap(),
+            memory_cache_bytes: gv(
+                MEMORY_CACHE_BYTES,
+                "Bytes held by the canonical memo and the encoding copies",
+                &["cache"],
             ),
             identity_lookups: cv(
                 IDENTITY_LOOKUPS_TOTAL,
@@ -215,15 +250,8 @@ impl Metrics {
                 &["result"],
             ),
             purges: cv(PURGES_TOTAL, "Purges by source", &["source"]),
-            purged_entries: reg(
-                &r,
-                IntCounter::new(PURGED_ENTRIES_TOTAL, "Entries removed by purges").unwrap(),
-            ),
-            stored_bytes: reg(
-                &r,
-                IntCounter::new(STORED_BYTES_TOTAL, "Compressed bytes written to the store")
-                    .unwrap(),
-            ),
+            purged_entries: c(PURGED_ENTRIES_TOTAL, "Entries removed by purges"),
+            stored_bytes: c(STORED_BYTES_TOTAL, "Compressed bytes written to the store"),
             not_stored: cv(
                 NOT_STORED_TOTAL,
                 "Cached-route responses not stored, by reason",
@@ -234,48 +262,28 @@ impl Metrics {
                 "Background refreshes (stale-while-revalidate, refresh-ahead) by result",
                 &["kind", "result"],
             ),
-            worker_connections: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        WORKER_CONNECTIONS,
-                        "Open client connections per proxy thread (server.runtime = per_core)",
-                    ),
-                    &["worker"],
-                )
-                .unwrap(),
+            worker_connections: gv(
+                WORKER_CONNECTIONS,
+                "Open client connections per proxy thread (server.runtime = per_core)",
+                &["worker"],
             ),
-            redis_connections: reg(
-                &r,
-                IntGaugeVec::new(
-                    Opts::new(
-                        REDIS_CONNECTIONS,
-                        "Redis data connections held open: the set opened with the master (shared) and the proxy threads' own shares (thread)",
-                    ),
-                    &["set"],
-                )
-                .unwrap(),
+            redis_connections: gv(
+                REDIS_CONNECTIONS,
+                "Redis data connections held open: the set opened with the master (shared) and the proxy threads' own shares (thread)",
+                &["set"],
             ),
-            redis_subscription_live: reg(
-                &r,
-                IntGauge::new(
-                    REDIS_SUBSCRIPTION_LIVE,
-                    "1 while the Redis pub/sub connection (invalidations, lock releases) is subscribed on the current master and answers its checks",
-                )
-                .unwrap(),
+            redis_subscription_live: g(
+                REDIS_SUBSCRIPTION_LIVE,
+                "1 while the Redis pub/sub connection (invalidations, lock releases) is subscribed on the current master and answers its checks",
             ),
             redis_subscription_losses: cv(
                 REDIS_SUBSCRIPTION_LOSSES_TOTAL,
                 "Redis pub/sub subscriptions torn down and made again, by reason",
                 &["reason"],
             ),
-            l1_bypassed: reg(
-                &r,
-                IntGauge::new(
-                    L1_BYPASSED,
-                    "1 while the tiered store skips its L1 because purges from other replicas could be missed",
-                )
-                .unwrap(),
+            l1_bypassed: g(
+                L1_BYPASSED,
+                "1 while the tiered store skips its L1 because purges from other replicas could be missed",
             ),
             invalidation_messages: cv(
                 INVALIDATION_MESSAGES_TOTAL,
@@ -287,21 +295,49 @@ impl Metrics {
                 "Client connections ended by a deadline, by phase",
                 &["phase"],
             ),
-            buffered_body_bytes: reg(
-                &r,
-                IntGauge::new(
-                    BUFFERED_REQUEST_BODY_BYTES,
-                    "Bytes of chart-data request bodies being received",
-                )
-                .unwrap(),
+            buffered_body_bytes: g(
+                BUFFERED_REQUEST_BODY_BYTES,
+                "Bytes of chart-data request bodies being received",
             ),
             refused: cv(
                 REFUSED_TOTAL,
                 "Connections or requests turned away at capacity, by reason",
                 &["reason"],
             ),
+            async_queries: cv(
+                ASYNC_QUERIES_TOTAL,
+                "Async-query (GLOBAL_ASYNC_QUERIES) jobs and waits, by event",
+                &["event"],
+            ),
+            build_info: gv(
+                BUILD_INFO,
+                "Always 1: the chartcache version and the cache key schema it computes keys with",
+                &["version", "key_schema"],
+            ),
+            config_reloads: cv(
+                CONFIG_RELOADS_TOTAL,
+                "Configuration reloads (SIGHUP), by result",
+                &["result"],
+            ),
+            config_last_reload_success: g(
+                CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS,
+                "Unix time of the last configuration load that took effect (startup or SIGHUP)",
+            ),
+            tls_cert_expiry: gv(
+                TLS_CERT_EXPIRY_TIMESTAMP_SECONDS,
+                "notAfter of the certificate a TLS listener serves, Unix seconds",
+                &["listener"],
+            ),
             registry: r,
         };
+        let schema = itoa::Buffer::new()
+            .format(crate::fingerprint::KEY_SCHEMA_VERSION)
+            .to_string();
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), &schema])
+            .set(1);
+        m.config_last_reload_success.set(unix_now());
+        known::prime(&m);
         #[cfg(target_os = "linux")]
         {
             let pc = prometheus::process_collector::ProcessCollector::for_self();
@@ -316,6 +352,33 @@ impl Metrics {
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
     }
+
+    /// Count a configuration reload (SIGHUP) and, when it took effect, its time.
+    pub fn config_reloaded(&self, ok: bool) {
+        let result = if ok { "success" } else { "failure" };
+        self.config_reloads.with_label_values(&[result]).inc();
+        if ok {
+            self.config_last_reload_success.set(unix_now());
+        }
+    }
+
+    /// The series of one store's operations, at zero, once the store is known
+    /// (`ops`: the operations it runs; see [`known::REDIS_OPS`]).
+    pub fn prime_store(&self, store: &str, ops: &[&str]) {
+        self.breaker_open.with_label_values(&[store]);
+        for op in ops {
+            self.store_errors.with_label_values(&[store, op]);
+        }
+    }
+
+    /// Bring a counter that is kept elsewhere (as a plain atomic, e.g. the
+    /// memory store's eviction listener) up to `total`; called at scrape.
+    pub fn catch_up(counter: &IntCounter, total: u64) {
+        let now = counter.get();
+        if total > now {
+            counter.inc_by(total - now);
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -324,15 +387,52 @@ impl Default for Metrics {
     }
 }
 
-/// Status class label (`2xx`, ...), without allocating.
-pub fn status_class(status: u16) -> &'static str {
-    match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// Why a request to Superset failed (label `error` of
+/// `chartcache_upstream_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No connection (refused, DNS, TLS handshake, connect timeout).
+    Connect,
+    /// No response head within `upstream_client.response_timeout_ms`.
+    Timeout,
+    /// The connection failed under the request, or the answer was malformed.
+    Protocol,
+}
+
+impl UpstreamFailure {
+    /// Every variant, for the series created at startup.
+    pub const ALL: [UpstreamFailure; 3] = [Self::Connect, Self::Timeout, Self::Protocol];
+
+    /// The failure an upstream error stands for.
+    pub fn of(e: &crate::error::Error) -> UpstreamFailure {
+        use crate::error::Error;
+        match e {
+            Error::UpstreamTimeout => Self::Timeout,
+            Error::UpstreamConnect(_) => Self::Connect,
+            _ => Self::Protocol,
+        }
     }
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Protocol => "protocol",
+        }
+    }
+}
+
+/// `notAfter` of a DER certificate, Unix seconds (`None` if it does not parse).
+pub fn cert_not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Start a histogram timer helper.
@@ -340,9 +440,15 @@ pub fn observe(h: &Histogram, started: std::time::Instant) {
     h.observe(started.elapsed().as_secs_f64());
 }
 
+pub mod known;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn text(m: &Metrics) -> String {
+        String::from_utf8(m.render()).unwrap()
+    }
 
     #[test]
     fn renders_all_names() {
@@ -350,9 +456,132 @@ mod tests {
         m.requests
             .with_label_values(&["chart_data", "hit", "200"])
             .inc();
-        let text = String::from_utf8(m.render()).unwrap();
+        let text = text(&m);
         assert!(text.contains(
             "chartcache_requests_total{outcome=\"hit\",route=\"chart_data\",status=\"200\"} 1"
         ));
+    }
+
+    #[test]
+    fn build_info_carries_version_and_key_schema() {
+        let t = text(&Metrics::new());
+        let want = format!(
+            "chartcache_build_info{{key_schema=\"{}\",version=\"{}\"}} 1",
+            crate::fingerprint::KEY_SCHEMA_VERSION,
+            env!("CARGO_PKG_VERSION")
+        );
+        assert!(t.contains(&want), "{t}");
+    }
+
+    #[test]
+    fn known_labelled_series_exist_at_zero_from_startup() {
+        let m = Metrics::new();
+        m.prime_store("redis", known::REDIS_OPS);
+        let t = text(&m);
+        for series in [
+            "chartcache_store_breaker_open{store=\"redis\"} 0",
+            "chartcache_store_errors_total{op=\"get\",store=\"redis\"} 0",
+            "chartcache_upstream_errors_total{error=\"timeout\",kind=\"chart\"} 0",
+            "chartcache_coalesced_total{where=\"distributed\"} 0",
+            "chartcache_not_stored_total{reason=\"too-large\"} 0",
+            "chartcache_refused_total{reason=\"body_budget\"} 0",
+            "chartcache_connection_deadlines_total{phase=\"http2_keepalive\"} 0",
+            "chartcache_redis_subscription_losses_total{reason=\"ping_timeout\"} 0",
+            "chartcache_background_refreshes_total{kind=\"swr\",result=\"stored\"} 0",
+            "chartcache_memory_store_evictions_total{cause=\"size\"} 0",
+            "chartcache_config_reloads_total{result=\"failure\"} 0",
+        ] {
+            assert!(t.contains(series), "missing {series}");
+        }
+    }
+
+    /// Every name constant is registered, and every family is either a
+    /// labelled one present from startup or an unlabelled one.
+    #[test]
+    fn every_constant_is_registered() {
+        let m = Metrics::new();
+        m.tls_cert_expiry.with_label_values(&["proxy"]).set(1);
+        m.worker_connections.with_label_values(&["0"]).set(0);
+        m.redis_connections.with_label_values(&["shared"]).set(0);
+        m.memory_cache_bytes.with_label_values(&["memo"]).set(0);
+        m.identity_lookups.with_label_values(&["principal"]);
+        m.invalidation_messages.with_label_values(&["applied"]);
+        m.upstream_requests.with_label_values(&["chart", "200"]);
+        m.upstream_duration.with_label_values(&["chart"]);
+        m.store_ops.with_label_values(&["redis", "get", "hit"]);
+        m.store_duration.with_label_values(&["redis", "get"]);
+        m.prime_store("redis", known::REDIS_OPS);
+        let names: Vec<String> = m
+            .registry
+            .gather()
+            .iter()
+            .map(|f| f.name().to_string())
+            .collect();
+        let src = include_str!("metrics.rs");
+        let consts = src.split("/// All metrics of one process.").next().unwrap();
+        let declared: Vec<&str> = consts
+            .split("\"chartcache_")
+            .skip(1)
+            .map(|rest| rest.split('"').next().unwrap())
+            .collect();
+        assert!(declared.len() >= 35, "{declared:?}");
+        for d in declared {
+            let name = format!("chartcache_{d}");
+            assert!(names.contains(&name), "{name} is not registered");
+        }
+    }
+
+    #[test]
+    fn upstream_requests_carry_the_full_status_code() {
+        let m = Metrics::new();
+        let status = http::StatusCode::BAD_GATEWAY;
+        m.upstream_requests
+            .with_label_values(&["chart", status.as_str()])
+            .inc();
+        assert!(
+            text(&m)
+                .contains("chartcache_upstream_requests_total{kind=\"chart\",status=\"502\"} 1")
+        );
+    }
+
+    #[test]
+    fn config_reloads_count_and_stamp_success_only() {
+        let m = Metrics::new();
+        m.config_last_reload_success.set(0);
+        m.config_reloaded(false);
+        assert_eq!(m.config_last_reload_success.get(), 0);
+        m.config_reloaded(true);
+        assert!(m.config_last_reload_success.get() > 1_700_000_000);
+        let n = |r: &str| m.config_reloads.with_label_values(&[r]).get();
+        assert_eq!((n("success"), n("failure")), (1, 1));
+    }
+
+    #[test]
+    fn buckets_reach_the_upstream_timeout() {
+        let default_timeout_secs =
+            crate::config::UpstreamConfig::default().response_timeout_ms as f64 / 1000.0;
+        assert!(buckets().last().copied().unwrap() >= default_timeout_secs);
+        assert!(buckets().windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn cert_not_after_reads_the_validity() {
+        let mut params = rcgen::CertificateParams::new(vec!["chartcache.test".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        // 2031-05-17T00:00:00Z
+        assert_eq!(cert_not_after(cert.der()), Some(1_936_742_400));
+        assert_eq!(cert_not_after(b"not a certificate"), None);
+    }
+
+    #[test]
+    fn catch_up_only_moves_forward() {
+        let m = Metrics::new();
+        let c = m.memory_evictions.with_label_values(&["size"]);
+        Metrics::catch_up(&c, 5);
+        Metrics::catch_up(&c, 3);
+        Metrics::catch_up(&c, 7);
+        assert_eq!(c.get(), 7);
     }
 }

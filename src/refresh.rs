@@ -21,217 +21,17 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::header;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
 
-use crate::app::App;
 use crate::clock::SharedClock;
-use crate::coalesce::LeaderGuard;
-use crate::fingerprint::{CacheKey, DigestHash};
-use crate::identity::{Credentials, Scope, ScopeOutcome};
-use crate::policy::{ScopeKind, TierConfig};
-use crate::proxy::Fetched;
-use crate::proxy::cached::{self, FetchSpec};
-use crate::store::{Entry, Meta, Purge, Store};
-
-/// `[refresh_ahead]`: refreshing popular entries before they expire.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RefreshAheadConfig {
-    /// Fresh hits (in this process) that make an entry hot; 0 turns
-    /// refresh-ahead off.
-    pub hot_hits: u32,
-    /// Refresh a hot entry this many seconds before its `fresh` ends (at most
-    /// half of the entry's fresh lifetime).
-    pub lead_secs: u64,
-    /// Refresh-ahead queries sent to Superset at once (read at start; the other
-    /// keys follow configuration reloads).
-    pub max_concurrent: usize,
-    /// Hot entries tracked at once; each holds its request and a credential in
-    /// memory. Entries that become hot beyond this are not refreshed ahead.
-    pub max_tracked: usize,
-}
-
-impl Default for RefreshAheadConfig {
-    fn default() -> Self {
-        Self {
-            hot_hits: 10,
-            lead_secs: 10,
-            max_concurrent: 4,
-            max_tracked: 10_000,
-        }
-    }
-}
-
-/// Where an entry stands in its tier's windows at a given time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Window {
-    /// Before `fresh_until`: serve.
-    Fresh,
-    /// Inside the stale-while-revalidate window: serve and refresh.
-    Revalidate,
-    /// Past SWR but still stored: fetch, and serve it only if Superset fails
-    /// within the stale-if-error window.
-    IfError,
-    /// Past every window.
-    Expired,
-}
-
-/// Classify `meta` at `now` under `tier` (the tier of the current decision, so
-/// a changed configuration applies to entries already stored).
-pub fn window(meta: &Meta, tier: &TierConfig, now: u64) -> Window {
-    if now < meta.fresh_until {
-        return Window::Fresh;
-    }
-    if now >= meta.stale_until {
-        return Window::Expired;
-    }
-    let past = now - meta.fresh_until;
-    if past < tier.stale_while_revalidate_secs.saturating_mul(1000) {
-        Window::Revalidate
-    } else if past < tier.stale_if_error_secs.saturating_mul(1000) {
-        Window::IfError
-    } else {
-        Window::Expired
-    }
-}
-
-/// Which refresh this is (metric label and what "already done" means).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    /// Stale-while-revalidate: done once the stored entry is fresh again.
-    Revalidate,
-    /// Refresh-ahead of the generation whose `fresh_until` is given: done once
-    /// that generation is no longer the stored one.
-    Ahead(u64),
-}
-
-impl Kind {
-    fn label(&self) -> &'static str {
-        match self {
-            Kind::Revalidate => "swr",
-            Kind::Ahead(_) => "ahead",
-        }
-    }
-}
-
-/// Refresh `spec` in the background unless a fetch of its key is in flight.
-/// Returns whether a refresh was started.
-pub(crate) fn revalidate(app: &Arc<App>, mut spec: FetchSpec) -> bool {
-    detach(&mut spec);
-    let Some(guard) = app.coalescer.try_lead(spec.key) else {
-        count(app, Kind::Revalidate, "inflight");
-        return false;
-    };
-    let app = app.clone();
-    tokio::spawn(async move {
-        run(&app, &spec, guard, Kind::Revalidate).await;
-    });
-    true
-}
-
-/// Drop what ties a request to its client connection (extensions such as the
-/// upgrade handle): a refresh outlives the request it was made from.
-fn detach(spec: &mut FetchSpec) {
-    spec.parts.extensions = http::Extensions::new();
-    // No client waits for a background refresh, and a refresh-ahead may run
-    // with another requester's credential: the request's own other cookies
-    // (an async channel's `async-token`, say) stay with the request. The
-    // fetch sends the resolved session cookie only.
-    spec.parts.headers.remove(header::COOKIE);
-    spec.creds = spec.creds.as_ref().map(Credentials::detached);
-    // The job outlives the request: keep no slice of the connection's buffers.
-    for v in spec.parts.headers.values_mut() {
-        *v = crate::upstream::owned_header_value(v);
-    }
-    spec.body = bytes::Bytes::copy_from_slice(&spec.body);
-}
-
-/// Fetch and store as the key's leader, then hand the result to followers.
-async fn run(app: &App, spec: &FetchSpec, guard: LeaderGuard<Arc<Fetched>>, kind: Kind) {
-    // A newer entry may have landed between the caller's lookup and the lead.
-    if already_done(app, &spec.key, kind).await {
-        count(app, kind, "skipped");
-        return;
-    }
-    // Across replicas: the shared fetch lock (`store::lock`). If another
-    // replica is refreshing the key, its entry is handed to local followers.
-    let _remote_lock = match cached::remote_leader(app, &spec.key, false).await {
-        Ok(lock) => lock,
-        Err(fetched) => {
-            count(app, kind, "elsewhere");
-            guard.publish(fetched);
-            return;
-        }
-    };
-    // Taken after waiting: the previous holder may have refreshed it.
-    if _remote_lock.is_some() && already_done(app, &spec.key, kind).await {
-        count(app, kind, "elsewhere");
-        return;
-    }
-    match cached::background_fetch(app, spec).await {
-        Ok(f) if f.entry.is_some() => {
-            count(app, kind, "stored");
-            guard.publish(f);
-        }
-        // Not storable (error status, no-store, ...): release followers so they
-        // fetch themselves (and may serve stale-if-error) rather than share it.
-        Ok(f) => {
-            tracing::debug!(key = %spec.key.short(), status = %f.status, kind = kind.label(), "background refresh not stored");
-            count(app, kind, "not_stored");
-        }
-        Err(e) => {
-            tracing::debug!(key = %spec.key.short(), error = %e, kind = kind.label(), "background refresh failed");
-            count(app, kind, "error");
-        }
-    }
-}
-
-/// Whether the refresh has nothing left to do: for SWR, a fresh entry is
-/// stored; for refresh-ahead, the generation it was scheduled for is gone or
-/// replaced. With a shared store, Redis is asked too, because this process's
-/// L1 copy does not show another replica's refresh. A replica that finds a
-/// newer shared entry drops its L1 copy so the next request reads it.
-async fn already_done(app: &App, key: &CacheKey, kind: Kind) -> bool {
-    let now = app.clock.now_ms();
-    let done = |e: Option<&Arc<Entry>>| match (kind, e) {
-        (Kind::Revalidate, Some(e)) => now < e.meta.fresh_until,
-        (Kind::Revalidate, None) => false,
-        // Purged, evicted or replaced: the next request decides what to do.
-        (Kind::Ahead(generation), Some(e)) => e.meta.fresh_until != generation,
-        (Kind::Ahead(_), None) => true,
-    };
-    let local = cached::lookup(app, key).await;
-    if done(local.as_ref()) {
-        return true;
-    }
-    let Some(remote) = app.store.remote() else {
-        return false;
-    };
-    // Redis trouble: refresh anyway (fail open).
-    let Ok(shared) = remote.get(key).await else {
-        return false;
-    };
-    if !done(shared.as_ref()) {
-        return false;
-    }
-    let newer = shared.is_some_and(|s| local.is_none_or(|l| s.meta.stored_at > l.meta.stored_at));
-    if let (Some(mem), true, true) = (&app.memory, newer, app.store.name() == "tiered") {
-        mem.purge_now(&Purge::Keys(vec![*key]));
-    }
-    true
-}
-
-fn count(app: &App, kind: Kind, result: &'static str) {
-    app.metrics
-        .background_refreshes
-        .with_label_values(&[kind.label(), result])
-        .inc();
-}
+use crate::config::{RefreshAheadConfig, ScopeKind};
+use crate::identity::{Credentials, Scope};
+use crate::key::{CacheKey, DigestHash};
+use crate::spec::FetchSpec;
+use crate::store::{Entry, Meta};
 
 /// What one fresh hit meant for refresh-ahead.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -246,16 +46,16 @@ pub enum Hotness {
 
 /// A hot entry waiting for its refresh.
 pub(crate) struct HotJob {
-    spec: FetchSpec,
+    pub(crate) spec: FetchSpec,
     /// `fresh_until` of the entry this job refreshes.
-    generation: u64,
+    pub(crate) generation: u64,
     /// Unix ms at which to refresh.
     due: u64,
     /// The scope the key belongs to and the kind it was resolved as (`None`:
     /// a public entry).
-    expect: Option<(ScopeKind, Scope)>,
+    pub(crate) expect: Option<(ScopeKind, Scope)>,
     /// The credential of the most recent request for the key.
-    cred: Mutex<Option<Credentials>>,
+    pub(crate) cred: Mutex<Option<Credentials>>,
 }
 
 const SHARDS: usize = 16;
@@ -311,37 +111,39 @@ impl Refresher {
     }
 
     /// Start tracking a hot entry: refresh `spec` shortly before `entry`'s
-    /// fresh window ends, as `user` (checked again before the refresh).
+    /// fresh window ends, as `cred` (checked again before the refresh). The
+    /// job, when the key was not tracked yet and the bound allows it.
     pub(crate) fn track(
-        self: &Arc<Self>,
-        app: &Arc<App>,
-        spec: FetchSpec,
+        &self,
+        cfg: &RefreshAheadConfig,
+        mut spec: FetchSpec,
         cred: Option<Credentials>,
         expect: Option<(ScopeKind, Scope)>,
         entry: &Entry,
-    ) {
-        let mut spec = spec;
-        detach(&mut spec);
-        let cfg = app.config.load();
-        let Some(job) = self.insert(&cfg.refresh_ahead, spec, cred, expect, &entry.meta) else {
-            return;
-        };
+    ) -> Option<Arc<HotJob>> {
+        spec.detach();
+        let job = self.insert(cfg, spec, cred, expect, &entry.meta)?;
         tracing::debug!(key = %job.spec.key.short(), due = job.due, "entry is hot; refresh scheduled");
-        if !self.started.swap(true, Ordering::AcqRel) {
-            let weak: Weak<App> = Arc::downgrade(app);
-            let alive = weak.clone();
-            let me = self.clone();
-            tokio::spawn(me.schedule(
-                app.clock.clone(),
-                move || alive.strong_count() > 0,
-                move |job| {
-                    if let Some(app) = weak.upgrade() {
-                        tokio::spawn(fire(app, job));
-                    }
-                },
-            ));
-        }
         self.wake.notify_one();
+        Some(job)
+    }
+
+    /// Start the scheduling loop once per process: it hands each due job to
+    /// `fire` for as long as `alive` holds.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        clock: SharedClock,
+        alive: impl Fn() -> bool + Send + 'static,
+        fire: impl FnMut(Arc<HotJob>) + Send + 'static,
+    ) {
+        if !self.started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(self.clone().schedule(clock, alive, fire));
+        }
+    }
+
+    /// The bound on refreshes running at once (`max_concurrent`).
+    pub(crate) fn permits(&self) -> &Arc<Semaphore> {
+        &self.permits
     }
 
     /// Add a job unless the key is tracked already or the bound is reached.
@@ -465,43 +267,8 @@ impl Refresher {
     }
 }
 
-/// Refresh one hot entry: bounded concurrency, the key's coalescing lead, the
-/// most recent credential (re-resolved: it must still name the key's principal).
-async fn fire(app: Arc<App>, job: Arc<HotJob>) {
-    let refresher = app.refresher.clone();
-    let kind = Kind::Ahead(job.generation);
-    let _running = Finished(&refresher);
-    let Ok(_permit) = refresher.permits.clone().acquire_owned().await else {
-        return;
-    };
-    let Some(guard) = app.coalescer.try_lead(job.spec.key) else {
-        count(&app, kind, "inflight");
-        return;
-    };
-    let cred = job.cred.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    if let Some((scope_kind, scope)) = &job.expect {
-        // The key belongs to one scope: the credential must still resolve to it.
-        let ok = match &cred {
-            Some(c) => matches!(
-                app.identity.scope(c, *scope_kind, &app.upstream).await,
-                Ok(ScopeOutcome::Scope(s)) if s == *scope
-            ),
-            None => false,
-        };
-        if !ok {
-            count(&app, kind, "no_credential");
-            return;
-        }
-    }
-    // The fetch sends exactly this set (`credentials::apply` in the fetch),
-    // whatever credential headers the request that made the entry hot had.
-    let mut spec = job.spec.clone();
-    spec.creds = cred;
-    run(&app, &spec, guard, kind).await;
-}
-
 /// Marks a taken job finished however `fire` returns.
-struct Finished<'a>(&'a Refresher);
+pub(crate) struct Finished<'a>(pub(crate) &'a Refresher);
 
 impl Drop for Finished<'_> {
     fn drop(&mut self) {
@@ -513,6 +280,8 @@ impl Drop for Finished<'_> {
 mod tests {
     use super::*;
     use crate::clock::Clock;
+    use crate::config::TierConfig;
+    use crate::store::entry::{Window, window};
 
     /// Wall clock that follows tokio's (paused) time.
     struct TokioClock {
@@ -564,6 +333,7 @@ mod tests {
                 proto: "http",
             },
             creds: None,
+            origin: None,
         }
     }
 
@@ -677,7 +447,7 @@ mod tests {
             http::HeaderValue::from_maybe_shared(shared(4)).unwrap(),
         );
         assert!(inside(s.body.as_ptr()));
-        detach(&mut s);
+        s.detach();
         assert!(!inside(s.body.as_ptr()));
         assert_eq!(&s.body[..], b"xx");
         let v = s.parts.headers.get("x-test").unwrap();

@@ -14,6 +14,9 @@ pub enum CachedRoute {
     ChartDataGet { chart_id: u64 },
     /// `GET|POST /superset/explore_json/`
     ExploreJson,
+    /// `GET /api/v1/chart/data/qc-...`: an async query's `result_url`. The
+    /// URL is the same for every user; the data is not (keyed by scope).
+    ResultUrl,
 }
 
 impl CachedRoute {
@@ -23,6 +26,7 @@ impl CachedRoute {
             CachedRoute::ChartData => "chart_data",
             CachedRoute::ChartDataGet { .. } => "chart_data_get",
             CachedRoute::ExploreJson => "explore_json",
+            CachedRoute::ResultUrl => "chart_data_result",
         }
     }
 }
@@ -113,6 +117,17 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>, cfg: &RoutesCo
             None,
             None,
         ] if cfg.chart_data && method == Method::POST => Route::Cached(CachedRoute::ChartData),
+        [
+            Some("api"),
+            Some("v1"),
+            Some("chart"),
+            Some("data"),
+            Some(_),
+            None,
+            None,
+        ] if cfg.chart_data && method == Method::GET && crate::jobs::is_result_path(trimmed) => {
+            Route::Cached(CachedRoute::ResultUrl)
+        }
         [
             Some("api"),
             Some("v1"),
@@ -294,6 +309,12 @@ mod tests {
             Route::Cached(CachedRoute::ExploreJson)
         );
         assert_eq!(c(Method::GET, "/superset/dashboard/sales/"), Route::Pass);
+        // An async query's result_url: the same URL for every user.
+        let qc = "/api/v1/chart/data/qc-0f3a9c";
+        assert_eq!(c(Method::GET, qc), Route::Cached(CachedRoute::ResultUrl));
+        assert_eq!(c(Method::POST, qc), Route::Pass);
+        assert_eq!(c(Method::GET, "/api/v1/chart/data/other"), Route::Pass);
+        assert_eq!(c(Method::DELETE, "/api/v1/chart/data/qc-1"), Route::Pass);
         assert_eq!(c(Method::GET, "/"), Route::Pass);
         assert_eq!(c(Method::GET, ""), Route::Pass);
     }

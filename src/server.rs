@@ -70,7 +70,7 @@ fn service_stack(
     TowerToHyperService::new(
         ServiceBuilder::new()
             .layer(ActivityLayer(activity))
-            .layer(ObserveLayer::new(metrics, access_log))
+            .layer(ObserveLayer::new(metrics, access_log).client(conn.remote))
             .layer(RequestIdLayer)
             .service(handler),
     )
@@ -125,7 +125,7 @@ fn refuse(app: &App, stream: TcpStream, refusing: &Arc<Semaphore>) {
                     _ => break,
                 }
             }
-            Ok::<_, Infallible>(crate::error::Error::Overloaded.into_response())
+            Ok::<_, Infallible>(crate::respond::error(crate::error::Error::Overloaded))
         });
         let mut b = hyper::server::conn::http1::Builder::new();
         b.timer(TokioTimer::new())

@@ -22,6 +22,7 @@ use rustls::sign::CertifiedKey;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
+use prometheus::IntGauge;
 
 /// Why TLS could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +99,8 @@ pub struct ReloadingCert {
     provider: Arc<CryptoProvider>,
     current: ArcSwap<CertifiedKey>,
     check: Mutex<Check>,
+    /// `notAfter` of the certificate served (`chartcache_tls_cert_expiry_timestamp_seconds`).
+    expiry: IntGauge,
 }
 
 impl std::fmt::Debug for ReloadingCert {
@@ -111,10 +114,16 @@ impl std::fmt::Debug for ReloadingCert {
 
 impl ReloadingCert {
     /// Load the pair now (an unusable pair at startup is an error).
-    pub fn new(cfg: &TlsConfig, provider: Arc<CryptoProvider>) -> Result<ReloadingCert, TlsError> {
+    pub fn new(
+        cfg: &TlsConfig,
+        provider: Arc<CryptoProvider>,
+        expiry: IntGauge,
+    ) -> Result<ReloadingCert, TlsError> {
         let st = stamp(&cfg.cert_file, &cfg.key_file);
         let ck = load_pair(&cfg.cert_file, &cfg.key_file, &provider)?;
+        set_expiry(&expiry, &ck);
         Ok(ReloadingCert {
+            expiry,
             cert_file: cfg.cert_file.clone(),
             key_file: cfg.key_file.clone(),
             interval: Duration::from_millis(cfg.reload_check_ms),
@@ -143,6 +152,7 @@ impl ReloadingCert {
         }
         match load_pair(&self.cert_file, &self.key_file, &self.provider) {
             Ok(ck) => {
+                set_expiry(&self.expiry, &ck);
                 self.current.store(Arc::new(ck));
                 check.stamp = now;
                 tracing::info!(cert = %self.cert_file, "TLS certificate reloaded");
@@ -155,6 +165,17 @@ impl ReloadingCert {
     }
 }
 
+/// The leaf's `notAfter` into the gauge (left as it was if it does not parse).
+fn set_expiry(gauge: &IntGauge, ck: &CertifiedKey) {
+    if let Some(t) = ck
+        .cert
+        .first()
+        .and_then(|c| crate::metrics::cert_not_after(c))
+    {
+        gauge.set(t);
+    }
+}
+
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.maybe_reload();
@@ -164,7 +185,7 @@ impl ResolvesServerCert for ReloadingCert {
 
 /// A TLS acceptor for a listener: reloading certificate, ALPN h2 + http/1.1,
 /// and client-certificate verification when `client_ca_file` is set.
-pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
+pub fn acceptor(cfg: &TlsConfig, expiry: IntGauge) -> Result<TlsAcceptor, TlsError> {
     let provider = provider();
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()?;
@@ -184,7 +205,8 @@ pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, TlsError> {
         }
         None => builder.with_no_client_auth(),
     };
-    let mut server = builder.with_cert_resolver(Arc::new(ReloadingCert::new(cfg, provider)?));
+    let mut server =
+        builder.with_cert_resolver(Arc::new(ReloadingCert::new(cfg, provider, expiry)?));
     server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
@@ -212,8 +234,13 @@ mod tests {
             client_ca_file: None,
             reload_check_ms: 0,
         };
-        let r = ReloadingCert::new(&cfg, provider()).unwrap();
+        let expiry = IntGauge::new("expiry", "test").unwrap();
+        let r = ReloadingCert::new(&cfg, provider(), expiry.clone()).unwrap();
         let first = r.current.load_full().cert[0].clone();
+        let not_after = crate::metrics::cert_not_after(&first).unwrap();
+        assert!(not_after > 1_700_000_000);
+        assert_eq!(expiry.get(), not_after, "the served certificate's notAfter");
+        expiry.set(0);
         // Garbage: the old pair stays.
         std::fs::write(&c, "not a certificate").unwrap();
         r.maybe_reload();
@@ -222,6 +249,7 @@ mod tests {
         write_pair(dir.path(), "two.test");
         r.maybe_reload();
         assert_ne!(r.current.load_full().cert[0], first);
+        assert_eq!(expiry.get(), not_after, "set again from the reloaded pair");
     }
 
     #[test]

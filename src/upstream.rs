@@ -30,6 +30,8 @@ pub struct Upstream {
     /// Path prefix of the upstream URL (without trailing slash), usually empty.
     prefix: String,
     response_timeout: Duration,
+    /// `upstream_client.host_header`: replaces every request's `Host`.
+    host_header: Option<HeaderValue>,
 }
 
 impl Upstream {
@@ -65,12 +67,24 @@ impl Upstream {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        let mut builder = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .enable_http2()
-            .wrap_connector(http);
+            .https_or_http();
+        let host_header = match &uc.host_header {
+            Some(h) => {
+                let value = HeaderValue::from_str(h)
+                    .map_err(|e| anyhow::anyhow!("upstream_client.host_header {h:?}: {e}"))?;
+                // The name the certificate must carry: the host without a port.
+                let host = h.parse::<http::uri::Authority>()?.host().to_string();
+                let name = rustls::pki_types::ServerName::try_from(host)
+                    .map_err(|e| anyhow::anyhow!("upstream_client.host_header {h:?}: {e}"))?;
+                builder = builder
+                    .with_server_name_resolver(hyper_rustls::FixedServerNameResolver::new(name));
+                Some(value)
+            }
+            None => None,
+        };
+        let connector = builder.enable_http1().enable_http2().wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(uc.pool_idle_timeout())
             .pool_max_idle_per_host(uc.pool_max_idle_per_host)
@@ -88,6 +102,7 @@ impl Upstream {
             authority,
             prefix,
             response_timeout: Duration::from_millis(uc.response_timeout_ms),
+            host_header,
         })
     }
 
@@ -111,7 +126,10 @@ impl Upstream {
     /// more on a new connection (nginx's `proxy_next_upstream error`). Others
     /// (POST, PATCH, any streamed body) may have reached Superset or cannot be
     /// replayed, and fail as they are. Failures are logged with their cause.
-    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, Error> {
+    pub async fn send(&self, mut req: Request<Body>) -> Result<Response<Incoming>, Error> {
+        if let Some(h) = &self.host_header {
+            req.headers_mut().insert(header::HOST, h.clone());
+        }
         let method = req.method().clone();
         let path = req.uri().path().to_string();
         let replay = Replay::of(&req);
@@ -446,3 +464,7 @@ mod tests {
         assert_eq!(h["connection"], "upgrade");
     }
 }
+
+/// `upstream_client.host_header` against a real loopback server (plain and TLS).
+#[cfg(test)]
+mod host_header_tests;

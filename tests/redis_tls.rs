@@ -12,9 +12,10 @@ mod redis_support;
 use std::sync::Arc;
 
 use chartcache::clock::{Clock, SharedClock, SystemClock};
-use chartcache::fingerprint::CacheKey;
+use chartcache::config::RedisConfig;
+use chartcache::key::CacheKey;
 use chartcache::metrics::Metrics;
-use chartcache::store::redis::{RedisConfig, RedisStore};
+use chartcache::store::redis::RedisStore;
 use chartcache::store::{Entry, Meta, Purge, Store};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,

@@ -9,10 +9,14 @@
 //! no-store, hang, drop, large), delay, `cache_timeout`, filler, "down";
 //! [`Superset::kill`] and [`Superset::revive`] on the same port; idle
 //! keep-alive connections closed after 2 s as gunicorn does ([`Options`]).
-//! Request bodies come from the captured fixtures ([`fixtures`]).
+//! Request bodies come from the captured fixtures ([`fixtures`]). With the
+//! `gaq` feature, [`gaq`] adds Superset's GLOBAL_ASYNC_QUERIES mode (202
+//! tickets per async channel, jobs, events, `result_url`).
 
 pub mod chart;
 pub mod fixtures;
+#[cfg(feature = "gaq")]
+pub mod gaq;
 pub mod gunicorn;
 pub mod payload;
 pub mod reply;

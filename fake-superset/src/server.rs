@@ -65,6 +65,9 @@ pub struct State {
     pub record: bool,
     /// Superset is down: every request, `/api/v1/me/` included, gets a 503.
     pub down: AtomicBool,
+    /// GLOBAL_ASYNC_QUERIES mode (off until [`crate::gaq::Gaq::enable`]).
+    #[cfg(feature = "gaq")]
+    pub gaq: Arc<crate::gaq::Gaq>,
 }
 
 impl State {
@@ -86,6 +89,8 @@ impl State {
             seen: Mutex::new(Vec::new()),
             record,
             down: AtomicBool::new(false),
+            #[cfg(feature = "gaq")]
+            gaq: Arc::default(),
         }
     }
 
@@ -287,8 +292,9 @@ impl Superset {
     }
 }
 
-/// Superset's routes: `/health`, `/api/v1/me/`, `/api/v1/me/roles/`, chart
-/// data, and 200 for any PUT/DELETE (dataset and chart edits).
+/// Superset's routes: `/health`, `/api/v1/me/`, `/api/v1/me/roles/`, the
+/// GAQ routes when that mode is on, chart data, and 200 for any PUT/DELETE
+/// (dataset and chart edits).
 async fn handle(st: Arc<State>, extra: Option<Extra>, req: Request<Incoming>) -> Response<Body> {
     if st.down.load(Ordering::SeqCst) {
         return reply::json(503, json!({"message": "Service Unavailable"}));
@@ -302,6 +308,8 @@ async fn handle(st: Arc<State>, extra: Option<Extra>, req: Request<Incoming>) ->
     };
     let method = req.method().clone();
     let path = req.uri().path().to_string();
+    #[cfg(feature = "gaq")]
+    let query = req.uri().query().map(str::to_string);
     let headers = req.headers().clone();
     let body = req
         .into_body()
@@ -338,6 +346,10 @@ async fn handle(st: Arc<State>, extra: Option<Extra>, req: Request<Incoming>) ->
             };
         }
         _ => {}
+    }
+    #[cfg(feature = "gaq")]
+    if let Some(r) = crate::gaq::route(&st, &method, &path, query.as_deref(), &headers, &body) {
+        return r;
     }
     if chart::is_chart(&method, &path) {
         return match st.authenticate(&headers) {

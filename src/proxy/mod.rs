@@ -1,7 +1,6 @@
 //! The request path: classify, then pass through, forward-and-invalidate, or
 //! answer from the cache (`cached.rs`).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -11,34 +10,25 @@ use hyper::body::Incoming;
 
 use crate::app::App;
 use crate::body::{self, Body};
-use crate::context::{CACHE_STATUS, Outcome, RequestContext, X_REQUEST_ID};
+use crate::context::{CACHE_STATUS, Outcome, RequestContext, RequestId, X_REQUEST_ID};
 use crate::error::Error;
 use crate::route::{self, Route};
 use crate::upstream::{prepare_request_headers, strip_hop_by_hop};
 
+pub mod async_query;
 pub(crate) mod cached;
-pub mod copies;
-pub mod memo;
-pub mod respond;
+mod fetch;
+mod refresh;
 
-pub use cached::Fetched;
-
-/// Connection facts the handler needs.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnInfo {
-    pub remote: Option<SocketAddr>,
-    /// `http` or `https`, for `X-Forwarded-Proto`.
-    pub proto: &'static str,
-}
+pub use crate::context::ConnInfo;
 
 /// Handle one client request. Never fails: errors become responses here, and
 /// the context travels out in the response extensions for metrics and logs.
 pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Response<Body> {
     let request_id = req
-        .headers()
-        .get(X_REQUEST_ID)
-        .cloned()
-        .unwrap_or_else(|| HeaderValue::from_static("-"));
+        .extensions()
+        .get::<RequestId>()
+        .map_or_else(|| HeaderValue::from_static("-"), |id| id.0.clone());
     let mut ctx = RequestContext::new(request_id, req.method().clone(), req.uri().clone());
     let cfg = app.config.load();
     let route = route::classify(
@@ -51,9 +41,15 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Respon
     let result = match route {
         Route::Pass => {
             ctx.outcome = Outcome::Pass;
+            let poll = async_query::is_event_poll(&app, req.method(), req.uri().path());
             // Boxed (as every path but the hit): its state stays out of the
             // hit's future.
-            Box::pin(forward_streaming(&app, req, conn, &mut ctx, "pass")).await
+            let resp = Box::pin(forward_streaming(&app, req, conn, &mut ctx, "pass")).await;
+            // An async-event poll is read as it passes, for `done` events.
+            match resp {
+                Ok(r) if poll => Ok(async_query::tap_events(app.clone(), r)),
+                other => other,
+            }
         }
         Route::Write(target) => {
             ctx.outcome = Outcome::Pass;
@@ -62,7 +58,13 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Respon
                 && r.status().is_success()
             {
                 let purge = crate::invalidate::purge_for(&target);
-                let _ = Box::pin(crate::invalidate::apply(&app, &purge, "write")).await;
+                let _ = Box::pin(crate::invalidate::apply(
+                    &*app.store,
+                    &app.metrics,
+                    &purge,
+                    "write",
+                ))
+                .await;
             }
             resp
         }
@@ -71,7 +73,7 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Respon
     let mut resp = result.unwrap_or_else(|e| {
         tracing::debug!(error = %e, source = e.source_label(), "request failed");
         ctx.outcome = Outcome::Error;
-        e.into_response()
+        crate::respond::error(e)
     });
     ctx.status = resp.status().as_u16();
     if let Some(cs) = ctx.cache_status() {
@@ -170,21 +172,16 @@ pub(crate) async fn send(
     match &res {
         Ok(r) => {
             app.upstream_ok();
-            let class = crate::metrics::status_class(r.status().as_u16());
             app.metrics
                 .upstream_requests
-                .with_label_values(&[kind, class])
+                .with_label_values(&[kind, r.status().as_str()])
                 .inc();
         }
         Err(e) => {
-            let label = match e {
-                Error::UpstreamTimeout => "timeout",
-                Error::UpstreamConnect(_) => "connect",
-                _ => "protocol",
-            };
+            let failure = crate::metrics::UpstreamFailure::of(e);
             app.metrics
                 .upstream_errors
-                .with_label_values(&[kind, label])
+                .with_label_values(&[kind, failure.as_str()])
                 .inc();
         }
     }

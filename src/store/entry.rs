@@ -13,6 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http::{HeaderName, HeaderValue};
 
+use crate::config::TierConfig;
+
 const MAGIC: &[u8; 3] = b"CCE";
 /// Entry format version; entries of other versions are treated as misses.
 pub const ENTRY_VERSION: u8 = 1;
@@ -293,6 +295,39 @@ pub(crate) fn gzip(raw: &[u8]) -> std::io::Result<Bytes> {
     );
     enc.write_all(raw)?;
     Ok(Bytes::from(enc.finish()?.into_boxed_slice()))
+}
+
+/// Where an entry stands in its tier's windows at a given time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    /// Before `fresh_until`: serve.
+    Fresh,
+    /// Inside the stale-while-revalidate window: serve and refresh.
+    Revalidate,
+    /// Past SWR but still stored: fetch, and serve it only if Superset fails
+    /// within the stale-if-error window.
+    IfError,
+    /// Past every window.
+    Expired,
+}
+
+/// Classify `meta` at `now` under `tier` (the tier of the current decision, so
+/// a changed configuration applies to entries already stored).
+pub fn window(meta: &Meta, tier: &TierConfig, now: u64) -> Window {
+    if now < meta.fresh_until {
+        return Window::Fresh;
+    }
+    if now >= meta.stale_until {
+        return Window::Expired;
+    }
+    let past = now - meta.fresh_until;
+    if past < tier.stale_while_revalidate_secs.saturating_mul(1000) {
+        Window::Revalidate
+    } else if past < tier.stale_if_error_secs.saturating_mul(1000) {
+        Window::IfError
+    } else {
+        Window::Expired
+    }
 }
 
 #[cfg(test)]

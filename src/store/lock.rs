@@ -1,8 +1,9 @@
 //! Cross-replica coalescing: one replica fetches a key, the others wait for
 //! its entry instead of sending the same query to Superset.
 //!
-//! The local leader (see [`crate::coalesce`]) takes `SET {prefix}:l:{key}
-//! token NX PX lock_ttl`. If another replica holds it, this replica waits (for
+//! The local leader (see [`crate::coalesce`]) takes the key's lock in the
+//! shared tier ([`SharedTier::try_lock`]; in Redis `SET {prefix}:l:{key}
+//! token NX PX lock_ttl`, see `store/redis/lock.rs`). If another replica holds it, this replica waits (for
 //! at most `lock_wait_ms`) for a fresh entry, taking the lock over if it
 //! disappears without one (that leader failed or its response was not
 //! storable). A replica that takes the lock reads the store once more before
@@ -24,28 +25,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::redis::RedisStore;
-use super::{Entry, Store, StoreError};
 use crate::clock::SharedClock;
-use crate::fingerprint::CacheKey;
-
-/// Release a lock only if it still holds our token, and announce the release
-/// on channel `ARGV[2]` (payload `ARGV[3]`, the key) in the same step: one
-/// round trip, so a waiting replica hears of the entry as soon as Redis does.
-/// Only the holder that really released it announces: an expired lock taken
-/// over by another replica is theirs to announce.
-pub(crate) const UNLOCK_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('PUBLISH', ARGV[2], ARGV[3])
-  return 1
-end
-return 0";
-
-/// Extend a lock only if it still holds our token.
-pub(crate) const RENEW_SCRIPT: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0";
+use crate::key::CacheKey;
+use crate::store::{Entry, LockTiming, SharedTier, Store};
 
 /// What the cross-replica step decided.
 pub enum Remote {
@@ -57,7 +39,7 @@ pub enum Remote {
 
 /// A held fetch lock, extended while held and released (by token) when dropped.
 pub struct RemoteLock {
-    store: Arc<RedisStore>,
+    store: Arc<dyn SharedTier>,
     key: CacheKey,
     token: String,
     renewal: tokio::task::AbortHandle,
@@ -65,8 +47,8 @@ pub struct RemoteLock {
 
 impl RemoteLock {
     /// Hold a lock just taken with `token`: start extending it.
-    fn hold(store: Arc<RedisStore>, key: CacheKey, token: String) -> RemoteLock {
-        let every = Duration::from_millis((store.config().lock_ttl_ms / 3).max(1));
+    fn hold(store: Arc<dyn SharedTier>, key: CacheKey, token: String) -> RemoteLock {
+        let every = (store.lock_timing().ttl / 3).max(Duration::from_millis(1));
         let (weak, t) = (Arc::downgrade(&store), token.clone());
         let renewal = tokio::spawn(async move {
             loop {
@@ -101,59 +83,6 @@ impl Drop for RemoteLock {
                 let _ = store.unlock_and_announce(&key, &token).await;
             });
         }
-    }
-}
-
-impl RedisStore {
-    /// `SET lock token NX PX lock_ttl`: true when taken.
-    pub async fn try_lock(&self, key: &CacheKey, token: &str) -> Result<bool, StoreError> {
-        let k = self.lock_key(key);
-        let ttl = self.config().lock_ttl_ms;
-        let token = token.to_string();
-        self.run("lock", self.config().timeout(), |mut c| async move {
-            redis::cmd("SET")
-                .arg(k)
-                .arg(token)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl)
-                .query_async::<Option<String>>(&mut c)
-                .await
-        })
-        .await
-        .map(|r| r.is_some())
-    }
-
-    /// Compare-and-expire: true when our lock was extended to `lock_ttl_ms`.
-    pub async fn renew_lock(&self, key: &CacheKey, token: &str) -> Result<bool, StoreError> {
-        let mut inv = self.renew_script.prepare_invoke();
-        inv.key(self.lock_key(key))
-            .arg(token)
-            .arg(self.config().lock_ttl_ms);
-        self.run("renew", self.config().timeout(), |mut c| async move {
-            inv.invoke_async::<i64>(&mut c).await
-        })
-        .await
-        .map(|n| n == 1)
-    }
-
-    /// Compare-and-delete, and when our lock was removed, publish the key on
-    /// the release channel in the same script: true when removed.
-    pub async fn unlock_and_announce(
-        &self,
-        key: &CacheKey,
-        token: &str,
-    ) -> Result<bool, StoreError> {
-        let mut inv = self.unlock_script.prepare_invoke();
-        inv.key(self.lock_key(key))
-            .arg(token)
-            .arg(self.release_channel())
-            .arg(&key.0[..]);
-        self.run("unlock", self.config().timeout(), |mut c| async move {
-            inv.invoke_async::<i64>(&mut c).await
-        })
-        .await
-        .map(|n| n == 1)
     }
 }
 
@@ -227,10 +156,10 @@ impl Drop for ReleaseWatch {
     }
 }
 
-/// Elect a leader for `key` across replicas sharing `store`'s Redis, or wait
-/// for the leader's entry. Stores without Redis always answer `Fetch(None)`.
+/// Elect a leader for `key` across replicas sharing `store`'s shared tier, or
+/// wait for the leader's entry. Stores without one always answer `Fetch(None)`.
 pub async fn coordinate(store: &dyn Store, key: &CacheKey, clock: &SharedClock) -> Remote {
-    let Some(redis) = store.remote() else {
+    let Some(redis) = store.shared() else {
         return Remote::Fetch(None);
     };
     let token = format!("{:032x}", rand::random::<u128>());
@@ -244,9 +173,8 @@ pub async fn coordinate(store: &dyn Store, key: &CacheKey, clock: &SharedClock) 
         Ok(false) => {}
         Err(_) => return Remote::Fetch(None),
     }
-    let cfg = redis.config();
-    let poll = Duration::from_millis(cfg.lock_poll_ms);
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(cfg.lock_wait_ms);
+    let LockTiming { poll, wait, .. } = redis.lock_timing();
+    let deadline = tokio::time::Instant::now() + wait;
     // Each round follows a release or a poll; releases only come from lock
     // holders, so the rounds stay few, and the deadline bounds them anyway.
     loop {

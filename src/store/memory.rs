@@ -2,13 +2,14 @@
 //! concurrent, TinyLFU-admitted map; a tag index beside it serves purge-by-tag.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 
-use super::{Entry, Purge, Store, StoreError};
+use super::{Entry, Peek, Purge, Store, StoreError};
 use crate::clock::SharedClock;
-use crate::fingerprint::{CacheKey, DigestHash};
+use crate::key::{CacheKey, DigestHash};
 
 /// In-process store holding decoded entries.
 pub struct MemoryStore {
@@ -16,6 +17,10 @@ pub struct MemoryStore {
     /// tag → keys. Keys of evicted entries are removed by the eviction listener.
     tags: Arc<Mutex<HashMap<String, HashSet<CacheKey>>>>,
     clock: SharedClock,
+    /// Entries dropped by moka itself: [over capacity, past stale_until].
+    /// Plain atomics (the listener has no metrics); `Metrics` catches up at scrape.
+    evicted: Arc<[AtomicU64; 2]>,
+    max_bytes: u64,
 }
 
 impl MemoryStore {
@@ -23,6 +28,8 @@ impl MemoryStore {
     pub fn new(max_bytes: u64, clock: SharedClock) -> MemoryStore {
         let tags: Arc<Mutex<HashMap<String, HashSet<CacheKey>>>> = Arc::default();
         let listener_tags = tags.clone();
+        let evicted: Arc<[AtomicU64; 2]> = Arc::default();
+        let listener_evicted = evicted.clone();
         let expiry_clock = clock.clone();
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
@@ -32,9 +39,13 @@ impl MemoryStore {
             })
             .eviction_listener(move |k: Arc<CacheKey>, e: Arc<Entry>, cause| {
                 // A replaced entry's key is still live under the new value.
-                if cause == moka::notification::RemovalCause::Replaced {
-                    return;
-                }
+                use moka::notification::RemovalCause;
+                match cause {
+                    RemovalCause::Replaced => return,
+                    RemovalCause::Size => listener_evicted[0].fetch_add(1, Ordering::Relaxed),
+                    RemovalCause::Expired => listener_evicted[1].fetch_add(1, Ordering::Relaxed),
+                    RemovalCause::Explicit => 0,
+                };
                 let mut idx = listener_tags.lock().unwrap_or_else(|p| p.into_inner());
                 for t in &e.meta.tags {
                     if let Some(set) = idx.get_mut(t) {
@@ -46,7 +57,26 @@ impl MemoryStore {
                 }
             })
             .build_with_hasher(DigestHash);
-        MemoryStore { cache, tags, clock }
+        MemoryStore {
+            cache,
+            tags,
+            clock,
+            evicted,
+            max_bytes,
+        }
+    }
+
+    /// Entries evicted so far: (over capacity, past their stale window).
+    pub fn evictions(&self) -> (u64, u64) {
+        (
+            self.evicted[0].load(Ordering::Relaxed),
+            self.evicted[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// The capacity in weighted bytes (`memory.max_bytes`).
+    pub fn capacity(&self) -> u64 {
+        self.max_bytes
     }
 
     /// Entries and weighted bytes currently held (approximate until pending tasks run).
@@ -143,6 +173,13 @@ impl Store for MemoryStore {
     fn name(&self) -> &'static str {
         "memory"
     }
+    fn peek(&self, key: &CacheKey) -> Peek {
+        match self.get_sync(key) {
+            Some(e) => Peek::Found(e),
+            None => Peek::Absent,
+        }
+    }
+
     async fn get(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, StoreError> {
         Ok(self.get_sync(key))
     }
@@ -231,6 +268,10 @@ mod tests {
         let (n, bytes) = s.usage();
         assert!(bytes <= max, "{bytes} > {max}");
         assert!(n > 0 && n < 200, "{n}");
+        let (size, expired) = s.evictions();
+        assert_eq!(size, 200 - n, "every entry not held was evicted for size");
+        assert_eq!(expired, 0);
+        assert_eq!(s.capacity(), max);
     }
 
     #[tokio::test]

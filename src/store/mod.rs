@@ -1,10 +1,11 @@
 //! Cache stores behind one narrow async trait. Each backend lives in its own file.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::fingerprint::CacheKey;
+use crate::key::CacheKey;
 
 pub mod breaker;
 pub mod entry;
@@ -47,10 +48,60 @@ pub trait Store: Send + Sync + 'static {
     async fn put(&self, key: &CacheKey, entry: Arc<Entry>) -> Result<(), StoreError>;
     /// Remove what `purge` names; returns how many entries were removed.
     async fn purge(&self, purge: &Purge) -> Result<u64, StoreError>;
-    /// The shared Redis store behind this one, if any (cross-replica coalescing).
-    fn remote(&self) -> Option<Arc<redis::RedisStore>> {
+    /// Answer from this process's memory without waiting, when the store can:
+    /// the hit path's fast lane, with no boxed future. `Unknown` sends the
+    /// caller to [`Store::get`].
+    fn peek(&self, _key: &CacheKey) -> Peek {
+        Peek::Unknown
+    }
+    /// The tier replicas share, when there is one: cross-replica fetch locks
+    /// and reads that skip this process's copy.
+    fn shared(&self) -> Option<Arc<dyn SharedTier>> {
         None
     }
+    /// Drop this process's own copy of `key`, if it keeps one apart from the
+    /// shared tier (another replica stored a newer entry).
+    fn forget_local(&self, _key: &CacheKey) {}
+}
+
+/// What [`Store::peek`] can tell without waiting.
+pub enum Peek {
+    /// The entry, from memory.
+    Found(Arc<Entry>),
+    /// Definitely not stored.
+    Absent,
+    /// Not known without asking a remote tier.
+    Unknown,
+}
+
+/// How long fetch locks live and how their waiters wait.
+#[derive(Debug, Clone, Copy)]
+pub struct LockTiming {
+    /// A lock lapses this long after it was taken or last extended.
+    pub ttl: Duration,
+    /// Waiters re-check at least this often (a lost release message).
+    pub poll: Duration,
+    /// Waiters give up and fetch themselves after this long.
+    pub wait: Duration,
+}
+
+/// A store tier shared by every replica (Redis today): what cross-replica
+/// coalescing ([`lock`]) and background refreshes need beyond [`Store`].
+#[async_trait]
+pub trait SharedTier: Send + Sync + 'static {
+    /// The shared entry, bypassing any copy in this process.
+    async fn get_shared(&self, key: &CacheKey) -> Result<Option<Arc<Entry>>, StoreError>;
+    /// Take `key`'s fetch lock with `token`: true when taken.
+    async fn try_lock(&self, key: &CacheKey, token: &str) -> Result<bool, StoreError>;
+    /// Extend our lock (compare-and-expire): true when still ours.
+    async fn renew_lock(&self, key: &CacheKey, token: &str) -> Result<bool, StoreError>;
+    /// Release our lock (compare-and-delete) and tell every replica's waiters.
+    async fn unlock_and_announce(&self, key: &CacheKey, token: &str) -> Result<bool, StoreError>;
+    /// This replica's waiters for other replicas' releases.
+    fn releases(&self) -> &Arc<lock::Releases>;
+    /// Release (and invalidation) messages reach this replica now.
+    fn subscribed(&self) -> bool;
+    fn lock_timing(&self) -> LockTiming;
 }
 
 /// Shared store handle.

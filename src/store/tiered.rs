@@ -28,9 +28,9 @@ use prometheus::{IntCounter, IntGauge};
 
 use super::memory::MemoryStore;
 use super::redis::RedisStore;
-use super::{Entry, Purge, Store, StoreError};
+use super::{Entry, Peek, Purge, SharedTier, Store, StoreError};
 use crate::clock::SharedClock;
-use crate::fingerprint::CacheKey;
+use crate::key::CacheKey;
 
 /// The wire form of an invalidation message.
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
@@ -286,8 +286,22 @@ impl Store for TieredStore {
         }
     }
 
-    fn remote(&self) -> Option<Arc<RedisStore>> {
+    fn peek(&self, key: &CacheKey) -> Peek {
+        // Without a live subscription L1 could hold entries purged elsewhere.
+        if self.l2.subscribed()
+            && let Some(e) = self.l1.get_sync(key)
+        {
+            return Peek::Found(e);
+        }
+        Peek::Unknown
+    }
+
+    fn shared(&self) -> Option<Arc<dyn SharedTier>> {
         Some(self.l2.clone())
+    }
+
+    fn forget_local(&self, key: &CacheKey) {
+        self.l1.purge_now(&Purge::Keys(vec![*key]));
     }
 }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::support::*;
 use chartcache::clock::ManualClock;
-use chartcache::policy::TierConfig;
+use chartcache::config::TierConfig;
 use http::Method;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";

@@ -11,6 +11,8 @@
 //! load). Everything here shares the process: that thread count is set to
 //! the same value (`support::PROXY_THREADS`, 2) by every test that sets it.
 
+mod async_queries;
+mod async_report;
 mod cache_path;
 mod config_cli;
 mod connection_deadlines;
@@ -20,6 +22,7 @@ mod guest_token_expiry;
 mod identity_outage;
 mod keys_invalidation;
 mod memory_budget;
+mod module_graph;
 mod operations;
 mod passthrough;
 mod readiness;
@@ -31,7 +34,6 @@ mod redis_sentinel;
 mod redis_startup;
 mod redis_store;
 mod security_credentials;
-mod security_fuzz;
 mod security_identity;
 mod security_limits;
 mod security_tls;

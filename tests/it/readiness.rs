@@ -5,7 +5,7 @@
 use std::sync::{Arc, Mutex};
 
 use chartcache::clock::ManualClock;
-use chartcache::policy::TierConfig;
+use chartcache::config::TierConfig;
 use http::Method;
 use tokio::net::TcpListener;
 

@@ -12,9 +12,9 @@ use crate::support::*;
 use bytes::Bytes;
 use chartcache::app::App;
 use chartcache::clock::{SharedClock, SystemClock};
+use chartcache::config::RedisConfig;
 use chartcache::metrics::Metrics;
 use chartcache::store::Entry;
-use chartcache::store::redis::RedisConfig;
 use chartcache::store::setup;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
@@ -127,8 +127,7 @@ async fn corrupt_entries_are_misses_and_deleted(tiered: bool) {
         if tiered {
             // Drop this replica's L1 copy so the value is read from Redis.
             let purge = chartcache::store::Purge::Keys(vec![
-                chartcache::fingerprint::CacheKey::from_hex(key.rsplit(':').next().unwrap())
-                    .unwrap(),
+                chartcache::key::CacheKey::from_hex(key.rsplit(':').next().unwrap()).unwrap(),
             ]);
             proxy.app.store.purge(&purge).await.unwrap();
             let _: () = redis::cmd("SET")

@@ -9,8 +9,8 @@ use crate::support::redis_server::*;
 use crate::support::*;
 use chartcache::app::App;
 use chartcache::clock::{SharedClock, SystemClock};
+use chartcache::config::RedisConfig;
 use chartcache::metrics::Metrics;
-use chartcache::store::redis::RedisConfig;
 use chartcache::store::setup;
 use http::Method;
 
@@ -168,7 +168,7 @@ async fn a_lock_release_wakes_the_other_replica_without_polling() {
     let b = start(&up, slow_poll).await;
     let deadline = Instant::now() + Duration::from_secs(5);
     for p in [&a, &b] {
-        while p.app.store.remote().unwrap().release_subscriptions() == 0 {
+        while !p.app.store.shared().unwrap().subscribed() {
             assert!(Instant::now() < deadline, "no lock-release subscription");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -215,7 +215,7 @@ async fn a_lock_release_wakes_the_other_replica_without_polling() {
         metric(&b, "chartcache_coalesced_total", "where=\"distributed\""),
         1.0
     );
-    assert_eq!(b.app.store.remote().unwrap().releases().waiting(), 0);
+    assert_eq!(b.app.store.shared().unwrap().releases().waiting(), 0);
 }
 
 /// Redis holds zstd only. A Redis-only replica (no L1) answers gzip-only

@@ -11,8 +11,9 @@ use crate::support::redis_server::*;
 use crate::support::*;
 use chartcache::app::App;
 use chartcache::clock::{SharedClock, SystemClock};
+use chartcache::config::RedisConfig;
 use chartcache::metrics::Metrics;
-use chartcache::store::redis::{RedisConfig, RedisStore};
+use chartcache::store::redis::RedisStore;
 use chartcache::store::setup;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";

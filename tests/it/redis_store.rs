@@ -6,10 +6,11 @@ use std::time::{Duration, Instant};
 
 use crate::support::redis_server::*;
 use chartcache::clock::{SharedClock, SystemClock};
-use chartcache::fingerprint::CacheKey;
+use chartcache::config::RedisConfig;
+use chartcache::key::CacheKey;
 use chartcache::metrics::Metrics;
 use chartcache::store::breaker::BreakerState;
-use chartcache::store::redis::{RedisConfig, RedisStore};
+use chartcache::store::redis::RedisStore;
 use chartcache::store::{Entry, Meta, Purge, Store, StoreError};
 
 fn clock() -> SharedClock {

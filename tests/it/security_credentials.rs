@@ -17,7 +17,7 @@ use crate::support::*;
 use bytes::Bytes;
 use chartcache::clock::{Clock, ManualClock};
 use chartcache::config::Config;
-use chartcache::policy::TierConfig;
+use chartcache::config::TierConfig;
 use http::{HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;

@@ -10,7 +10,7 @@ use http::Method;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode, get_current_timestamp};
 
 use chartcache::config::Config;
-use chartcache::policy::{RuleConfig, ScopeKind};
+use chartcache::config::{RuleConfig, ScopeKind};
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 const JWT_SECRET: &[u8] = b"test-superset-secret-key";

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::support::*;
 use chartcache::clock::{Clock, ManualClock};
 use chartcache::config::Config;
-use chartcache::policy::{IdentityKind, RuleConfig, TierConfig, TimeRangeClass};
+use chartcache::config::{IdentityKind, RuleConfig, TierConfig, TimeRangeClass};
 use http::Method;
 use serde_json::{Value, json};
 

@@ -9,9 +9,9 @@ use crate::support::redis_server::*;
 use crate::support::*;
 use chartcache::app::App;
 use chartcache::clock::{ManualClock, SharedClock};
+use chartcache::config::RedisConfig;
+use chartcache::config::TierConfig;
 use chartcache::metrics::Metrics;
-use chartcache::policy::TierConfig;
-use chartcache::store::redis::RedisConfig;
 use chartcache::store::setup;
 use http::Method;
 

@@ -42,7 +42,7 @@ use redis::{
     RedisResult,
 };
 
-use super::config::{RedisConfig, RedisConfigError, redact, split_host_port};
+use crate::config::redis::{RedisConfig, RedisConfigError, redact, split_host_port};
 
 /// Why no connection could be had.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -21,16 +21,16 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::breaker::Breaker;
 use super::entry::DecodeError;
-use super::{Entry, Purge, Store, StoreError};
+use super::{Entry, Purge, SharedTier, Store, StoreError};
 use crate::clock::SharedClock;
-use crate::fingerprint::CacheKey;
+use crate::key::CacheKey;
 use crate::metrics::Metrics;
 
-pub mod config;
 pub mod conn;
+pub mod lock;
 pub mod pubsub;
 
-pub use config::RedisConfig;
+use crate::config::RedisConfig;
 use conn::{ConnError, Connector};
 
 const STORE: &str = "redis";
@@ -78,7 +78,7 @@ pub struct RedisStore {
     /// Successful subscriptions to the lock-release channel so far.
     release_subscriptions: Arc<std::sync::atomic::AtomicU64>,
     /// Replicas waiting here for another replica's fetch lock on a key.
-    releases: Arc<super::lock::Releases>,
+    releases: Arc<crate::store::lock::Releases>,
     /// The channels subscribed and whether the subscription is live.
     subs: Arc<pubsub::Subscriptions>,
     /// Largest body (uncompressed) an entry read back may claim: the
@@ -99,7 +99,7 @@ impl RedisStore {
         cfg: RedisConfig,
         metrics: Arc<Metrics>,
         clock: SharedClock,
-    ) -> Result<Arc<RedisStore>, config::RedisConfigError> {
+    ) -> Result<Arc<RedisStore>, crate::config::RedisConfigError> {
         let conn = Connector::new(&cfg, &metrics.redis_connections)?;
         let gauge = metrics.breaker_open.with_label_values(&[STORE]);
         let breaker = Breaker::new(
@@ -126,8 +126,8 @@ impl RedisStore {
             clock,
             put_script: Script::new(PUT_SCRIPT),
             purge_tags_script: Script::new(PURGE_TAGS_SCRIPT),
-            unlock_script: Script::new(super::lock::UNLOCK_SCRIPT),
-            renew_script: Script::new(super::lock::RENEW_SCRIPT),
+            unlock_script: Script::new(lock::UNLOCK_SCRIPT),
+            renew_script: Script::new(lock::RENEW_SCRIPT),
             _stop_guard: stop.clone().drop_guard(),
             stop,
             cfg,
@@ -203,7 +203,7 @@ impl RedisStore {
 
     fn describe(&self) -> String {
         match (&self.cfg.url, self.conn.current_addr()) {
-            (Some(u), _) => config::redact(u),
+            (Some(u), _) => crate::config::redis::redact(u),
             (None, Some(a)) => format!("{a} (master {:?})", self.cfg.master_name),
             (None, None) => format!(
                 "sentinels {} (master {:?})",
@@ -231,7 +231,7 @@ impl RedisStore {
         format!("{}:rel", self.cfg.prefix)
     }
     /// Waiters for lock releases (see `store::lock`).
-    pub fn releases(&self) -> &Arc<super::lock::Releases> {
+    pub fn releases(&self) -> &Arc<crate::store::lock::Releases> {
         &self.releases
     }
 
@@ -511,8 +511,8 @@ impl Store for RedisStore {
         Ok(n)
     }
 
-    fn remote(&self) -> Option<Arc<RedisStore>> {
-        self.me.upgrade()
+    fn shared(&self) -> Option<Arc<dyn SharedTier>> {
+        self.me.upgrade().map(|s| s as Arc<dyn SharedTier>)
     }
 }
 

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 
 use crate::bounded::{ByteBounded, byte_bounded};
-use crate::fingerprint::CacheKey;
+use crate::key::CacheKey;
 use crate::offload::{self, Offload};
 use crate::store::Entry;
 
@@ -73,7 +73,7 @@ fn kept(cache: &Cache, id: &CopyId, entry: &Entry) -> Option<Bytes> {
 
 /// The copy of `entry`'s body: gzip or uncompressed.
 fn copy(entry: &Entry, gzip: bool) -> std::io::Result<Kept> {
-    let raw = super::respond::decompress(entry)?;
+    let raw = super::decompress(entry)?;
     let body = if gzip {
         crate::store::entry::gzip(&raw)?
     } else {
@@ -119,7 +119,7 @@ impl Copies {
         gzip: bool,
     ) -> std::io::Result<(Bytes, Option<&'static str>)> {
         let Some(cache) = &self.cache else {
-            return Ok((super::respond::decompress(entry)?, None));
+            return Ok((super::decompress(entry)?, None));
         };
         let id = id(key, entry, gzip);
         let encoding = gzip.then_some("gzip");

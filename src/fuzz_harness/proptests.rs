@@ -1,16 +1,14 @@
 //! Bounded randomized testing of the canonicalizer, the cache key, the
 //! route classifier and credential extraction, with the same properties as the `cargo fuzz` targets
-//! (`chartcache::fuzz_harness`): random bytes, mutated fixture bodies, and
+//! (`crate::fuzz_harness`): random bytes, mutated fixture bodies, and
 //! random JSON documents whose key order and whitespace must not matter.
 //!
 //! Case counts are fixed so `cargo test` stays quick; raise them with
-//! `PROPTEST_CASES=100000 cargo test --test it security_fuzz::`.
+//! `PROPTEST_CASES=100000 cargo test --lib fuzz_harness`.
 
-use chartcache::fingerprint::{self, build_key};
-use chartcache::fuzz_harness::{
-    check_classify, check_credentials, check_fingerprint, check_write_path,
-};
-use chartcache::route::CachedRoute;
+use super::{check_classify, check_credentials, check_fingerprint, check_write_path};
+use crate::fingerprint::{self, build_key};
+use crate::route::CachedRoute;
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -25,7 +23,7 @@ const FIXTURES: &[&str] = &[
 fn fixture_bodies() -> Vec<Vec<u8>> {
     FIXTURES
         .iter()
-        .map(|f| serde_json::to_vec(&crate::support::chart_body(f)).unwrap())
+        .map(|f| serde_json::to_vec(&crate::testutil::fixture(f)["request"]["body"]).unwrap())
         .collect()
 }
 

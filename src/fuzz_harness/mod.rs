@@ -1,5 +1,6 @@
 //! Properties checked on arbitrary input by the `cargo fuzz` targets in
-//! `fuzz/` and by the bounded randomized tests in `tests/security_fuzz.rs`.
+//! `fuzz/` and by the bounded randomized unit tests in `proptests.rs`
+//! (`cargo test --lib fuzz_harness`).
 //! One place, so both exercise exactly the same assertions.
 //!
 //! A violated property panics: that is what a fuzzer reports as a crash.
@@ -74,7 +75,7 @@ pub fn check_fingerprint(data: &[u8]) {
     assert_eq!(k1, k2);
     assert_ne!(k1, k3);
     assert_ne!(k1, k4);
-    assert_eq!(fingerprint::CacheKey::from_hex(&k1.to_hex()), Some(k1));
+    assert_eq!(crate::key::CacheKey::from_hex(&k1.to_hex()), Some(k1));
 }
 
 /// Route classification: never panics, and only GET/POST are ever cached.
@@ -223,6 +224,9 @@ pub fn check_write_path(data: &[u8]) {
         }
     }
 }
+
+#[cfg(test)]
+mod proptests;
 
 #[cfg(test)]
 mod tests {

@@ -15,8 +15,8 @@ use xxhash_rust::xxh3::{xxh3_64_with_seed, xxh3_128_with_seed};
 
 use crate::bounded::{ByteBounded, byte_bounded};
 use crate::fingerprint::{self, CanonicalRequest, QueryFacts, Unkeyable};
-use crate::policy::{TimeRangeEnd, time_range_end};
 use crate::route::CachedRoute;
+use crate::time_range::{TimeRangeEnd, time_range_end};
 
 /// What the request path needs of a canonical form: everything but the
 /// canonical body itself, which enters the key only as its digest. Keeping the
@@ -162,8 +162,8 @@ impl CanonMemo {
     ) -> u128 {
         // The small parts seed the hash of the body: two one-shot hashes
         // cost less than one streaming hash over the same bytes.
-        let mut g = fingerprint::Gather::<256>::default();
-        let mut part = |b: Option<&[u8]>| fingerprint::hash_optional_part(&mut |x| g.push(x), b);
+        let mut g = crate::key::Gather::<256>::default();
+        let mut part = |b: Option<&[u8]>| crate::key::hash_optional_part(&mut |x| g.push(x), b);
         part(Some(route.as_str().as_bytes()));
         if let CachedRoute::ChartDataGet { chart_id } = route {
             part(Some(&chart_id.to_le_bytes()));

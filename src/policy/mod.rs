@@ -4,173 +4,14 @@
 
 use std::sync::Arc;
 
-use http::{HeaderMap, header};
-use serde::{Deserialize, Serialize};
-
-use crate::config::Config;
+use crate::config::{Config, IdentityKind, RuleConfig, ScopeKind, TierConfig, TimeRangeClass};
 use crate::fingerprint::QueryFacts;
 use crate::route::CachedRoute;
+use crate::time_range::{TimeRangeEnd, time_range_end};
 
-/// A named TTL tier.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct TierConfig {
-    pub name: String,
-    /// Seconds an entry is served as fresh.
-    pub fresh_secs: u64,
-    /// Seconds after `fresh` during which the entry is served at once while it is
-    /// refreshed in the background.
-    pub stale_while_revalidate_secs: u64,
-    /// Seconds after `fresh` during which the entry is served when Superset fails.
-    pub stale_if_error_secs: u64,
-}
+mod storable;
 
-impl Default for TierConfig {
-    fn default() -> Self {
-        Self {
-            name: "standard".into(),
-            fresh_secs: 300,
-            stale_while_revalidate_secs: 300,
-            stale_if_error_secs: 3600,
-        }
-    }
-}
-
-impl TierConfig {
-    /// The shipped tiers: realtime, standard, historical.
-    pub fn defaults() -> Vec<TierConfig> {
-        vec![
-            TierConfig {
-                name: "realtime".into(),
-                fresh_secs: 30,
-                stale_while_revalidate_secs: 30,
-                stale_if_error_secs: 300,
-            },
-            TierConfig::default(),
-            TierConfig {
-                name: "historical".into(),
-                fresh_secs: 86_400,
-                stale_while_revalidate_secs: 3_600,
-                stale_if_error_secs: 7 * 86_400,
-            },
-        ]
-    }
-
-    /// Milliseconds until the entry must leave every store.
-    pub fn stale_ms(&self) -> u64 {
-        self.stale_while_revalidate_secs
-            .max(self.stale_if_error_secs)
-            * 1000
-    }
-}
-
-/// Time-range class of a query.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum TimeRangeClass {
-    /// Moves with the clock (`Last week`, `today : now`, `No filter` over live data).
-    Relative,
-    /// Both ends fixed and in the past: results do not change.
-    AbsolutePast,
-    /// The query has no time range.
-    None,
-}
-
-impl TimeRangeClass {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TimeRangeClass::Relative => "relative",
-            TimeRangeClass::AbsolutePast => "absolute_past",
-            TimeRangeClass::None => "none",
-        }
-    }
-}
-
-/// What kind of identity a request carries, before Superset is asked who it is.
-/// Rules match on it (`identity = ["guest"]`), e.g. to give embedded dashboards
-/// their own tier or to serve anonymous viewers from a `public` entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IdentityKind {
-    /// A Superset user: `Authorization: Bearer` and/or the session cookie.
-    User,
-    /// An embedded-dashboard guest token (the guest-token header).
-    Guest,
-    /// No credential at all.
-    Anonymous,
-}
-
-impl IdentityKind {
-    /// Classify a request's credential set. A guest token names the embedding
-    /// context, so it decides the kind even when other credentials come along.
-    pub fn of(creds: Option<&crate::identity::Credentials>) -> IdentityKind {
-        match creds {
-            None => IdentityKind::Anonymous,
-            Some(c) if c.guest_token.is_some() => IdentityKind::Guest,
-            Some(_) => IdentityKind::User,
-        }
-    }
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            IdentityKind::User => "user",
-            IdentityKind::Guest => "guest",
-            IdentityKind::Anonymous => "anonymous",
-        }
-    }
-}
-
-/// Identity scope kind a rule may select.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum ScopeKind {
-    /// One entry per Superset user (default, always safe).
-    #[default]
-    User,
-    /// One entry per set of role names (from `/api/v1/me/roles/`). Safe only
-    /// when results depend on roles alone: Superset's RLS filters attach to
-    /// roles, but Jinja macros such as `current_username()`,
-    /// `current_user_id()` or `current_user_email()` in a dataset, a virtual
-    /// dataset's SQL or a filter make results per user, and users with equal
-    /// roles would then see each other's rows. See SECURITY.md.
-    Roles,
-    /// One shared entry for everyone: only for data that is the same for all
-    /// viewers (no RLS, no per-user Jinja). Requests without credentials may then
-    /// be served from cache too, so Superset's permission check is skipped for
-    /// hits: anyone who can reach chartcache can read these entries.
-    Public,
-}
-
-/// One rule. Every field given must match (lists match any of their values);
-/// the first matching rule wins.
-#[derive(Debug, Clone, Serialize, Deserialize, Default, PartialEq, Eq)]
-#[serde(default, deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Name shown by explain and in logs.
-    pub name: String,
-    /// Datasources, `{id}__{type}` (e.g. `7__table`).
-    pub datasource: Vec<String>,
-    pub chart_id: Vec<u64>,
-    pub dashboard_id: Vec<u64>,
-    pub viz_type: Vec<String>,
-    pub result_format: Vec<String>,
-    pub result_type: Vec<String>,
-    /// Route kinds: `chart_data`, `chart_data_get`, `explore_json`.
-    pub route: Vec<String>,
-    /// Path prefix.
-    pub path_prefix: Option<String>,
-    pub time_range: Vec<TimeRangeClass>,
-    /// Identity kinds of the request: `user`, `guest`, `anonymous`.
-    pub identity: Vec<IdentityKind>,
-    /// Tier to use; exactly one of `tier` and `bypass = true`.
-    pub tier: Option<String>,
-    /// Forward uncached.
-    pub bypass: bool,
-    /// Identity scope for matching requests (default `user`).
-    pub scope: ScopeKind,
-    /// Let Superset's `cache_timeout` cap `fresh` (default true).
-    pub respect_superset_timeout: Option<bool>,
-}
+pub use storable::{Cacheability, NotStorable, response_cacheability, superset_cache_timeout};
 
 /// What policy decided for a request.
 #[derive(Debug, Clone)]
@@ -245,7 +86,7 @@ impl Policy {
             for rt in &r.route {
                 if !matches!(
                     rt.as_str(),
-                    "chart_data" | "chart_data_get" | "explore_json"
+                    "chart_data" | "chart_data_get" | "explore_json" | "chart_data_result"
                 ) {
                     anyhow::bail!("{label}: unknown route {rt:?}");
                 }
@@ -358,101 +199,16 @@ fn rule_matches(
         && any_or(&r.time_range, Some(&tr))
 }
 
-/// Classify all time ranges of a query: any relative → relative; all absolute
-/// and ended → absolute_past; none at all → none.
-pub fn classify_time_ranges(ranges: &[String], now_ms: u64) -> TimeRangeClass {
-    time_range_end(ranges).classify(now_ms)
-}
-
-/// What a query's time ranges say whatever the day: the part of
-/// [`classify_time_ranges`] that needs parsing, done once per canonical form.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TimeRangeEnd {
-    /// No time range at all.
-    None,
-    /// At least one range is not two fixed dates.
-    Relative,
-    /// All ranges are fixed; the latest ends (exclusively) on this day since
-    /// the Unix epoch.
-    Until(i64),
-}
-
-/// Parse a query's time ranges into a [`TimeRangeEnd`].
-pub fn time_range_end(ranges: &[String]) -> TimeRangeEnd {
-    let mut last = None;
-    for r in ranges {
-        let Some((start, end)) = r.split_once(" : ") else {
-            return TimeRangeEnd::Relative;
-        };
-        match (parse_day(start.trim()), parse_day(end.trim())) {
-            (Some(_), Some(end_day)) => last = Some(last.map_or(end_day, |l: i64| l.max(end_day))),
-            _ => return TimeRangeEnd::Relative,
-        }
-    }
-    last.map_or(TimeRangeEnd::None, TimeRangeEnd::Until)
-}
-
-impl TimeRangeEnd {
-    /// The class on the day of `now_ms`.
-    pub fn classify(self, now_ms: u64) -> TimeRangeClass {
-        let today = (now_ms / 86_400_000) as i64;
-        match self {
-            TimeRangeEnd::None => TimeRangeClass::None,
-            // The end is exclusive in Superset; a range ending today still moves.
-            TimeRangeEnd::Until(day) if day <= today => TimeRangeClass::AbsolutePast,
-            TimeRangeEnd::Until(_) | TimeRangeEnd::Relative => TimeRangeClass::Relative,
-        }
-    }
-}
-
-/// Days since the Unix epoch for `YYYY-MM-DD` optionally followed by `THH:MM:SS`
-/// or ` HH:MM:SS` (a time of day rounds the end up to the next day).
-fn parse_day(s: &str) -> Option<i64> {
-    let (date, time) = match s.find(['T', ' ']) {
-        Some(i) => (&s[..i], Some(&s[i + 1..])),
-        None => (s, None),
-    };
-    let mut it = date.split('-');
-    let y: i64 = it.next()?.parse().ok()?;
-    let m: u32 = it.next()?.parse().ok()?;
-    let d: u32 = it.next()?.parse().ok()?;
-    if it.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) || date.len() != 10 {
-        return None;
-    }
-    // Days from civil (Howard Hinnant's algorithm).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m as i64 + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d as i64 - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    match time {
-        None => Some(days),
-        Some(t)
-            if t.chars()
-                .all(|c| c.is_ascii_digit() || c == ':' || c == '.')
-                && !t.is_empty() =>
-        {
-            let midnight = t.trim_start_matches(['0', ':', '.']).is_empty();
-            Some(if midnight { days } else { days + 1 })
-        }
-        Some(_) => None,
-    }
-}
-
 /// Why a request is forwarded without consulting the cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Bypass {
     NoCredential,
-    IdentityDenied,
+    /// Superset or local verification refused the credential.
+    Denied(crate::identity::Denial),
     IdentityError,
     Unkeyable(crate::fingerprint::Unkeyable),
     BodyTooLarge,
     Rule,
-    /// Local verification refused the credential (forged, expired or invalid
-    /// JWT or guest token); the reason is the `Cache-Status` detail.
-    CredentialInvalid(&'static str),
     /// The credential headers can be read more than one way (duplicate or
     /// empty, named by `Connection`, non-ASCII cookies): what would key the
     /// entry might not be what Superset answers for.
@@ -463,161 +219,25 @@ impl Bypass {
     pub fn as_str(&self) -> &'static str {
         match self {
             Bypass::NoCredential => "no-credential",
-            Bypass::IdentityDenied => "identity-denied",
+            Bypass::Denied(d) => d.as_str(),
             Bypass::IdentityError => "identity-error",
             Bypass::Unkeyable(u) => u.as_str(),
             Bypass::BodyTooLarge => "body-too-large",
             Bypass::Rule => "rule",
-            Bypass::CredentialInvalid(why) => why,
             Bypass::AmbiguousCredential => "ambiguous-credential",
         }
     }
 }
 
-/// Why a response was not stored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NotStorable {
-    Status,
-    Async,
-    NoStore,
-    NotJson,
-    Encoded,
-    TooLarge,
-    Bypass,
-}
-
-impl NotStorable {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            NotStorable::Status => "status",
-            NotStorable::Async => "async-202",
-            NotStorable::NoStore => "no-store",
-            NotStorable::NotJson => "content-type",
-            NotStorable::Encoded => "content-encoding",
-            NotStorable::TooLarge => "too-large",
-            NotStorable::Bypass => "bypass",
-        }
-    }
-}
-
-/// Cacheability of a response, decided from its head (size is checked on the body).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cacheability {
-    Storable,
-    NotStorable(NotStorable),
-}
-
-/// Decide from status and headers whether a response may be stored.
-pub fn response_cacheability(
-    status: u16,
-    headers: &HeaderMap,
-    store_exports: bool,
-) -> Cacheability {
-    use Cacheability::*;
-    match status {
-        200 => {}
-        202 => return NotStorable(self::NotStorable::Async),
-        _ => return NotStorable(self::NotStorable::Status),
-    }
-    for v in headers.get_all(header::CACHE_CONTROL) {
-        let v = v.to_str().unwrap_or("no-store").to_ascii_lowercase();
-        if v.split(',')
-            .any(|d| matches!(d.trim(), "no-store" | "private"))
-        {
-            return NotStorable(self::NotStorable::NoStore);
-        }
-    }
-    // We ask Superset for identity bodies; anything else we do not understand.
-    if headers
-        .get(header::CONTENT_ENCODING)
-        .is_some_and(|v| v != "identity")
-    {
-        return NotStorable(self::NotStorable::Encoded);
-    }
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default();
-    let ok = ct == "application/json"
-        || (store_exports
-            && (ct == "text/csv"
-                || ct == "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"));
-    if ok {
-        Storable
-    } else {
-        NotStorable(self::NotStorable::NotJson)
-    }
-}
-
-/// The smallest `"cache_timeout": N` in a Superset chart-data body, found by a
-/// byte scan (no JSON parse on the miss path).
-pub fn superset_cache_timeout(body: &[u8]) -> Option<u64> {
-    const NEEDLE: &[u8] = b"\"cache_timeout\":";
-    let mut min: Option<u64> = None;
-    let mut i = 0;
-    while let Some(pos) = body[i..].windows(NEEDLE.len()).position(|w| w == NEEDLE) {
-        let mut j = i + pos + NEEDLE.len();
-        while j < body.len() && body[j] == b' ' {
-            j += 1;
-        }
-        let start = j;
-        while j < body.len() && body[j].is_ascii_digit() {
-            j += 1;
-        }
-        if let Some(n) = std::str::from_utf8(&body[start..j])
-            .ok()
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            min = Some(min.map_or(n, |m: u64| m.min(n)));
-        }
-        i = j.max(i + pos + 1);
-    }
-    min
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time_range::*;
 
     const DAY: u64 = 86_400_000;
     // 2026-11-25
     const NOW: u64 = 20_782 * DAY + 3_600_000;
     const U: IdentityKind = IdentityKind::User;
-
-    #[test]
-    fn time_range_classes() {
-        let c = |v: &[&str]| {
-            classify_time_ranges(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>(), NOW)
-        };
-        assert_eq!(c(&[]), TimeRangeClass::None);
-        assert_eq!(c(&["No filter"]), TimeRangeClass::Relative);
-        assert_eq!(c(&["Last week"]), TimeRangeClass::Relative);
-        assert_eq!(c(&["today : now"]), TimeRangeClass::Relative);
-        assert_eq!(
-            c(&["2023-01-01 : 2024-01-01"]),
-            TimeRangeClass::AbsolutePast
-        );
-        assert_eq!(
-            c(&["2023-01-01T00:00:00 : 2024-01-01T00:00:00"]),
-            TimeRangeClass::AbsolutePast
-        );
-        assert_eq!(c(&["2023-01-01 : 2026-12-31"]), TimeRangeClass::Relative);
-        assert_eq!(
-            c(&["2023-01-01 : 2024-01-01", "Last day"]),
-            TimeRangeClass::Relative
-        );
-        assert_eq!(c(&["2023-13-01 : 2024-01-01"]), TimeRangeClass::Relative);
-        assert_eq!(parse_day("1970-01-01"), Some(0));
-        assert_eq!(parse_day("2026-11-25"), Some(20_782));
-        assert_eq!(parse_day("2026-11-25T10:00:00"), Some(20_783));
-    }
 
     /// The parsed summary is independent of the day; only its classification
     /// moves: a range ending today is relative, from the next day on it is past.
@@ -867,70 +487,5 @@ respect_superset_timeout = false
             })
             .is_err()
         );
-    }
-
-    #[test]
-    fn storability() {
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::CONTENT_TYPE,
-            "application/json; charset=utf-8".parse().unwrap(),
-        );
-        assert_eq!(
-            response_cacheability(200, &h, false),
-            Cacheability::Storable
-        );
-        assert_eq!(
-            response_cacheability(202, &h, false),
-            Cacheability::NotStorable(NotStorable::Async)
-        );
-        assert_eq!(
-            response_cacheability(500, &h, false),
-            Cacheability::NotStorable(NotStorable::Status)
-        );
-        assert_eq!(
-            response_cacheability(404, &h, false),
-            Cacheability::NotStorable(NotStorable::Status)
-        );
-        let mut p = h.clone();
-        p.insert(header::CACHE_CONTROL, "private, max-age=0".parse().unwrap());
-        assert_eq!(
-            response_cacheability(200, &p, false),
-            Cacheability::NotStorable(NotStorable::NoStore)
-        );
-        let mut csv = HeaderMap::new();
-        csv.insert(
-            header::CONTENT_TYPE,
-            "text/csv; charset=utf-8".parse().unwrap(),
-        );
-        assert_eq!(
-            response_cacheability(200, &csv, false),
-            Cacheability::NotStorable(NotStorable::NotJson)
-        );
-        assert_eq!(
-            response_cacheability(200, &csv, true),
-            Cacheability::Storable
-        );
-        let mut z = h.clone();
-        z.insert(header::CONTENT_ENCODING, "zstd".parse().unwrap());
-        assert_eq!(
-            response_cacheability(200, &z, false),
-            Cacheability::NotStorable(NotStorable::Encoded)
-        );
-    }
-
-    #[test]
-    fn finds_smallest_superset_cache_timeout() {
-        assert_eq!(
-            superset_cache_timeout(
-                br#"{"result":[{"cache_timeout": 86400},{"cache_timeout":60}]}"#
-            ),
-            Some(60)
-        );
-        assert_eq!(
-            superset_cache_timeout(br#"{"result":[{"cache_timeout":null}]}"#),
-            None
-        );
-        assert_eq!(superset_cache_timeout(b""), None);
     }
 }

@@ -12,8 +12,12 @@ use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{RuleConfig, TierConfig};
-use crate::refresh::RefreshAheadConfig;
+mod env;
+pub mod redis;
+mod rules;
+
+pub use redis::{RedisConfig, RedisConfigError};
+pub use rules::{IdentityKind, RuleConfig, ScopeKind, TierConfig, TimeRangeClass};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -35,7 +39,7 @@ pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
     /// Shared Redis cache (off unless `redis.url` or `redis.sentinels` is set).
-    pub redis: crate::store::redis::RedisConfig,
+    pub redis: RedisConfig,
     /// Refreshing hot entries before they expire.
     pub refresh_ahead: RefreshAheadConfig,
     /// Named TTL tiers. The `default_tier` must be one of them.
@@ -75,7 +79,6 @@ impl Default for Config {
 /// file's `rules` replace them (`rules = []` for none). A built-in rule whose
 /// tier a config's own `tiers` leave out is skipped (`Policy::from_config`).
 pub(crate) fn default_rules() -> Vec<RuleConfig> {
-    use crate::policy::TimeRangeClass;
     vec![
         RuleConfig {
             name: "closed-time-ranges".into(),
@@ -206,6 +209,15 @@ pub struct CacheConfig {
     pub store_gzip: bool,
     /// How long followers wait for a coalesced leader before fetching themselves (ms).
     pub coalesce_wait_ms: u64,
+    /// Async queries (GLOBAL_ASYNC_QUERIES): how long identical chart-data
+    /// POSTs of one scope wait for the data of the job a `202` started
+    /// (locally and on other replicas, through the fetch lock) before they
+    /// are forwarded to Superset themselves (ms). 0 turns the wait off.
+    pub async_wait_ms: u64,
+    /// Async queries: jobs remembered at most (job → originating POST), so
+    /// that their data can fill the POST's entry. Beyond it, new jobs are
+    /// passed through unremembered.
+    pub async_max_jobs: u64,
 }
 
 impl Default for CacheConfig {
@@ -218,6 +230,8 @@ impl Default for CacheConfig {
             zstd_level: 3,
             store_gzip: true,
             coalesce_wait_ms: 60_000,
+            async_wait_ms: 30_000,
+            async_max_jobs: 10_000,
         }
     }
 }
@@ -265,6 +279,11 @@ pub struct UpstreamConfig {
     pub pool_max_idle_per_host: usize,
     /// Extra PEM CA bundle trusted for `https://` upstreams (besides the webpki roots).
     pub ca_file: Option<String>,
+    /// `Host` sent to Superset, and the TLS server name (SNI, certificate
+    /// check) of an `https://` upstream, instead of the client's `Host` and
+    /// the upstream URL's host: a remote Superset served under its own name
+    /// (edge mode). The client's host goes on in `X-Forwarded-Host`.
+    pub host_header: Option<String>,
 }
 
 impl Default for UpstreamConfig {
@@ -277,6 +296,7 @@ impl Default for UpstreamConfig {
             ready_requires_upstream: false,
             pool_max_idle_per_host: 256,
             ca_file: None,
+            host_header: None,
         }
     }
 }
@@ -471,6 +491,35 @@ impl Default for LogConfig {
     }
 }
 
+/// `[refresh_ahead]`: refreshing popular entries before they expire.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct RefreshAheadConfig {
+    /// Fresh hits (in this process) that make an entry hot; 0 turns
+    /// refresh-ahead off.
+    pub hot_hits: u32,
+    /// Refresh a hot entry this many seconds before its `fresh` ends (at most
+    /// half of the entry's fresh lifetime).
+    pub lead_secs: u64,
+    /// Refresh-ahead queries sent to Superset at once (read at start; the other
+    /// keys follow configuration reloads).
+    pub max_concurrent: usize,
+    /// Hot entries tracked at once; each holds its request and a credential in
+    /// memory. Entries that become hot beyond this are not refreshed ahead.
+    pub max_tracked: usize,
+}
+
+impl Default for RefreshAheadConfig {
+    fn default() -> Self {
+        Self {
+            hot_hits: 10,
+            lead_secs: 10,
+            max_concurrent: 4,
+            max_tracked: 10_000,
+        }
+    }
+}
+
 impl Config {
     /// Load: defaults ← TOML file (if given) ← `CHARTCACHE_*` env.
     pub fn load(file: Option<&Path>) -> anyhow::Result<Config> {
@@ -485,12 +534,10 @@ impl Config {
         // (the log filter), `CHARTCACHE_CONFIG` (the file) and the
         // `CHARTCACHE_SERVICE_HOST`-style variables Kubernetes injects for a Service
         // named chartcache; only those that name a config key are read.
-        crate::config_env::check_names(
-            std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()),
-        )?;
+        env::check_names(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()))?;
         fig = fig.merge(
             Env::prefixed("CHARTCACHE_")
-                .filter(|k| crate::config_env::is_config_env(k.as_str()))
+                .filter(|k| env::is_config_env(k.as_str()))
                 .split("__")
                 .lowercase(true),
         );
@@ -576,7 +623,6 @@ impl Config {
         if self.refresh_ahead.max_concurrent == 0 {
             bail!("refresh_ahead.max_concurrent must be at least 1");
         }
-        crate::policy::Policy::from_config(self)?;
         Ok(())
     }
 }
@@ -609,7 +655,7 @@ mod tests {
         c.upstream = "http://127.0.0.1:8088".into();
         c.validate().unwrap();
         assert_eq!(c.rules.len(), 2);
-        assert_eq!(c.tiers, crate::policy::TierConfig::defaults());
+        assert_eq!(c.tiers, TierConfig::defaults());
         // Without a file the same rules apply.
         assert_eq!(c.rules, Config::default().rules);
     }

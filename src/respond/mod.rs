@@ -2,11 +2,16 @@
 //! content negotiation: stored zstd bytes as-is, the stored gzip copy, or a
 //! decompressed body — never per-request compression on a hit.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::body::{Body, full};
+use crate::error::Error;
+
+pub mod copies;
 use crate::store::Entry;
 
 /// Which stored encoding a client can take.
@@ -188,9 +193,57 @@ pub fn without_cookies(h: &HeaderMap) -> HeaderMap {
     out
 }
 
+/// A complete upstream response shared between a leader and its followers.
+#[derive(Debug)]
+pub struct Fetched {
+    pub status: StatusCode,
+    /// Response headers without `Set-Cookie` and framing headers.
+    pub headers: HeaderMap,
+    /// Uncompressed body.
+    pub body: Bytes,
+    /// The stored entry, when the response was storable.
+    pub entry: Option<Arc<Entry>>,
+}
+
+/// The response a client sees for an error: Superset's `{"message": ...}` shape.
+pub fn error(e: Error) -> Response<Body> {
+    let status = e.status();
+    let msg = match &e {
+        // Do not leak internal details (addresses, store names) to clients.
+        Error::UpstreamConnect(_) => "Superset is unreachable".to_string(),
+        Error::UpstreamTimeout => "Superset did not answer in time".to_string(),
+        Error::Upstream(_) => "Superset returned an invalid response".to_string(),
+        Error::Store(_) | Error::Internal(_) => "Internal error in chartcache".to_string(),
+        other => other.to_string(),
+    };
+    let body = serde_json::to_vec(&serde_json::json!({ "message": msg })).unwrap_or_default();
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // The request may not have been read to its end: the connection
+    // cannot carry another one.
+    if matches!(e, Error::RequestTimeout | Error::Overloaded) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn errors_answer_in_supersets_shape_without_internal_details() {
+        let r = error(Error::UpstreamConnect("10.0.0.1:8088 refused".into()));
+        assert_eq!(r.status(), 502);
+        let b = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
+        assert_eq!(v["message"], "Superset is unreachable");
+    }
 
     #[test]
     fn number_values_are_the_decimal_digits() {
