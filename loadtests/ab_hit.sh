@@ -10,7 +10,7 @@
 # THREADS [2], PERF=1 records a cpu-clock profile of each run to
 # $OUT/perf-<name>-<round>.data, BASE_PORT [29100], OUT [/tmp/chartcache-ab],
 # MEASURES [1] wrk runs per started process (a process can stay in a fast or
-# a slow mode: BENCHMARKS.md, run 21), WARM_CHECK [1] 0 skips the check that
+# a slow mode: loadtests/RUNS.md, run 21), WARM_CHECK [1] 0 skips the check that
 # the warm-up ends in a hit (for loadtests/patches/answer-early.patch).
 # Prints req/s, p50/p99, the proxy's CPU µs per request (user + system) and
 # how often per request the proxy's threads were preempted (involuntary

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The chaos suite at long scale against the release build: every scenario of
-# tests/chaos_support/ (Sentinel master killed and frozen, Redis killed and
+# tests/chaos/support/ (Sentinel master killed and frozen, Redis killed and
 # restarted, SIGTERM with requests in flight, SIGHUP under load, upstream
 # 500/slow/killed, slow clients, the memory cap under 20 000 distinct
 # answers) with real processes on loopback. Every process is started by the

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Hit-path benchmark of chartcache on Redis, against redis-benchmark GET of the
-# same value size in the same run (issue 3, "Benchmark").
+# same value size in the same run.
 #
 # Starts its own redis-server (free loopback port, no persistence), a small
 # Superset-shaped upstream (redis_bench_upstream.py) and two chartcache

@@ -5,7 +5,7 @@
 //! matters more than moka's extras (TTLs, listeners), which these maps do not use.
 //!
 //! Not for the response store: under a bound well below the working set,
-//! S3-FIFO kept a third fewer hits than moka's TinyLFU (BENCHMARKS.md, run 13).
+//! S3-FIFO kept a third fewer hits than moka's TinyLFU (loadtests/RUNS.md, run 13).
 //! Here a lost item costs only CPU (a re-parse, a decompression), never an
 //! upstream query.
 

@@ -3,7 +3,10 @@
 //! `redis.tls_ca_file` makes it trusted, without it the connection is refused;
 //! `redis.tls_client_cert_file` / `tls_client_key_file` for mutual TLS.
 
-#[path = "support/redis.rs"]
+// A binary of its own: it counts the store's connections, whose number
+// depends on the process-wide per-core thread count (`chartcache::worker`)
+// that the other integration tests set.
+#[path = "it/support/redis_server.rs"]
 mod redis_support;
 
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 //! upload and a 200 MB download pass with bounded memory. This file is its own
 //! test binary so the peak-RSS reading is not disturbed by other tests.
 
+#[path = "it/support/mod.rs"]
 mod support;
 
 use std::convert::Infallible;

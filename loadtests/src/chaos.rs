@@ -1,7 +1,7 @@
 //! `chartcache-load chaos`: the fault-injection suite at long scale against a
 //! chartcache binary (the release build by default). The scenarios are the
-//! ones `cargo test` runs quickly (`tests/chaos_*.rs`); they live in
-//! `tests/chaos_support/` and are compiled into this tool unchanged.
+//! ones `cargo test --test chaos` runs quickly (`tests/chaos/chaos_*.rs`); they
+//! live in `tests/chaos/support/` and are compiled into this tool unchanged.
 //!
 //! ```text
 //! chartcache-load chaos [--bin ../target/release/chartcache] [--scenarios all|a,b]
@@ -10,7 +10,7 @@
 //! Prints each scenario's report (and a `CHAOS_JSON` line), appends the JSON
 //! to `--json`, and exits non-zero if any goal failed.
 
-#[path = "../../tests/chaos_support/mod.rs"]
+#[path = "../../tests/chaos/support/mod.rs"]
 mod chaos_support;
 
 use std::io::Write;

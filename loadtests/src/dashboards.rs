@@ -86,8 +86,11 @@ struct Totals {
     forced: AtomicU64,
 }
 
-async fn user_loop(
-    id: u64,
+/// What every simulated user of a run shares: parameters, the view
+/// generator, the request templates, the client, the totals and the stop
+/// conditions.
+#[derive(Clone)]
+struct Shared {
     p: Arc<Params>,
     views_gen: Arc<Mutex<Gen>>,
     templates: Arc<Templates>,
@@ -96,7 +99,19 @@ async fn user_loop(
     started_views: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     deadline: Instant,
-) {
+}
+
+async fn user_loop(id: u64, shared: Shared) {
+    let Shared {
+        p,
+        views_gen,
+        templates,
+        client,
+        totals,
+        started_views,
+        stop,
+        deadline,
+    } = shared;
     let principal = id % p.principals;
     let token_ix = (id / p.principals) % p.tokens_per_principal;
     let auth = format!("Bearer user-{principal}-tok-{token_ix}");
@@ -193,19 +208,19 @@ async fn run_async(p: Params) -> serde_json::Value {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let deadline = started + p.duration;
+    let shared = Shared {
+        p: p.clone(),
+        views_gen: views_gen.clone(),
+        templates,
+        client: client.clone(),
+        totals: totals.clone(),
+        started_views,
+        stop: stop.clone(),
+        deadline,
+    };
     let mut users = Vec::new();
     for id in 0..p.users {
-        users.push(tokio::spawn(user_loop(
-            id,
-            p.clone(),
-            views_gen.clone(),
-            templates.clone(),
-            client.clone(),
-            totals.clone(),
-            started_views.clone(),
-            stop.clone(),
-            deadline,
-        )));
+        users.push(tokio::spawn(user_loop(id, shared.clone())));
     }
     // Hard stop: views in flight at the deadline get their request timeout, no more.
     let hard = deadline + p.timeout + Duration::from_secs(1);

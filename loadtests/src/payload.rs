@@ -1,15 +1,10 @@
 //! Superset-shaped payloads: chart-data request bodies built from the captured
-//! Superset 6.1 fixtures, and deterministic chart-data responses of a given size.
+//! Superset 6.1 fixtures, and deterministic chart-data responses of a given
+//! size (both from the shared fake, `fake_superset`).
 
 use serde_json::{Value, json};
 
-/// The four saved query contexts of the fixture dashboard.
-const FIXTURES: [&str; 4] = [
-    include_str!("../../tests/fixtures/superset-6.1/16-chart-data-bignumber-admin-miss.json"),
-    include_str!("../../tests/fixtures/superset-6.1/20-chart-data-timeseries-admin-miss.json"),
-    include_str!("../../tests/fixtures/superset-6.1/24-chart-data-table-admin-miss.json"),
-    include_str!("../../tests/fixtures/superset-6.1/28-chart-data-pie-admin-miss.json"),
-];
+pub use fake_superset::payload::superset_response;
 
 /// Time ranges a dashboard's native filter cycles through.
 const TIME_RANGES: [&str; 6] = [
@@ -27,12 +22,10 @@ pub struct Templates {
 
 impl Templates {
     pub fn load() -> Templates {
-        let bodies = FIXTURES
-            .iter()
-            .map(|f| {
-                let v: Value = serde_json::from_str(f).expect("fixture");
-                v["request"]["body"].clone()
-            })
+        // The four saved query contexts of the fixture dashboard.
+        let bodies = fake_superset::fixtures::dashboard_bodies()
+            .into_iter()
+            .map(|(_, body)| body)
             .collect();
         Templates { bodies }
     }
@@ -66,45 +59,6 @@ impl Templates {
         }
         serde_json::to_vec(&v).expect("serialize")
     }
-}
-
-/// A deterministic Superset chart-data response of about `target` bytes.
-pub fn superset_response(target: usize) -> Vec<u8> {
-    const REGIONS: [&str; 4] = ["north", "south", "east", "west"];
-    const CHANNELS: [&str; 3] = ["online", "retail", "partner"];
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15 ^ target as u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
-    let head = r#"{"result":[{"cache_key":"4f3c1d9a8b7e6f5a4b3c2d1e0f9a8b7c","cached_dttm":null,"cache_timeout":86400,"applied_template_filters":[],"annotation_data":{},"error":null,"is_cached":null,"query":"SELECT order_date, region, product, channel, revenue, units FROM sales LIMIT 10000","status":"success","stacktrace":null,"rowcount":0,"sql_rowcount":0,"from_dttm":null,"to_dttm":null,"label_map":{},"colnames":["order_date","region","product","channel","revenue","units"],"indexnames":[],"coltypes":[2,1,1,1,0,0],"data":["#;
-    let tail = r#"],"result_format":"json","applied_filters":[],"rejected_filters":[]}]}"#;
-    let mut out = String::with_capacity(target + 256);
-    out.push_str(head);
-    let mut first = true;
-    let mut day: u64 = 1_672_531_200_000;
-    while out.len() + tail.len() < target {
-        let r = next();
-        if !first {
-            out.push(',');
-        }
-        first = false;
-        day += 86_400_000 * (r % 2);
-        out.push_str(&format!(
-            r#"{{"order_date":{},"region":"{}","product":"product-{:03}","channel":"{}","revenue":{}.{:02},"units":{}}}"#,
-            day,
-            REGIONS[(r >> 8) as usize % 4],
-            (r >> 12) % 250,
-            CHANNELS[(r >> 20) as usize % 3],
-            (r >> 24) % 100_000,
-            (r >> 40) % 100,
-            (r >> 48) % 50 + 1
-        ));
-    }
-    out.push_str(tail);
-    out.into_bytes()
 }
 
 #[cfg(test)]

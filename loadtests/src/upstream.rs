@@ -11,9 +11,12 @@
 //!   peak concurrency, bytes sent). `GET /__stats?tag=T` adds `tag_queries`:
 //!   the chart queries that carried `X-Bench-Tag: T`, so a workload can count
 //!   its own queries apart from a proxy's background refreshes of other keys.
+//!
+//! Users, `/me`, answers, headers and the accept loop are the shared fake's
+//! (`fake_superset`); the per-chart latency and size model, gzip and the
+//! counters are this tool's own.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,10 +24,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use fake_superset::reply::{self, Body, json_bytes};
 use http::{Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
 use crate::args::Args;
@@ -114,17 +117,8 @@ impl State {
     }
 }
 
-fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
-    Response::builder()
-        .status(status)
-        .header(header::SERVER, "gunicorn")
-        .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
-        .header(header::VARY, "Accept-Encoding, Cookie")
-        .header("x-frame-options", "SAMEORIGIN")
-        .header("x-content-type-options", "nosniff")
-        .header("referrer-policy", "strict-origin-when-cross-origin")
-        .body(Full::new(body.into()))
-        .unwrap()
+fn json(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    json_bytes(status.as_u16(), body)
 }
 
 fn header_u64(req: &Request<Incoming>, name: &str) -> Option<u64> {
@@ -134,10 +128,7 @@ fn header_u64(req: &Request<Incoming>, name: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
-async fn handle(
-    st: Arc<State>,
-    req: Request<Incoming>,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(st: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     if path == "/__stats" {
         let c = &st.c;
@@ -153,43 +144,26 @@ async fn handle(
             let n = st.tagged.lock().unwrap().get(tag).copied().unwrap_or(0);
             body["tag_queries"] = n.into();
         }
-        return Ok(json(StatusCode::OK, body.to_string()));
+        return json(StatusCode::OK, body.to_string());
     }
     if path == "/api/v1/me/" {
         st.c.me_queries.fetch_add(1, Ordering::Relaxed);
-        let user = req
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer user-"))
-            .and_then(|v| v.split('-').next())
-            .and_then(|v| v.parse::<u64>().ok());
-        return Ok(match user {
-            Some(id) => json(
-                StatusCode::OK,
-                format!(
-                    r#"{{"result":{{"id":{id},"username":"user{id}","first_name":"User","last_name":"{id}","is_active":true,"is_anonymous":false}}}}"#
-                ),
-            ),
-            None => json(
-                StatusCode::UNAUTHORIZED,
-                r#"{"msg":"Missing Authorization Header"}"#,
-            ),
-        });
+        // `Bearer user-{id}-…` is user `user{id}`.
+        return match fake_superset::users::numbered(req.headers()) {
+            Some((id, name)) => reply::me(id, &name),
+            None => reply::unauthorized(),
+        };
     }
     let is_chart = path == "/api/v1/chart/data"
         || (path.starts_with("/api/v1/chart/") && path.ends_with("/data/"));
     if !is_chart {
         st.c.other.fetch_add(1, Ordering::Relaxed);
-        return Ok(json(StatusCode::NOT_FOUND, r#"{"message":"Not found"}"#));
+        return reply::not_found();
     }
     if req.headers().get(header::AUTHORIZATION).is_none()
         && req.headers().get(header::COOKIE).is_none()
     {
-        return Ok(json(
-            StatusCode::UNAUTHORIZED,
-            r#"{"msg":"Missing Authorization Header"}"#,
-        ));
+        return reply::unauthorized();
     }
     st.c.chart_queries.fetch_add(1, Ordering::Relaxed);
     if let Some(tag) = req
@@ -238,7 +212,7 @@ async fn handle(
             header::HeaderValue::from_static("gzip"),
         );
     }
-    Ok(resp)
+    resp
 }
 
 pub async fn serve(listen: SocketAddr, cfg: Config) -> std::io::Result<()> {
@@ -250,23 +224,15 @@ pub async fn serve(listen: SocketAddr, cfg: Config) -> std::io::Result<()> {
         c: Counters::default(),
         payloads: Mutex::default(),
     });
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(a) => a,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let st = st.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| handle(st.clone(), req));
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+    // Connections stay open as long as the client keeps them: the load
+    // generators measure the proxy, not gunicorn's keep-alive.
+    let accept = fake_superset::server::spawn_accept(
+        listener,
+        move |req| handle(st.clone(), req),
+        None,
+        Arc::default(),
+    );
+    accept.await.map_err(std::io::Error::other)
 }
 
 pub fn run(args: &Args) -> Result<(), String> {

@@ -1,5 +1,6 @@
 //! Properties checked on arbitrary input by the `cargo fuzz` targets in
-//! `fuzz/` and by the bounded randomized tests in `tests/security_fuzz.rs`.
+//! `fuzz/` and by the bounded randomized unit tests in `proptests.rs`
+//! (`cargo test --lib fuzz_harness`).
 //! One place, so both exercise exactly the same assertions.
 //!
 //! A violated property panics: that is what a fuzzer reports as a crash.
