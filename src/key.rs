@@ -154,3 +154,28 @@ pub fn hash_optional_part(update: &mut impl FnMut(&[u8]), v: Option<&[u8]>) {
         None => update(&[0]),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn digest_hashes_spread_over_low_bits_even_when_first_bytes_agree() {
+        use std::hash::BuildHasher;
+        // As in a refresher shard: every key's first byte is the same mod 16.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..8_192u64 {
+            let mut k = *blake3::hash(&i.to_le_bytes()).as_bytes();
+            k[0] &= 0xF0;
+            let h = DigestHash.hash_one(CacheKey(k));
+            assert_eq!(h, DigestHash.hash_one(CacheKey(k)));
+            seen.insert(h & 1023);
+        }
+        // 8 192 random draws from 1 024 buckets leave about none empty.
+        assert!(
+            seen.len() > 1_000,
+            "{} of 1024 low-bit buckets used",
+            seen.len()
+        );
+    }
+}
