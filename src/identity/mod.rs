@@ -20,7 +20,7 @@
 //! keys on the sorted role names (cached like the user lookup).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Request};
@@ -31,11 +31,13 @@ use crate::config::IdentityConfig;
 use crate::config::{IdentityKind, ScopeKind};
 use crate::error::Error;
 use crate::jwt::{AccessTokenVerifier, GuestTokenVerifier};
-use crate::key::DigestHash;
 use crate::metrics::Metrics;
 use crate::upstream::Upstream;
 
 pub use crate::credentials::{Credentials, Extracted};
+
+mod ttl;
+use ttl::TtlCache;
 
 /// A resolved principal.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,43 +158,12 @@ impl Denial {
     }
 }
 
-/// A mapping and the instant it stops being valid.
-#[derive(Clone)]
-struct Timed<V> {
-    value: V,
-    until: Instant,
-}
-
-/// The hit path's copy of the mappings. moka (below it) coalesces lookups
-/// and shares their errors, but each of its reads also queues itself for the
-/// eviction policy; a quick_cache read is a hash and a probe. Entries carry
-/// moka's own expiry instant, so both forget a mapping at the same moment.
-type Front<V> = quick_cache::sync::Cache<[u8; 32], Timed<V>, quick_cache::UnitWeighter, DigestHash>;
-
-fn front<V: Clone>(max_entries: u64) -> Front<V> {
-    let n = max_entries.clamp(16, 1 << 20);
-    quick_cache::sync::Cache::with(
-        n as usize,
-        n,
-        quick_cache::UnitWeighter,
-        DigestHash,
-        Default::default(),
-    )
-}
-
-fn fresh<V: Clone>(front: &Front<V>, digest: &[u8; 32]) -> Option<V> {
-    front
-        .get(digest)
-        .filter(|t| Instant::now() < t.until)
-        .map(|t| t.value)
-}
-
 /// Resolves credential sets to principals, with a TTL cache and coalesced lookups.
 pub struct IdentityResolver {
-    front: Front<Resolution>,
-    roles_front: Front<RolesResolution>,
-    cache: moka::future::Cache<[u8; 32], Timed<Resolution>, DigestHash>,
-    roles: moka::future::Cache<[u8; 32], Timed<RolesResolution>, DigestHash>,
+    /// Credential digest → principal (`/api/v1/me/`).
+    users: TtlCache<Resolution>,
+    /// Credential digest → role names (`/api/v1/me/roles/`).
+    roles: TtlCache<RolesResolution>,
     access: Option<AccessTokenVerifier>,
     guest: Option<GuestTokenVerifier>,
     cfg: IdentityConfig,
@@ -200,37 +171,11 @@ pub struct IdentityResolver {
     metrics: Arc<Metrics>,
 }
 
-/// moka expires each mapping at the instant it carries.
-struct ResolutionExpiry;
-
-impl<V> moka::Expiry<[u8; 32], Timed<V>> for ResolutionExpiry {
-    fn expire_after_create(&self, _k: &[u8; 32], v: &Timed<V>, now: Instant) -> Option<Duration> {
-        Some(v.until.saturating_duration_since(now))
-    }
-}
-
-/// A lookup error shared by every caller that waited for it.
-fn shared_error(e: Arc<Error>) -> Error {
-    match &*e {
-        Error::UpstreamTimeout => Error::UpstreamTimeout,
-        Error::UpstreamConnect(m) => Error::UpstreamConnect(m.clone()),
-        other => Error::Upstream(other.to_string()),
-    }
-}
-
 impl IdentityResolver {
     /// Build the resolver, reading the JWT secrets when configured (a secret
     /// that is configured but cannot be read is a startup error).
     pub fn new(cfg: &IdentityConfig, metrics: Arc<Metrics>) -> anyhow::Result<IdentityResolver> {
         let guest_header = HeaderName::from_bytes(cfg.guest_token_header.as_bytes())?;
-        let cache = moka::future::Cache::builder()
-            .max_capacity(cfg.max_entries)
-            .expire_after(ResolutionExpiry)
-            .build_with_hasher(DigestHash);
-        let roles = moka::future::Cache::builder()
-            .max_capacity(cfg.max_entries)
-            .expire_after(ResolutionExpiry)
-            .build_with_hasher(DigestHash);
         let access = crate::jwt::load_secret(
             cfg.jwt_secret_env.as_deref(),
             cfg.jwt_secret_file.as_deref(),
@@ -246,10 +191,8 @@ impl IdentityResolver {
             GuestTokenVerifier::new(&s, cfg.guest_token_audience.as_deref().unwrap_or_default())
         });
         Ok(IdentityResolver {
-            front: front(cfg.max_entries),
-            roles_front: front(cfg.max_entries),
-            cache,
-            roles,
+            users: TtlCache::new(cfg.max_entries),
+            roles: TtlCache::new(cfg.max_entries),
             access,
             guest,
             cfg: cfg.clone(),
@@ -272,7 +215,7 @@ impl IdentityResolver {
         upstream: &Upstream,
     ) -> Result<Resolution, Error> {
         let digest = creds.digest();
-        if let Some(r) = fresh(&self.front, &digest) {
+        if let Some(r) = self.users.fresh(&digest) {
             return Ok(r);
         }
         // Boxed: a miss's state (the call to Superset) stays out of the
@@ -287,49 +230,20 @@ impl IdentityResolver {
             r
         };
         let positive = |r: &Resolution| matches!(r, Resolution::Principal(_));
-        Box::pin(self.through(&self.front, &self.cache, digest, positive, lookup)).await
+        Box::pin(self.users.through(digest, self.ttls(), positive, lookup)).await
     }
-
-    /// A mapping from moka (filled by `lookup`, which concurrent callers
-    /// share, errors included), copied to the hit path's `front`. Positive
-    /// mappings live `ttl_secs`, refusals `negative_ttl_secs`.
-    async fn through<V: Clone + Send + Sync + 'static>(
-        &self,
-        front: &Front<V>,
-        cache: &moka::future::Cache<[u8; 32], Timed<V>, DigestHash>,
-        digest: [u8; 32],
-        positive: impl Fn(&V) -> bool,
-        lookup: impl std::future::Future<Output = Result<V, Error>>,
-    ) -> Result<V, Error> {
-        let timed = match cache.get(&digest).await {
-            Some(t) => t,
-            None => cache
-                .try_get_with(digest, async {
-                    lookup.await.map(|value| {
-                        let secs = if positive(&value) {
-                            self.cfg.ttl_secs
-                        } else {
-                            self.cfg.negative_ttl_secs
-                        };
-                        Timed {
-                            value,
-                            until: Instant::now() + Duration::from_secs(secs),
-                        }
-                    })
-                })
-                .await
-                .map_err(shared_error)?,
-        };
-        front.insert(digest, timed.clone());
-        Ok(timed.value)
-    }
-
     /// Forget every cached mapping (e.g. after a permission change was announced).
     pub fn clear(&self) {
-        self.front.clear();
-        self.roles_front.clear();
-        self.cache.invalidate_all();
-        self.roles.invalidate_all();
+        self.users.clear();
+        self.roles.clear();
+    }
+
+    /// How long a positive and a negative answer are kept.
+    fn ttls(&self) -> (Duration, Duration) {
+        (
+            Duration::from_secs(self.cfg.ttl_secs),
+            Duration::from_secs(self.cfg.negative_ttl_secs),
+        )
     }
 
     fn count(&self, label: &str) {
@@ -434,7 +348,7 @@ impl IdentityResolver {
         upstream: &Upstream,
     ) -> Result<RolesResolution, Error> {
         let digest = creds.digest();
-        if let Some(r) = fresh(&self.roles_front, &digest) {
+        if let Some(r) = self.roles.fresh(&digest) {
             return Ok(r);
         }
         let lookup = async {
@@ -447,7 +361,7 @@ impl IdentityResolver {
             r
         };
         let positive = |r: &RolesResolution| matches!(r, RolesResolution::Roles(_));
-        Box::pin(self.through(&self.roles_front, &self.roles, digest, positive, lookup)).await
+        Box::pin(self.roles.through(digest, self.ttls(), positive, lookup)).await
     }
 
     async fn lookup_roles(
