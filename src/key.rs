@@ -23,6 +23,15 @@ impl CacheKey {
         Some(CacheKey(out))
     }
 
+    /// A key derived from this one under `tag` (a forced refresh's or an
+    /// async channel's coalescing key): never equal to a built key.
+    pub fn derived(&self, tag: &[u8]) -> CacheKey {
+        let mut h = blake3::Hasher::new();
+        h.update(tag);
+        h.update(&self.0);
+        CacheKey(*h.finalize().as_bytes())
+    }
+
     /// The first 12 hex characters: enough to correlate log lines.
     pub fn short(&self) -> String {
         hex::encode(&self.0[..6])

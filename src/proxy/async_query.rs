@@ -89,10 +89,7 @@ pub(super) fn coalesce_key(key: CacheKey, headers: &HeaderMap) -> CacheKey {
     if !jobs::has_async_token(headers) {
         return key;
     }
-    let mut h = blake3::Hasher::new();
-    h.update(b"async-token");
-    h.update(&key.0);
-    CacheKey(*h.finalize().as_bytes())
+    key.derived(b"async-token")
 }
 
 /// If a job of `key` is running, wait (bounded by `cache.async_wait_ms`) for
@@ -114,16 +111,6 @@ pub(super) async fn wait_for_job(app: &App, key: &CacheKey) -> Option<Arc<Entry>
             None
         }
     }
-}
-
-/// The answer of a waiter: the job's entry.
-pub(super) fn fetched_of(entry: Arc<Entry>) -> Arc<Fetched> {
-    Arc::new(Fetched {
-        status: StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK),
-        headers: HeaderMap::new(),
-        body: Bytes::new(),
-        entry: Some(entry),
-    })
 }
 
 /// After a miss's fetch: remember the job of a `202` (taking over the fetch

@@ -254,7 +254,7 @@ async fn miss(
             if let Some(entry) = async_query::wait_for_job(app, &key).await {
                 ctx.outcome = Outcome::Coalesced;
                 ctx.detail = Some(ASYNC_WAIT);
-                let f = async_query::fetched_of(entry);
+                let f = Fetched::from_entry(entry);
                 return serve_fetched(app, &key, &f, accept, app.clock.now_ms()).await;
             }
             fetch_alone(app, &spec, force, stale, accept, ctx).await
@@ -269,7 +269,7 @@ async fn miss(
             if !force && let Some(entry) = async_query::wait_for_job(app, &key).await {
                 ctx.outcome = Outcome::Coalesced;
                 ctx.detail = Some(ASYNC_WAIT);
-                let f = async_query::fetched_of(entry);
+                let f = Fetched::from_entry(entry);
                 guard.publish(f.clone());
                 return serve_fetched(app, &key, &f, accept, app.clock.now_ms()).await;
             }
@@ -369,10 +369,7 @@ async fn fetch_alone(
 /// The coalescing key of a forced refresh: distinct from normal misses so a
 /// forced request never receives a response Superset served from its own cache.
 fn force_key(key: &CacheKey) -> CacheKey {
-    let mut h = blake3::Hasher::new();
-    h.update(b"force");
-    h.update(&key.0);
-    CacheKey(*h.finalize().as_bytes())
+    key.derived(b"force")
 }
 
 /// Answer from a stored entry, or `None` when its body cannot be read (a

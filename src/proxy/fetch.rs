@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use http::Response;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{Response, StatusCode};
 
 use super::{build_upstream_request, send};
 use crate::app::App;
@@ -35,12 +35,7 @@ pub(crate) async fn remote_leader(
     }
     match coordinate(app.store.as_ref(), key, &app.clock).await {
         Remote::Fetch(lock) => Ok(lock),
-        Remote::Entry(entry) => Err(Arc::new(Fetched {
-            status: StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK),
-            headers: HeaderMap::new(),
-            body: Bytes::new(),
-            entry: Some(entry),
-        })),
+        Remote::Entry(entry) => Err(Fetched::from_entry(entry)),
     }
 }
 
@@ -104,12 +99,7 @@ pub(super) async fn fetch(
             ctx.stored = false;
             ctx.detail = Some("upstream-error");
             ctx.ttl = Some(-(stale_secs(entry, now)));
-            let fetched = Arc::new(Fetched {
-                status: StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK),
-                headers: HeaderMap::new(),
-                body: Bytes::new(),
-                entry: Some(entry.clone()),
-            });
+            let fetched = Fetched::from_entry(entry.clone());
             return Ok(FetchResult::Complete {
                 fetched,
                 set_cookie: Vec::new(),

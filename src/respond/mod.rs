@@ -205,6 +205,19 @@ pub struct Fetched {
     pub entry: Option<Arc<Entry>>,
 }
 
+impl Fetched {
+    /// A stored entry handed on as a fetch result (another replica's entry, a
+    /// stale fallback, an async job's data): served from the entry's bytes.
+    pub fn from_entry(entry: Arc<Entry>) -> Arc<Fetched> {
+        Arc::new(Fetched {
+            status: StatusCode::from_u16(entry.meta.status).unwrap_or(StatusCode::OK),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            entry: Some(entry),
+        })
+    }
+}
+
 /// The response a client sees for an error: Superset's `{"message": ...}` shape.
 pub fn error(e: Error) -> Response<Body> {
     let status = e.status();
