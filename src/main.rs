@@ -109,6 +109,7 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(u) = &cli.redis_url {
         cfg.redis.url = Some(u.clone());
         cfg.redis.sentinels.clear();
+        cfg.redis.cluster_nodes.clear();
     }
     Ok(cfg)
 }

@@ -1,5 +1,6 @@
-//! The `[redis]` configuration section. Redis is off unless `url` or
-//! `sentinels` is set; `config/chartcache.toml` documents every key.
+//! The `[redis]` configuration section. Redis is off unless `url`,
+//! `sentinels` or `cluster_nodes` is set (one topology per process);
+//! `config/chartcache.toml` documents every key.
 
 use std::time::Duration;
 
@@ -11,13 +12,19 @@ use serde::{Deserialize, Serialize};
 pub struct RedisConfig {
     /// Standalone Redis: `redis://[user[:password]@]host:port[/db]` or `rediss://…`
     /// (TLS with rustls). Also `--redis-url` / `CHARTCACHE_REDIS_URL`.
+    /// `redis+cluster://[user[:password]@]host:port[,host:port…]` (or
+    /// `rediss+cluster://`) selects Redis Cluster with those seed nodes.
     #[serde(serialize_with = "ser_redacted_url")]
     pub url: Option<String>,
     /// Sentinel mode: sentinel addresses (`host:port`). Set instead of `url`.
     pub sentinels: Vec<String>,
+    /// Redis Cluster: seed nodes (`host:port`), any few of the cluster's
+    /// nodes; the rest is discovered. Set instead of `url` and `sentinels`.
+    pub cluster_nodes: Vec<String>,
     /// Sentinel mode: the monitored master's name.
     pub master_name: String,
-    /// Sentinel mode: connect to the master (and sentinels) with TLS.
+    /// Sentinel and cluster mode: connect with TLS (the sentinels and the
+    /// master; every cluster node).
     pub tls: bool,
     /// PEM bundle of CA certificates to verify the Redis server against
     /// (`rediss://` or `tls = true`), e.g. a private CA. When set, only these
@@ -93,6 +100,7 @@ impl Default for RedisConfig {
         Self {
             url: None,
             sentinels: Vec::new(),
+            cluster_nodes: Vec::new(),
             master_name: "mymaster".into(),
             tls: false,
             tls_ca_file: None,
@@ -141,7 +149,7 @@ fn ser_redacted_url<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S:
 /// A `[redis]` section that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisConfigError {
-    #[error("redis: set either `url` or `sentinels`, not both")]
+    #[error("redis: set one of `url`, `sentinels` or `cluster_nodes`, not several")]
     Both,
     #[error("redis: url {0:?} must start with redis:// or rediss://")]
     Scheme(String),
@@ -158,7 +166,53 @@ pub enum RedisConfigError {
 impl RedisConfig {
     /// Redis is in use.
     pub fn enabled(&self) -> bool {
-        self.url.is_some() || !self.sentinels.is_empty()
+        self.topology().is_some()
+    }
+
+    /// The topology configured, if any (validate first: several set is an error).
+    pub fn topology(&self) -> Option<Topology> {
+        if !self.cluster_nodes.is_empty() || self.url.as_deref().is_some_and(is_cluster_url) {
+            Some(Topology::Cluster)
+        } else if self.url.is_some() {
+            Some(Topology::Standalone)
+        } else if !self.sentinels.is_empty() {
+            Some(Topology::Sentinel)
+        } else {
+            None
+        }
+    }
+
+    /// Cluster mode: the seed nodes (`host:port`), from `cluster_nodes` or a
+    /// `redis+cluster://` url, and the user and password the url carries.
+    pub fn cluster_seeds(&self) -> Result<ClusterSeeds, RedisConfigError> {
+        let mut seeds = ClusterSeeds::default();
+        if let Some(u) = self.url.as_deref().filter(|u| is_cluster_url(u)) {
+            let rest = u.split_once("://").map(|(_, r)| r).unwrap_or("");
+            let rest = rest.trim_end_matches('/');
+            let hosts = match rest.rsplit_once('@') {
+                Some((creds, hosts)) => {
+                    let (user, pw) = creds.split_once(':').unwrap_or((creds, ""));
+                    seeds.username = Some(user).filter(|u| !u.is_empty()).map(pct_decode);
+                    seeds.password = Some(pw).filter(|p| !p.is_empty()).map(pct_decode);
+                    hosts
+                }
+                None => rest,
+            };
+            for h in hosts.split(',') {
+                seeds.nodes.push(split_host_port(h).ok_or_else(|| {
+                    RedisConfigError::Invalid(format!(
+                        "cluster url {}: {h:?} is not host:port",
+                        redact(u)
+                    ))
+                })?);
+            }
+        }
+        for n in &self.cluster_nodes {
+            seeds.nodes.push(split_host_port(n).ok_or_else(|| {
+                RedisConfigError::Invalid(format!("cluster node address {n:?} is not host:port"))
+            })?);
+        }
+        Ok(seeds)
     }
 
     /// Per-operation timeout.
@@ -171,13 +225,36 @@ impl RedisConfig {
         if !self.enabled() {
             return Ok(());
         }
-        if self.url.is_some() && !self.sentinels.is_empty() {
+        let set = [
+            self.url.is_some(),
+            !self.sentinels.is_empty(),
+            !self.cluster_nodes.is_empty(),
+        ];
+        if set.iter().filter(|s| **s).count() > 1 {
             return Err(RedisConfigError::Both);
         }
         if let Some(u) = &self.url
-            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+            && !(u.starts_with("redis://") || u.starts_with("rediss://") || is_cluster_url(u))
         {
             return Err(RedisConfigError::Scheme(redact(u)));
+        }
+        if self.topology() == Some(Topology::Cluster) {
+            let seeds = self.cluster_seeds()?;
+            if seeds.nodes.is_empty() {
+                return Err(RedisConfigError::Invalid("cluster: no seed node".into()));
+            }
+            if self.db != 0 {
+                return Err(RedisConfigError::Invalid(
+                    "db must be 0 with Redis Cluster (a cluster has one database)".into(),
+                ));
+            }
+            // A brace in the prefix would become every key's hash tag: all
+            // keys in one slot, on one master.
+            if self.prefix.contains(['{', '}']) {
+                return Err(RedisConfigError::Invalid(
+                    "prefix must not contain { or } with Redis Cluster".into(),
+                ));
+            }
         }
         if self.tls_client_cert_file.is_some() != self.tls_client_key_file.is_some() {
             return Err(RedisConfigError::Invalid(
@@ -187,7 +264,7 @@ impl RedisConfig {
         let tls_files = self.tls_ca_file.is_some() || self.tls_client_cert_file.is_some();
         if tls_files && !self.uses_tls() {
             return Err(RedisConfigError::Invalid(
-                "tls_ca_file / tls_client_cert_file need a rediss:// url (or tls = true with sentinels)"
+                "tls_ca_file / tls_client_cert_file need a rediss:// url (or tls = true with sentinels or cluster_nodes)"
                     .into(),
             ));
         }
@@ -221,10 +298,11 @@ impl RedisConfig {
         Ok(())
     }
 
-    /// Connections use TLS: a `rediss://` url, or sentinel mode with `tls = true`.
+    /// Connections use TLS: a `rediss://` (or `rediss+cluster://`) url, or
+    /// sentinel or cluster mode with `tls = true`.
     pub fn uses_tls(&self) -> bool {
         match &self.url {
-            Some(u) => u.starts_with("rediss://"),
+            Some(u) => u.starts_with("rediss://") || u.starts_with("rediss+cluster://"),
             None => self.tls,
         }
     }
@@ -277,6 +355,54 @@ impl RedisConfig {
             "sentinel_password_file",
         )
     }
+}
+
+/// Which kind of Redis deployment the section describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One server (`url`).
+    Standalone,
+    /// A master found through sentinels (`sentinels`).
+    Sentinel,
+    /// Redis Cluster (`cluster_nodes` or a `redis+cluster://` url).
+    Cluster,
+}
+
+/// Cluster seed nodes and the credentials a `redis+cluster://` url carried.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterSeeds {
+    /// `(host, port)` of each seed.
+    pub nodes: Vec<(String, u16)>,
+    /// ACL user from the url, if any.
+    pub username: Option<String>,
+    /// Password from the url, if any.
+    pub password: Option<String>,
+}
+
+fn is_cluster_url(u: &str) -> bool {
+    u.starts_with("redis+cluster://") || u.starts_with("rediss+cluster://")
+}
+
+/// `%XX` escapes of a URL's user info (a password may hold `@` or `:`).
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// TLS material read from the files named in the config (PEM bytes).
@@ -358,6 +484,57 @@ mod tests {
             ..Default::default()
         };
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn one_topology_and_cluster_seeds() {
+        let c = RedisConfig {
+            cluster_nodes: vec!["10.0.0.1:7000".into(), "[::1]:7001".into()],
+            ..Default::default()
+        };
+        c.validate().unwrap();
+        assert_eq!(c.topology(), Some(Topology::Cluster));
+        assert_eq!(
+            c.cluster_seeds().unwrap().nodes,
+            vec![("10.0.0.1".into(), 7000), ("::1".into(), 7001)]
+        );
+        let both = RedisConfig {
+            sentinels: vec!["a:1".into()],
+            ..c.clone()
+        };
+        assert!(matches!(both.validate(), Err(RedisConfigError::Both)));
+        let url = RedisConfig {
+            url: Some("rediss+cluster://app:p%40ss@h1:7000,h2:7001/".into()),
+            ..Default::default()
+        };
+        url.validate().unwrap();
+        assert!(url.uses_tls());
+        let s = url.cluster_seeds().unwrap();
+        assert_eq!(s.nodes, vec![("h1".into(), 7000), ("h2".into(), 7001)]);
+        assert_eq!(s.username.as_deref(), Some("app"));
+        assert_eq!(s.password.as_deref(), Some("p@ss"));
+        for bad in [
+            RedisConfig {
+                cluster_nodes: vec!["nohost".into()],
+                ..Default::default()
+            },
+            RedisConfig {
+                cluster_nodes: vec!["h:1".into()],
+                db: 2,
+                ..Default::default()
+            },
+            RedisConfig {
+                cluster_nodes: vec!["h:1".into()],
+                prefix: "{x}".into(),
+                ..Default::default()
+            },
+            RedisConfig {
+                url: Some("redis+cluster://h".into()),
+                ..Default::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 
     #[test]

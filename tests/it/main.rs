@@ -26,6 +26,7 @@ mod module_graph;
 mod operations;
 mod passthrough;
 mod readiness;
+mod redis_cluster;
 mod redis_hostile_entries;
 mod redis_invalidation_messages;
 mod redis_pubsub_failover;

@@ -7,6 +7,10 @@
 //! connections one request at a time, each handshake eating into the 50 ms
 //! operation budget. A multiplexed connection needs neither.
 //!
+//! Cluster ([`super::cluster`]): each connection is a cluster connection that
+//! routes every command to its slot's master and follows the cluster's
+//! changes itself; nothing here is dropped on a node's errors.
+//!
 //! Standalone: the configured URL. Sentinel: the master address is
 //! asked from the sentinels (first that answers) and confirmed with `ROLE`.
 //! Pooled connections to a demoted master stay open and answer `READONLY` (or
@@ -42,7 +46,8 @@ use redis::{
     RedisResult,
 };
 
-use crate::config::redis::{RedisConfig, RedisConfigError, redact, split_host_port};
+use super::cluster::{self, Cluster, Conn};
+use crate::config::redis::{RedisConfig, RedisConfigError, Topology, redact, split_host_port};
 
 /// Why no connection could be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -61,7 +66,7 @@ impl From<RedisError> for ConnError {
 
 /// Connections handed out in turn, counted in a gauge while held.
 struct Set {
-    conns: Vec<MultiplexedConnection>,
+    conns: Vec<Conn>,
     next: AtomicUsize,
     held: IntGauge,
 }
@@ -73,7 +78,7 @@ impl Drop for Set {
 }
 
 impl Set {
-    fn new(conns: Vec<MultiplexedConnection>, held: &IntGauge) -> Set {
+    fn new(conns: Vec<Conn>, held: &IntGauge) -> Set {
         held.add(conns.len() as i64);
         Set {
             conns,
@@ -82,7 +87,7 @@ impl Set {
         }
     }
 
-    fn pick(&self) -> MultiplexedConnection {
+    fn pick(&self) -> Conn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         self.conns[i].clone()
     }
@@ -118,6 +123,7 @@ enum Mode {
         /// Credentials and db for the master.
         data: redis::RedisConnectionInfo,
     },
+    Cluster(Cluster),
 }
 
 type Resolving = Shared<BoxFuture<'static, Result<Arc<Current>, ConnError>>>;
@@ -152,7 +158,9 @@ impl Connector {
             root_cert: f.ca,
         });
         let bad = |e: RedisError| RedisConfigError::Invalid(e.to_string());
-        let mode = if let Some(url) = &cfg.url {
+        let mode = if cfg.topology() == Some(Topology::Cluster) {
+            Mode::Cluster(Cluster::new(cfg, password, tls.clone())?)
+        } else if let Some(url) = &cfg.url {
             let info = url
                 .as_str()
                 .into_connection_info()
@@ -213,6 +221,11 @@ impl Connector {
         matches!(self.mode, Mode::Sentinel { .. })
     }
 
+    /// Cluster mode is in use.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.mode, Mode::Cluster(_))
+    }
+
     /// Sentinel connection infos (for the `+switch-master` watcher).
     pub fn sentinels(&self) -> (&[ConnectionInfo], &str) {
         match &self.mode {
@@ -221,13 +234,13 @@ impl Connector {
                 master_name,
                 ..
             } => (sentinels, master_name),
-            Mode::Standalone(_) => (&[], ""),
+            Mode::Standalone(_) | Mode::Cluster(_) => (&[], ""),
         }
     }
 
     /// A connection to the current master (a cheap clone of a shared one),
     /// with the set it came from (to report errors against).
-    pub async fn get(self: &Arc<Self>) -> Result<(MultiplexedConnection, Arc<Current>), ConnError> {
+    pub async fn get(self: &Arc<Self>) -> Result<(Conn, Arc<Current>), ConnError> {
         let cur = self.current().await?;
         if let Some(i) = crate::worker::index()
             && let Some(own) = cur.per_worker.get(i)
@@ -249,7 +262,7 @@ impl Connector {
         tokio::spawn(async move {
             let n = me.connections.div_ceil(crate::worker::count().max(1));
             let opened =
-                futures_util::future::try_join_all((0..n).map(|_| me.connect(cur.info.clone())))
+                futures_util::future::try_join_all((0..n).map(|_| me.open(cur.info.clone())))
                     .await;
             match opened {
                 Ok(conns) => {
@@ -326,6 +339,11 @@ impl Connector {
 
     /// Called with every failed operation's error and the set it used.
     pub fn on_error(&self, e: &ConnError, used: Option<&Arc<Current>>) {
+        if let (Mode::Cluster(_), ConnError::Redis(_)) = (&self.mode, e) {
+            // The cluster connection reconnects and re-reads the slots itself;
+            // dropping it would cost every slot for one node's trouble.
+            return;
+        }
         if let ConnError::Redis(e) = e {
             let readonly = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
                 || e.code() == Some("READONLY");
@@ -348,6 +366,13 @@ impl Connector {
     async fn resolve(&self) -> Result<Arc<Current>, ConnError> {
         let (info, addr_s) = match &self.mode {
             Mode::Standalone(info) => (info.clone(), display_addr(info.addr())),
+            Mode::Cluster(c) => {
+                let first = c.seeds.first().cloned().ok_or_else(|| {
+                    ConnError::NoMaster("no cluster seed nodes configured".into())
+                })?;
+                let names: Vec<String> = c.seeds.iter().map(|s| display_addr(s.addr())).collect();
+                (first, format!("cluster {}", names.join(",")))
+            }
             Mode::Sentinel {
                 sentinels,
                 master_name,
@@ -370,7 +395,7 @@ impl Connector {
             self.connections
         };
         let conns =
-            futures_util::future::try_join_all((0..shared).map(|_| self.connect(info.clone())))
+            futures_util::future::try_join_all((0..shared).map(|_| self.open(info.clone())))
                 .await?;
         tracing::debug!(master = %addr_s, "redis master resolved");
         Ok(Arc::new(Current {
@@ -436,6 +461,50 @@ impl Connector {
             }
             _ => redis::Client::open(info),
         }
+    }
+
+    /// A data connection: to `info` (standalone, sentinel's master), or to
+    /// the cluster (`info` unused: the seeds are).
+    async fn open(&self, info: ConnectionInfo) -> RedisResult<Conn> {
+        match &self.mode {
+            Mode::Cluster(c) => Ok(Conn::Cluster(c.client.get_async_connection().await?)),
+            _ => Ok(Conn::Single(self.connect(info).await?)),
+        }
+    }
+
+    /// Where the subscription connection goes, and its `host:port`. One
+    /// server: the current master. Cluster: classic `PUBLISH` reaches every
+    /// node, so any node will do; the `turn`-th of the nodes serving slots
+    /// (as the cluster reports them now, else the seeds), so that a node that
+    /// failed or hung is left for the next one when the loop comes round.
+    pub async fn pubsub_target(
+        &self,
+        cur: &Current,
+        turn: usize,
+    ) -> Result<(ConnectionInfo, String), ConnError> {
+        let Mode::Cluster(c) = &self.mode else {
+            return Ok((cur.info.clone(), cur.addr.clone()));
+        };
+        let mut conn = cur.shared.pick();
+        let found = tokio::time::timeout(self.connect_timeout, cluster::nodes(&mut conn)).await;
+        let mut candidates: Vec<(ConnectionInfo, String)> = Vec::new();
+        if let Ok(Ok(nodes)) = found {
+            for n in nodes {
+                candidates.push((c.node_info(&n.host, n.port)?, n.addr()));
+            }
+        }
+        if candidates.is_empty() {
+            candidates = c
+                .seeds
+                .iter()
+                .map(|s| (s.clone(), display_addr(s.addr())))
+                .collect();
+        }
+        let n = candidates.len().max(1);
+        candidates
+            .into_iter()
+            .nth(turn % n)
+            .ok_or_else(|| ConnError::NoMaster("no cluster node known".into()))
     }
 
     async fn connect(&self, info: ConnectionInfo) -> RedisResult<MultiplexedConnection> {

@@ -5,6 +5,9 @@
 //! TTL is raised to the longest member's); `{prefix}:l:{keyhex}` are fetch locks
 //! ([`crate::store::lock`]); channel `{prefix}:inv` carries invalidations and
 //! `{prefix}:rel` lock releases, both on one subscription ([`pubsub`]).
+//! With Redis Cluster the key hex and the tag are hash tags
+//! (`chartcache:e:{ab12…}`): an entry and its lock share a slot, and each tag
+//! set has its own ([`cluster`]).
 //!
 //! Every operation is bounded by `timeout_ms` and goes through a circuit
 //! breaker: a slow or dead Redis turns into misses, never into client errors.
@@ -23,12 +26,15 @@ use crate::clock::SharedClock;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 
+pub mod cluster;
 pub mod conn;
 mod entries;
 pub mod lock;
 pub mod pubsub;
+mod slots;
 
 use crate::config::RedisConfig;
+use cluster::Conn;
 use conn::{ConnError, Connector};
 
 const STORE: &str = "redis";
@@ -37,11 +43,14 @@ const STORE: &str = "redis";
 pub struct RedisStore {
     cfg: RedisConfig,
     conn: Arc<Connector>,
+    /// Redis Cluster: keys carry hash tags, multi-key work goes per slot.
+    cluster: bool,
     breaker: Breaker,
     metrics: Arc<Metrics>,
     clock: SharedClock,
     put_script: Script,
     purge_tags_script: Script,
+    tag_add_script: Script,
     pub(crate) unlock_script: Script,
     pub(crate) renew_script: Script,
     /// Stops background tasks (sentinel watcher, subscribers) when dropped.
@@ -94,12 +103,14 @@ impl RedisStore {
             max_raw_len: std::sync::atomic::AtomicU64::new(
                 crate::config::CacheConfig::default().max_object_bytes,
             ),
+            cluster: conn.is_cluster(),
             conn,
             breaker,
             metrics,
             clock,
             put_script: Script::new(entries::PUT_SCRIPT),
             purge_tags_script: Script::new(entries::PURGE_TAGS_SCRIPT),
+            tag_add_script: Script::new(slots::TAG_ADD_SCRIPT),
             unlock_script: Script::new(lock::UNLOCK_SCRIPT),
             renew_script: Script::new(lock::RENEW_SCRIPT),
             _stop_guard: stop.clone().drop_guard(),
@@ -176,6 +187,11 @@ impl RedisStore {
     }
 
     fn describe(&self) -> String {
+        if self.cluster {
+            let seeds = self.cfg.cluster_seeds().map(|s| s.nodes).unwrap_or_default();
+            let seeds: Vec<String> = seeds.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+            return format!("cluster {}", seeds.join(","));
+        }
         match (&self.cfg.url, self.conn.current_addr()) {
             (Some(u), _) => crate::config::redis::redact(u),
             (None, Some(a)) => format!("{a} (master {:?})", self.cfg.master_name),
@@ -187,14 +203,28 @@ impl RedisStore {
         }
     }
 
+    // Standalone and sentinel keep the key names they always had (a new
+    // schema would empty every cache on rollout); in a cluster the hex and
+    // the tag are hash tags, so an entry and its lock share a slot.
     pub(crate) fn entry_key(&self, key: &CacheKey) -> String {
-        format!("{}:e:{}", self.cfg.prefix, key.to_hex())
+        self.key_of('e', &key.to_hex())
     }
     fn tag_key(&self, tag: &str) -> String {
-        format!("{}:t:{}", self.cfg.prefix, tag)
+        self.key_of('t', tag)
     }
     pub(crate) fn lock_key(&self, key: &CacheKey) -> String {
-        format!("{}:l:{}", self.cfg.prefix, key.to_hex())
+        self.key_of('l', &key.to_hex())
+    }
+    fn key_of(&self, kind: char, id: &str) -> String {
+        if self.cluster {
+            format!("{}:{kind}:{{{id}}}", self.cfg.prefix)
+        } else {
+            format!("{}:{kind}:{id}", self.cfg.prefix)
+        }
+    }
+    /// Cluster mode is in use (tests, health).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
     /// The invalidation channel.
     pub fn channel(&self) -> String {
@@ -217,7 +247,7 @@ impl RedisStore {
         f: F,
     ) -> Result<T, StoreError>
     where
-        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         if !self.breaker.allow() {
@@ -432,6 +462,22 @@ mod tests {
         assert_eq!(s.lock_key(&k), format!("ss1:l:{}", "ab".repeat(32)));
         assert_eq!(s.tag_key("chart:7"), "ss1:t:chart:7");
         assert_eq!(s.channel(), "ss1:inv");
+    }
+
+    #[tokio::test]
+    async fn cluster_key_layout_shares_slots() {
+        let cfg = RedisConfig {
+            cluster_nodes: vec!["127.0.0.1:1".into()],
+            prefix: "cc".into(),
+            ..RedisConfig::default()
+        };
+        let s = RedisStore::new(cfg, Arc::new(Metrics::new()), Arc::new(SystemClock)).unwrap();
+        let k = CacheKey([0xab; 32]);
+        let e = s.entry_key(&k);
+        assert_eq!(e, format!("cc:e:{{{}}}", "ab".repeat(32)));
+        assert_eq!(cluster::slot(e.as_bytes()), cluster::slot(s.lock_key(&k).as_bytes()));
+        assert_eq!(s.tag_key("chart:7"), "cc:t:{chart:7}");
+        assert_eq!(s.channel(), "cc:inv");
     }
 
     #[tokio::test]
