@@ -301,6 +301,7 @@ async fn subscription_leaves_a_hung_node(cluster: &RedisCluster, up: &Upstream) 
         if reached {
             break;
         }
+        eprintln!("purge {}, b's L1 held {before}: again", resp.status);
         assert!(Instant::now() < deadline, "purges never reached b again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

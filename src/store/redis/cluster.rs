@@ -144,9 +144,10 @@ impl Cluster {
         let mut b = ClusterClientBuilder::new(infos.clone())
             .connection_timeout(Duration::from_millis(cfg.connect_timeout_ms))
             // Bounds what the client does for a request the caller gave up
-            // on (its own timeout is `timeout_ms`): retries, reconnects.
+            // on (its own timeout is `timeout_ms`): retries, reconnects, and
+            // a slot-map read from a node that hangs.
             .response_timeout(Duration::from_millis(
-                cfg.purge_timeout_ms.max(cfg.timeout_ms),
+                cfg.connect_timeout_ms.max(cfg.timeout_ms),
             ))
             // A slot without a master fails within the operation timeout
             // (a miss) instead of waiting out a failover in retries.

@@ -126,6 +126,9 @@ enum Mode {
     Cluster(Cluster),
 }
 
+/// Cluster mode: connections are rebuilt for node trouble at most this often.
+const REBUILD_EVERY: Duration = Duration::from_secs(1);
+
 type Resolving = Shared<BoxFuture<'static, Result<Arc<Current>, ConnError>>>;
 
 /// Hands out connections to the current master.
@@ -137,6 +140,9 @@ pub struct Connector {
     connect_timeout: Duration,
     /// CA bundle / client certificate for TLS connections (`None`: system roots).
     tls: Option<redis::TlsCertificates>,
+    /// Cluster mode: when the connections were last dropped for trouble
+    /// ([`Connector::on_timeout`]).
+    rebuilt: Mutex<Option<std::time::Instant>>,
     /// Connections held by shared sets and by the threads' own.
     held_shared: IntGauge,
     held_own: IntGauge,
@@ -208,6 +214,7 @@ impl Connector {
             mode,
             current: ArcSwapOption::empty(),
             resolving: Mutex::new(None),
+            rebuilt: Mutex::new(None),
             connections: cfg.connections,
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
             tls,
@@ -339,9 +346,22 @@ impl Connector {
 
     /// Called with every failed operation's error and the set it used.
     pub fn on_error(&self, e: &ConnError, used: Option<&Arc<Current>>) {
-        if let (Mode::Cluster(_), ConnError::Redis(_)) = (&self.mode, e) {
-            // The cluster connection reconnects and re-reads the slots itself;
-            // dropping it would cost every slot for one node's trouble.
+        if let (Mode::Cluster(_), ConnError::Redis(re)) = (&self.mode, e) {
+            use redis::ServerErrorKind as S;
+            let node_trouble = re.is_io_error()
+                || re.is_connection_dropped()
+                || re.is_connection_refusal()
+                || re.is_timeout()
+                || matches!(
+                    re.kind(),
+                    redis::ErrorKind::ClusterConnectionNotFound
+                        | redis::ErrorKind::Server(
+                            S::ClusterDown | S::MasterDown | S::TryAgain | S::ReadOnly
+                        )
+                );
+            if node_trouble {
+                self.rebuild_cluster_if_due();
+            }
             return;
         }
         if let ConnError::Redis(e) = e {
@@ -361,6 +381,31 @@ impl Connector {
         } else {
             self.reset_if("no connection", used);
         }
+    }
+
+    /// An operation timed out (no error, no answer: a hung node, or just a
+    /// slow moment).
+    pub fn on_timeout(&self) {
+        if matches!(self.mode, Mode::Cluster(_)) {
+            self.rebuild_cluster_if_due();
+        }
+    }
+
+    /// Cluster mode: drop the cluster connections, at most once per
+    /// [`REBUILD_EVERY`], so that the next operations read the slot map
+    /// afresh from the nodes that answer. The cluster connection re-reads
+    /// the slots on `MOVED`, but a master that died or hangs sends none: its
+    /// slots would stay routed to it after its replica took over.
+    fn rebuild_cluster_if_due(&self) {
+        let now = std::time::Instant::now();
+        {
+            let mut last = self.rebuilt.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| now.duration_since(t) < REBUILD_EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        self.reset_if("cluster node trouble", None);
     }
 
     async fn resolve(&self) -> Result<Arc<Current>, ConnError> {

@@ -269,7 +269,10 @@ impl RedisStore {
                 self.breaker.success();
                 return Ok(v);
             }
-            Err(_) => StoreError::Timeout,
+            Err(_) => {
+                self.conn.on_timeout();
+                StoreError::Timeout
+            }
             Ok(Err((e, used))) => {
                 self.conn.on_error(&e, used.as_ref());
                 StoreError::Unavailable(e.to_string())

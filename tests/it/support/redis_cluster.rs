@@ -41,6 +41,9 @@ impl RedisCluster {
             .map(|_| {
                 let bus = format!("cluster-port {}", free_port());
                 let mut lines = vec![
+                    // A replica that has not completed its first sync never
+                    // takes over: start it at once.
+                    "repl-diskless-sync-delay 0",
                     "cluster-enabled yes",
                     "cluster-config-file nodes.conf",
                     timeout.as_str(),
@@ -96,8 +99,11 @@ impl RedisCluster {
                 if !super::redis_server::ping(n.port) {
                     continue;
                 }
-                let info = cluster_info(&self.url(n.port)).await;
-                ok &= info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384");
+                let state = info(&self.url(n.port), "CLUSTER", Some("INFO")).await;
+                ok &= state.contains("cluster_state:ok") && state.contains("cluster_slots_ok:16384");
+                // Replicas take over only once synced with their master.
+                let repl = info(&self.url(n.port), "INFO", Some("replication")).await;
+                ok &= repl.contains("role:master") || repl.contains("master_link_status:up");
             }
             if ok {
                 return;
@@ -191,7 +197,8 @@ impl RedisCluster {
     }
 }
 
-async fn cluster_info(url: &str) -> String {
+/// `cmd arg` on the node at `url` as text ("" when it does not answer).
+async fn info(url: &str, cmd: &str, arg: Option<&str>) -> String {
     let Ok(client) = redis::Client::open(url) else {
         return String::new();
     };
@@ -203,10 +210,14 @@ async fn cluster_info(url: &str) -> String {
     else {
         return String::new();
     };
-    redis::cmd("CLUSTER")
-        .arg("INFO")
-        .query_async::<String>(&mut c)
+    let mut cmd = redis::cmd(cmd);
+    if let Some(a) = arg {
+        cmd.arg(a);
+    }
+    tokio::time::timeout(Duration::from_secs(1), cmd.query_async::<String>(&mut c))
         .await
+        .ok()
+        .and_then(|r| r.ok())
         .unwrap_or_default()
 }
 
