@@ -27,6 +27,7 @@ mod operations;
 mod passthrough;
 mod readiness;
 mod redis_cluster;
+mod redis_cluster_events;
 mod redis_hostile_entries;
 mod redis_invalidation_messages;
 mod redis_pubsub_failover;
