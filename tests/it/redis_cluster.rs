@@ -65,7 +65,7 @@ pub async fn start(up: &Upstream, redis: RedisConfig) -> (Proxy, Arc<RedisStore>
     (Proxy::start_app(app).await, redis)
 }
 
-fn metric(p: &Proxy, name: &str, labels: &str) -> f64 {
+pub fn metric(p: &Proxy, name: &str, labels: &str) -> f64 {
     let text = String::from_utf8(p.app.metrics.render()).unwrap();
     text.lines()
         .filter(|l| l.starts_with(name) && l.contains(labels))

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::redis_cluster::{body, start};
+use crate::redis_cluster::{body, metric, start};
 use crate::support::redis_cluster::*;
 use crate::support::*;
 use chartcache::config::RedisConfig;
@@ -89,6 +89,15 @@ async fn load(
     all
 }
 
+/// `check` holds within 10 s (the topology is read once a second).
+async fn eventually(check: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(Instant::now() < deadline, "metrics never showed the change");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn p99(v: &mut [f64]) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -152,6 +161,14 @@ async fn a_master_killed_under_load_costs_no_request() {
     all_hits_again(&a, Duration::from_secs(20)).await;
     all_hits_again(&b, Duration::from_secs(20)).await;
     assert!(b_store.subscribed());
+    // The metrics saw it: the killed node's checks fail, its slots changed master.
+    let killed = format!("node=\"127.0.0.1:{}\"", cluster.nodes[victim].port);
+    eventually(|| {
+        metric(&a, "chartcache_redis_cluster_slot_moves_total", "") >= 1.0
+            && metric(&a, "chartcache_redis_cluster_node_errors_total", &killed) >= 1.0
+            && metric(&a, "chartcache_redis_cluster_nodes", "role=\"master\"") == 3.0
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,4 +226,5 @@ async fn slots_resharded_under_load_cost_no_request() {
     all_hits_again(&a, Duration::from_secs(10)).await;
     all_hits_again(&b, Duration::from_secs(10)).await;
     assert_eq!(up.chart_queries(), queries, "entries moved with their slots");
+    eventually(|| metric(&a, "chartcache_redis_cluster_slot_moves_total", "") >= 2_000.0).await;
 }

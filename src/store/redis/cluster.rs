@@ -221,6 +221,49 @@ pub async fn nodes(c: &mut impl ConnectionLike) -> redis::RedisResult<Vec<Node>>
     Ok(parse_slots(v))
 }
 
+/// The nodes ([`nodes`]) and, for every slot, the `host:port` of its master
+/// (`None`: no master serves it).
+pub async fn topology(
+    c: &mut impl ConnectionLike,
+) -> redis::RedisResult<(Vec<Node>, Vec<Option<String>>)> {
+    let v: Value = redis::cmd("CLUSTER").arg("SLOTS").query_async(c).await?;
+    let owners = parse_owners(&v);
+    Ok((parse_slots(v), owners))
+}
+
+/// Each slot's master from a `CLUSTER SLOTS` reply; ranges out of bounds are skipped.
+fn parse_owners(v: &Value) -> Vec<Option<String>> {
+    let mut owners = vec![None; usize::from(SLOTS)];
+    let Value::Array(ranges) = v else {
+        return owners;
+    };
+    for r in ranges.iter().take(usize::from(SLOTS)) {
+        let Value::Array(items) = r else { continue };
+        let (Some(Value::Int(a)), Some(Value::Int(b)), Some(Value::Array(m))) =
+            (items.first(), items.get(1), items.get(2))
+        else {
+            continue;
+        };
+        let (Some(host), Some(Value::Int(port))) = (m.first(), m.get(1)) else {
+            continue;
+        };
+        let host = match host {
+            Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            Value::SimpleString(s) => s.clone(),
+            _ => continue,
+        };
+        let addr = format!("{host}:{port}");
+        let (a, b) = (*a, *b);
+        if a < 0 || b < a || b >= i64::from(SLOTS) {
+            continue;
+        }
+        for o in &mut owners[a as usize..=b as usize] {
+            *o = Some(addr.clone());
+        }
+    }
+    owners
+}
+
 fn parse_slots(v: Value) -> Vec<Node> {
     let mut masters: Vec<Node> = Vec::new();
     let mut replicas: Vec<Node> = Vec::new();
@@ -321,6 +364,10 @@ mod tests {
             Value::Int(3),
             Value::Array(vec![Value::Int(1), Value::Int(2), node("h", 99_999)]),
         ]);
+        let owners = parse_owners(&v);
+        assert_eq!(owners[0].as_deref(), Some("127.0.0.1:7000"));
+        assert_eq!(owners[5461].as_deref(), Some("127.0.0.1:7001"));
+        assert_eq!(owners[16383], None);
         let n = parse_slots(v);
         let addrs: Vec<_> = n.iter().map(|n| (n.addr(), n.master)).collect();
         assert_eq!(

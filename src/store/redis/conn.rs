@@ -39,7 +39,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
-use prometheus::{IntGauge, IntGaugeVec};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
@@ -143,6 +143,8 @@ pub struct Connector {
     /// Cluster mode: when the connections were last dropped for trouble
     /// ([`Connector::on_timeout`]).
     rebuilt: Mutex<Option<std::time::Instant>>,
+    /// `chartcache_redis_cluster_rebuilds_total`
+    rebuilds: IntCounter,
     /// Connections held by shared sets and by the threads' own.
     held_shared: IntGauge,
     held_own: IntGauge,
@@ -151,7 +153,11 @@ pub struct Connector {
 impl Connector {
     /// Build from config; connects lazily. `held` counts the connections held,
     /// by set (`shared`, `thread`).
-    pub fn new(cfg: &RedisConfig, held: &IntGaugeVec) -> Result<Arc<Connector>, RedisConfigError> {
+    pub fn new(
+        cfg: &RedisConfig,
+        held: &IntGaugeVec,
+        rebuilds: &IntCounter,
+    ) -> Result<Arc<Connector>, RedisConfigError> {
         cfg.validate()?;
         let password = cfg.resolve_password()?;
         let tls = cfg.resolve_tls()?.map(|f| redis::TlsCertificates {
@@ -215,6 +221,7 @@ impl Connector {
             current: ArcSwapOption::empty(),
             resolving: Mutex::new(None),
             rebuilt: Mutex::new(None),
+            rebuilds: rebuilds.clone(),
             connections: cfg.connections,
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
             tls,
@@ -396,7 +403,7 @@ impl Connector {
     /// afresh from the nodes that answer. The cluster connection re-reads
     /// the slots on `MOVED`, but a master that died or hangs sends none: its
     /// slots would stay routed to it after its replica took over.
-    fn rebuild_cluster_if_due(&self) {
+    pub fn rebuild_cluster_if_due(&self) {
         let now = std::time::Instant::now();
         {
             let mut last = self.rebuilt.lock().unwrap_or_else(|p| p.into_inner());
@@ -404,6 +411,9 @@ impl Connector {
                 return;
             }
             *last = Some(now);
+        }
+        if self.current.load().is_some() {
+            self.rebuilds.inc();
         }
         self.reset_if("cluster node trouble", None);
     }

@@ -32,6 +32,7 @@ mod entries;
 pub mod lock;
 pub mod pubsub;
 mod slots;
+mod watch;
 
 use crate::config::RedisConfig;
 use cluster::Conn;
@@ -83,7 +84,11 @@ impl RedisStore {
         metrics: Arc<Metrics>,
         clock: SharedClock,
     ) -> Result<Arc<RedisStore>, crate::config::RedisConfigError> {
-        let conn = Connector::new(&cfg, &metrics.redis_connections)?;
+        let conn = Connector::new(
+            &cfg,
+            &metrics.redis_connections,
+            &metrics.redis_cluster_rebuilds,
+        )?;
         let gauge = metrics.breaker_open.with_label_values(&[STORE]);
         let breaker = Breaker::new(
             cfg.breaker_failures,
@@ -117,6 +122,12 @@ impl RedisStore {
             stop,
             cfg,
         });
+        if store.cluster {
+            tokio::spawn(watch::watch_cluster(
+                Arc::downgrade(&store),
+                store.stop.clone(),
+            ));
+        }
         if store.conn.is_sentinel() {
             tokio::spawn(watch_switch_master(
                 Arc::downgrade(&store),
