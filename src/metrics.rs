@@ -550,6 +550,8 @@ mod tests {
         m.store_ops.with_label_values(&["redis", "get", "hit"]);
         m.store_duration.with_label_values(&["redis", "get"]);
         m.prime_store("redis", known::REDIS_OPS);
+        m.redis_cluster_node_up.with_label_values(&["h:1"]);
+        m.redis_cluster_node_errors.with_label_values(&["h:1"]);
         let names: Vec<String> = m
             .registry
             .gather()
