@@ -141,7 +141,7 @@ pub struct Connector {
     /// CA bundle / client certificate for TLS connections (`None`: system roots).
     tls: Option<redis::TlsCertificates>,
     /// Cluster mode: when the connections were last dropped for trouble
-    /// ([`Connector::on_timeout`]).
+    /// ([`Connector::rebuild_cluster_if_due`]).
     rebuilt: Mutex<Option<std::time::Instant>>,
     /// `chartcache_redis_cluster_rebuilds_total`
     rebuilds: IntCounter,
@@ -390,19 +390,14 @@ impl Connector {
         }
     }
 
-    /// An operation timed out (no error, no answer: a hung node, or just a
-    /// slow moment).
-    pub fn on_timeout(&self) {
-        if matches!(self.mode, Mode::Cluster(_)) {
-            self.rebuild_cluster_if_due();
-        }
-    }
-
     /// Cluster mode: drop the cluster connections, at most once per
     /// [`REBUILD_EVERY`], so that the next operations read the slot map
     /// afresh from the nodes that answer. The cluster connection re-reads
     /// the slots on `MOVED`, but a master that died or hangs sends none: its
-    /// slots would stay routed to it after its replica took over.
+    /// slots would stay routed to it after its replica took over. Called on
+    /// connection errors and by the topology watcher (`watch.rs`) when a
+    /// replica took over; not on timeouts alone: a slow moment under load
+    /// must not cost every connection.
     pub fn rebuild_cluster_if_due(&self) {
         let now = std::time::Instant::now();
         {

@@ -280,10 +280,7 @@ impl RedisStore {
                 self.breaker.success();
                 return Ok(v);
             }
-            Err(_) => {
-                self.conn.on_timeout();
-                StoreError::Timeout
-            }
+            Err(_) => StoreError::Timeout,
             Ok(Err((e, used))) => {
                 self.conn.on_error(&e, used.as_ref());
                 StoreError::Unavailable(e.to_string())
