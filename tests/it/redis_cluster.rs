@@ -115,7 +115,9 @@ async fn store_layout_and_purges(cluster: &RedisCluster) {
     // 40 entries: "chart:1" on the even ones, "chart:2" on the odd, "all" on each.
     for i in 0..40u8 {
         let tag = if i % 2 == 0 { "chart:1" } else { "chart:2" };
-        s.put(&CacheKey([i; 32]), entry(&[tag, "all"])).await.unwrap();
+        s.put(&CacheKey([i; 32]), entry(&[tag, "all"]))
+            .await
+            .unwrap();
     }
     for i in 0..40u8 {
         assert!(s.get(&CacheKey([i; 32])).await.unwrap().is_some(), "{i}");
@@ -135,7 +137,10 @@ async fn store_layout_and_purges(cluster: &RedisCluster) {
 
     // A purge by tag deletes entries of many slots (one script per slot in a
     // cluster would be a CROSSSLOT error).
-    assert_eq!(s.purge(&Purge::Tags(vec!["chart:1".into()])).await.unwrap(), 20);
+    assert_eq!(
+        s.purge(&Purge::Tags(vec!["chart:1".into()])).await.unwrap(),
+        20
+    );
     for i in 0..40u8 {
         let got = s.get(&CacheKey([i; 32])).await.unwrap();
         assert_eq!(got.is_some(), i % 2 == 1, "{i}");
@@ -148,7 +153,9 @@ async fn store_layout_and_purges(cluster: &RedisCluster) {
     assert_eq!(n, 2);
     assert_eq!(s.purge(&Purge::Tags(vec!["all".into()])).await.unwrap(), 18);
     for i in 0..10u8 {
-        s.put(&CacheKey([i; 32]), entry(&["chart:3"])).await.unwrap();
+        s.put(&CacheKey([i; 32]), entry(&["chart:3"]))
+            .await
+            .unwrap();
     }
     assert_eq!(s.purge(&Purge::All).await.unwrap(), 10);
     for m in cluster.masters().await {
@@ -163,7 +170,11 @@ async fn hits_and_purges_across_two_replicas(cluster: &RedisCluster, up: &Upstre
     let before = up.chart_queries();
     for i in 0..6 {
         let miss = c.chart(&a, "admin-token", &body(i)).await;
-        assert!(miss.cache_status().contains("stored"), "{}", miss.cache_status());
+        assert!(
+            miss.cache_status().contains("stored"),
+            "{}",
+            miss.cache_status()
+        );
     }
     for i in 0..6 {
         let hit = c.chart(&b, "admin-token", &body(i)).await;
@@ -185,12 +196,19 @@ async fn hits_and_purges_across_two_replicas(cluster: &RedisCluster, up: &Upstre
         if l1_b.usage().0 == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "b kept its L1 copies after the purge");
+        assert!(
+            Instant::now() < deadline,
+            "b kept its L1 copies after the purge"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     for i in 0..6 {
         let again = c.chart(&b, "admin-token", &body(i)).await;
-        assert!(again.cache_status().contains("fwd=miss"), "{}", again.cache_status());
+        assert!(
+            again.cache_status().contains("fwd=miss"),
+            "{}",
+            again.cache_status()
+        );
     }
 }
 
@@ -230,13 +248,20 @@ async fn one_query_for_three_replicas_times_30(cluster: &RedisCluster, up: &Upst
         bodies.push(r.json());
     }
     up.set_delay(Duration::ZERO);
-    assert_eq!(up.chart_queries() - before, 1, "one Superset query for 90 requests");
+    assert_eq!(
+        up.chart_queries() - before,
+        1,
+        "one Superset query for 90 requests"
+    );
     assert!(bodies.iter().all(|b| b == &bodies[0]));
     let distributed: f64 = proxies
         .iter()
         .map(|p| metric(p, "chartcache_coalesced_total", "where=\"distributed\""))
         .sum();
-    assert_eq!(distributed, 2.0, "two replicas waited for the third's fetch");
+    assert_eq!(
+        distributed, 2.0,
+        "two replicas waited for the third's fetch"
+    );
 }
 
 /// The node a replica subscribes to first hangs (SIGSTOP): the subscription
@@ -267,10 +292,17 @@ async fn subscription_leaves_a_hung_node(cluster: &RedisCluster, up: &Upstream) 
     let hung = subscribed_on.expect("both replicas subscribed on one node");
     cluster.nodes[hung].signal("STOP");
     let deadline = Instant::now() + Duration::from_secs(15);
-    while metric(&b, "chartcache_redis_subscription_losses_total", "ping_timeout") < 1.0
+    while metric(
+        &b,
+        "chartcache_redis_subscription_losses_total",
+        "ping_timeout",
+    ) < 1.0
         || !b_store.subscribed()
     {
-        assert!(Instant::now() < deadline, "b's subscription stayed on the hung node");
+        assert!(
+            Instant::now() < deadline,
+            "b's subscription stayed on the hung node"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Purges reach b again (after the failover of the hung node's slots,

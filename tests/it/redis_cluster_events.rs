@@ -39,11 +39,7 @@ struct Seen {
 
 /// Requests from `WORKERS` clients over `KEYS` keys and both replicas until
 /// `stop`; latencies sampled while `event` is set.
-async fn load(
-    urls: Vec<String>,
-    stop: Arc<AtomicBool>,
-    event: Arc<AtomicBool>,
-) -> Seen {
+async fn load(urls: Vec<String>, stop: Arc<AtomicBool>, event: Arc<AtomicBool>) -> Seen {
     let mut tasks = Vec::new();
     for w in 0..WORKERS {
         let (urls, stop, event) = (urls.clone(), stop.clone(), event.clone());
@@ -52,7 +48,9 @@ async fn load(
             let mut seen = Seen::default();
             let mut n = w as u64;
             while !stop.load(Ordering::Relaxed) {
-                n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                n = n
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let key = (n >> 33) % KEYS;
                 let url = &urls[((n >> 20) % urls.len() as u64) as usize];
                 let started = Instant::now();
@@ -131,7 +129,10 @@ async fn a_master_killed_under_load_costs_no_request() {
     let (a, _) = start(&up, cfg(&cluster, "kill")).await;
     let (b, b_store) = start(&up, cfg(&cluster, "kill")).await;
     all_hits_again(&a, Duration::from_secs(10)).await;
-    let (stop, event) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (stop, event) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let urls = vec![a.url("/api/v1/chart/data"), b.url("/api/v1/chart/data")];
     let running = tokio::spawn(load(urls, stop.clone(), event.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -154,7 +155,11 @@ async fn a_master_killed_under_load_costs_no_request() {
         p99(&mut seen.during),
         replaced
     );
-    assert!(seen.failed.is_empty(), "{:?}", &seen.failed[..seen.failed.len().min(5)]);
+    assert!(
+        seen.failed.is_empty(),
+        "{:?}",
+        &seen.failed[..seen.failed.len().min(5)]
+    );
     assert!(seen.ok > 100, "{} requests", seen.ok);
     // The killed master's slots are served by its replica: entries are read
     // and written there again, and purges reach both replicas.
@@ -180,7 +185,10 @@ async fn slots_resharded_under_load_cost_no_request() {
     all_hits_again(&a, Duration::from_secs(10)).await;
     let masters = cluster.masters().await;
     let (from, to) = (cluster.id(masters[0]).await, cluster.id(masters[1]).await);
-    let (stop, event) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicBool::new(false)));
+    let (stop, event) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
     let urls = vec![a.url("/api/v1/chart/data"), b.url("/api/v1/chart/data")];
     let running = tokio::spawn(load(urls, stop.clone(), event.clone()));
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -209,7 +217,11 @@ async fn slots_resharded_under_load_cost_no_request() {
         p99(&mut seen.during),
         took
     );
-    assert!(seen.failed.is_empty(), "{:?}", &seen.failed[..seen.failed.len().min(5)]);
+    assert!(
+        seen.failed.is_empty(),
+        "{:?}",
+        &seen.failed[..seen.failed.len().min(5)]
+    );
     // The slots moved with their entries: all still served from the cluster.
     let table = cluster.node_table().await;
     let to_node = table.iter().find(|n| n.id == to).unwrap();
@@ -225,6 +237,10 @@ async fn slots_resharded_under_load_cost_no_request() {
     let queries = up.chart_queries();
     all_hits_again(&a, Duration::from_secs(10)).await;
     all_hits_again(&b, Duration::from_secs(10)).await;
-    assert_eq!(up.chart_queries(), queries, "entries moved with their slots");
+    assert_eq!(
+        up.chart_queries(),
+        queries,
+        "entries moved with their slots"
+    );
     eventually(|| metric(&a, "chartcache_redis_cluster_slot_moves_total", "") >= 2_000.0).await;
 }

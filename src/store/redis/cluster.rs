@@ -16,7 +16,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value};
+use redis::{
+    Cmd, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, Pipeline, RedisFuture, Value,
+};
 
 use crate::config::redis::{RedisConfig, RedisConfigError};
 
@@ -194,7 +196,9 @@ fn info(
     } else {
         ConnectionAddr::Tcp(host, port)
     };
-    Ok(addr.into_connection_info()?.set_redis_settings(data.clone()))
+    Ok(addr
+        .into_connection_info()?
+        .set_redis_settings(data.clone()))
 }
 
 /// A node as `CLUSTER SLOTS` reports it.

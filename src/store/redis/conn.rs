@@ -276,8 +276,7 @@ impl Connector {
         tokio::spawn(async move {
             let n = me.connections.div_ceil(crate::worker::count().max(1));
             let opened =
-                futures_util::future::try_join_all((0..n).map(|_| me.open(cur.info.clone())))
-                    .await;
+                futures_util::future::try_join_all((0..n).map(|_| me.open(cur.info.clone()))).await;
             match opened {
                 Ok(conns) => {
                     let _ = cur.per_worker[i].set.set(Set::new(conns, &me.held_own));

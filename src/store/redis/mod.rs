@@ -199,7 +199,11 @@ impl RedisStore {
 
     fn describe(&self) -> String {
         if self.cluster {
-            let seeds = self.cfg.cluster_seeds().map(|s| s.nodes).unwrap_or_default();
+            let seeds = self
+                .cfg
+                .cluster_seeds()
+                .map(|s| s.nodes)
+                .unwrap_or_default();
             let seeds: Vec<String> = seeds.iter().map(|(h, p)| format!("{h}:{p}")).collect();
             return format!("cluster {}", seeds.join(","));
         }
@@ -486,7 +490,10 @@ mod tests {
         let k = CacheKey([0xab; 32]);
         let e = s.entry_key(&k);
         assert_eq!(e, format!("cc:e:{{{}}}", "ab".repeat(32)));
-        assert_eq!(cluster::slot(e.as_bytes()), cluster::slot(s.lock_key(&k).as_bytes()));
+        assert_eq!(
+            cluster::slot(e.as_bytes()),
+            cluster::slot(s.lock_key(&k).as_bytes())
+        );
         assert_eq!(s.tag_key("chart:7"), "cc:t:{chart:7}");
         assert_eq!(s.channel(), "cc:inv");
     }

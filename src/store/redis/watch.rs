@@ -38,7 +38,11 @@ pub(super) async fn watch_cluster(store: Weak<RedisStore>, stop: CancellationTok
             continue;
         };
         let m = &me.metrics;
-        let masters: Vec<String> = nodes.iter().filter(|n| n.master).map(|n| n.addr()).collect();
+        let masters: Vec<String> = nodes
+            .iter()
+            .filter(|n| n.master)
+            .map(|n| n.addr())
+            .collect();
         m.redis_cluster_nodes
             .with_label_values(&["master"])
             .set(masters.len() as i64);

@@ -90,7 +90,11 @@ impl Cluster {
     }
 
     fn toml(&self) -> String {
-        let seeds: Vec<String> = self.nodes.iter().map(|n| format!("\"{}\"", n.addr())).collect();
+        let seeds: Vec<String> = self
+            .nodes
+            .iter()
+            .map(|n| format!("\"{}\"", n.addr()))
+            .collect();
         format!(
             "[redis]\ncluster_nodes = [{}]\ntiered = false\nbreaker_failures = 3\n\
              breaker_cooldown_ms = 200\n",
@@ -148,8 +152,14 @@ pub async fn cluster_master_killed(bin: &Path, scale: &Scale) -> Report {
 
     load.set_phase(DURING);
     let rows = cluster.rows();
-    let victim = rows.iter().find(|r| r.master && r.slots > 0).map(|r| r.port);
-    let victim_id = rows.iter().find(|r| Some(r.port) == victim).map(|r| r.id.clone());
+    let victim = rows
+        .iter()
+        .find(|r| r.master && r.slots > 0)
+        .map(|r| r.port);
+    let victim_id = rows
+        .iter()
+        .find(|r| Some(r.port) == victim)
+        .map(|r| r.id.clone());
     if let Some(i) = cluster.nodes.iter().position(|n| Some(n.port) == victim) {
         cluster.nodes[i].kill();
     }

@@ -100,7 +100,8 @@ impl RedisCluster {
                     continue;
                 }
                 let state = info(&self.url(n.port), "CLUSTER", Some("INFO")).await;
-                ok &= state.contains("cluster_state:ok") && state.contains("cluster_slots_ok:16384");
+                ok &=
+                    state.contains("cluster_state:ok") && state.contains("cluster_slots_ok:16384");
                 // Replicas take over only once synced with their master.
                 let repl = info(&self.url(n.port), "INFO", Some("replication")).await;
                 ok &= repl.contains("role:master") || repl.contains("master_link_status:up");
