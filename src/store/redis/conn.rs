@@ -123,7 +123,7 @@ enum Mode {
         /// Credentials and db for the master.
         data: redis::RedisConnectionInfo,
     },
-    Cluster(Cluster),
+    Cluster(Box<Cluster>),
 }
 
 /// Cluster mode: connections are rebuilt for node trouble at most this often.
@@ -171,7 +171,7 @@ impl Connector {
         });
         let bad = |e: RedisError| RedisConfigError::Invalid(e.to_string());
         let mode = if cfg.topology() == Some(Topology::Cluster) {
-            Mode::Cluster(Cluster::new(cfg, password, tls.clone())?)
+            Mode::Cluster(Box::new(Cluster::new(cfg, password, tls.clone())?))
         } else if let Some(url) = &cfg.url {
             let info = url
                 .as_str()
