@@ -351,3 +351,39 @@ async fn cluster_layout_replicas_coalescing_and_a_hung_node() {
     one_query_for_three_replicas_times_30(&cluster, &up).await;
     subscription_leaves_a_hung_node(&cluster, &up).await;
 }
+
+/// `check-config` takes a `redis+cluster://` url, hides its password, and
+/// names what is wrong with a seed list.
+#[test]
+fn check_config_validates_a_cluster_url() {
+    let run = |url: &str| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_chartcache"));
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("CHARTCACHE_") {
+                c.env_remove(k);
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let out = c
+            .current_dir(dir.path())
+            .args(["--upstream", "http://127.0.0.1:8088", "--redis-url", url])
+            .arg("check-config")
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = run("redis+cluster://app:pw-secret@10.0.0.1:7000,10.0.0.2:7001");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("redis+cluster://app:***@10.0.0.1:7000,10.0.0.2:7001"),
+        "{out}"
+    );
+    assert!(!out.contains("pw-secret"), "{out}");
+    let (ok, _, err) = run("redis+cluster://10.0.0.1");
+    assert!(!ok);
+    assert!(err.contains("is not host:port"), "{err}");
+}
