@@ -12,7 +12,7 @@ use crate::support::redis_server::RedisProc;
 use crate::support::*;
 use chartcache::app::App;
 use chartcache::clock::{SharedClock, SystemClock};
-use chartcache::config::RedisConfig;
+use chartcache::config::{Config, RedisConfig};
 use chartcache::metrics::Metrics;
 use chartcache::store::setup;
 use serde_json::json;
@@ -247,8 +247,13 @@ async fn two_replicas_sharing_redis_run_one_job() {
 }
 
 async fn start_redis(up: &Upstream, r: &RedisProc) -> Proxy {
+    start_redis_with(up, r, |_| {}).await
+}
+
+async fn start_redis_with(up: &Upstream, r: &RedisProc, tweak: impl FnOnce(&mut Config)) -> Proxy {
     Proxy::expect_threads();
     let mut cfg = test_config(&up.url());
+    tweak(&mut cfg);
     cfg.redis = RedisConfig {
         url: Some(r.url()),
         tiered: true,
@@ -321,4 +326,207 @@ async fn a_purge_of_the_posts_tags_removes_the_result_url_entry_too() {
         "{}",
         post_again.cache_status()
     );
+}
+
+/// Three replicas on one `redis-server`, `cache.async_wait_ms` set to `wait_ms`.
+async fn three_replicas(up: &Upstream, r: &RedisProc, wait_ms: u64) -> [Proxy; 3] {
+    let tweak = |c: &mut Config| c.cache.async_wait_ms = wait_ms;
+    [
+        start_redis_with(up, r, tweak).await,
+        start_redis_with(up, r, tweak).await,
+        start_redis_with(up, r, tweak).await,
+    ]
+}
+
+fn all_metric(ps: &[Proxy], labels: &str) -> f64 {
+    ps.iter().map(|p| metric(p, labels)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_polls_and_result_on_three_replicas_fill_the_post_for_every_replica() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let redis = RedisProc::server(&[]);
+        let up = Upstream::start().await;
+        gaq_upstream(&up, Duration::from_millis(100));
+        let ps = three_replicas(&up, &redis, 10_000).await;
+        let [a, b, cc] = &ps;
+        let c = TestClient::new();
+        let alice = Browser::new(2, "alice", "alice-ch");
+
+        // The POST reaches A, the polls B, the result_url GET C.
+        let ticket = post(&c, &a.url(""), &alice, &body(false)).await;
+        assert_eq!(ticket.status, 202);
+        let mut route = |s| match s {
+            Step::Poll => b.url(""),
+            Step::Result => cc.url(""),
+        };
+        let l = finish_via(&c, &mut route, &alice, ticket).await.unwrap();
+        assert_eq!(user_of(&l.data), "alice");
+        let (_, r) = l.result.unwrap();
+        assert!(
+            r.cache_status().contains("detail=async-filled"),
+            "{}",
+            r.cache_status()
+        );
+
+        // The next identical POST is a hit on every replica.
+        for (i, p) in ps.iter().enumerate() {
+            let other = Browser::new(2, "alice", &format!("again-{i}"));
+            let r = post(&c, &p.url(""), &other, &body(false)).await;
+            assert_eq!(r.status, 200, "replica {i}");
+            assert!(
+                r.cache_status().starts_with("chartcache; hit"),
+                "replica {i}: {}",
+                r.cache_status()
+            );
+            assert_eq!(user_of(&r.json()), "alice");
+        }
+        assert_eq!(up.state.gaq.jobs(), 1);
+        assert_eq!(up.state.gaq.result_gets(), 1);
+        assert_eq!(metric(b, "event=\"remote_linked\""), 1.0);
+        assert_eq!(metric(cc, "event=\"remote_filled\""), 1.0);
+        assert_eq!(metric(a, "event=\"remote_woken\""), 1.0);
+        assert!(a.app.jobs.is_empty(), "the leader forgot the job");
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_clients_round_robin_over_three_replicas_make_one_job() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let redis = RedisProc::server(&[]);
+        let up = Upstream::start().await;
+        gaq_upstream(&up, Duration::from_millis(300));
+        let ps = three_replicas(&up, &redis, 20_000).await;
+        let urls: Vec<String> = ps.iter().map(|p| p.url("")).collect();
+        let c = TestClient::new();
+
+        for round in 0..2 {
+            let mut tasks = Vec::new();
+            for i in 0..20 {
+                let (c, urls) = (c.clone(), urls.clone());
+                let b = Browser::new(2, "alice", &format!("ch-{round}-{i:02}"));
+                tasks.push(tokio::spawn(async move {
+                    load_via(&c, &urls, i, &b, &body(false)).await
+                }));
+            }
+            for t in tasks {
+                // `finish` refuses a ticket of another channel.
+                let l = t.await.unwrap().expect("every client gets its data");
+                assert_eq!(user_of(&l.data), "alice");
+                if round == 1 {
+                    assert!(
+                        l.post.cache_status().starts_with("chartcache; hit"),
+                        "{}",
+                        l.post.cache_status()
+                    );
+                }
+            }
+            assert_eq!(up.state.gaq.jobs(), 1, "one job across three replicas");
+        }
+        assert!(up.state.gaq.result_gets() <= 1);
+        assert_eq!(all_metric(&ps, "event=\"wait_timeout\""), 0.0);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_result_url_get_never_fills_the_first_users_post() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let redis = RedisProc::server(&[]);
+        let up = Upstream::start().await;
+        gaq_upstream(&up, Duration::from_millis(100));
+        let ps = three_replicas(&up, &redis, 10_000).await;
+        let [a, b, cc] = &ps;
+        let c = TestClient::new();
+        let alice = Browser::new(2, "alice", "alice-ch");
+        let bob = Browser::new(3, "bob", "bob-ch");
+        // Bob ran the same query straight at Superset: his rows are there.
+        load(&c, &up.url(), &bob, &body(false)).await.unwrap();
+
+        let ticket = post(&c, &a.url(""), &alice, &body(false)).await;
+        assert_eq!(ticket.status, 202);
+        // Alice's job is done and linked (her polls on B), but Bob fetches
+        // the result_url (the same URL for both) on C before she does.
+        let done = poll_until_done(&c, &b.url(""), &alice, &ticket)
+            .await
+            .unwrap();
+        let r = get(&c, &cc.url(""), &bob, &done).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(user_of(&r.json()), "bob", "bob's own rows");
+        assert!(
+            !r.cache_status().contains("async-filled"),
+            "{}",
+            r.cache_status()
+        );
+        assert_eq!(all_metric(&ps, "event=\"filled\""), 0.0);
+        assert_eq!(all_metric(&ps, "event=\"remote_filled\""), 0.0);
+
+        // Alice's own GET fills her POST; her POST is then a hit with her rows.
+        let r = get(&c, &cc.url(""), &alice, &done).await;
+        assert_eq!(user_of(&r.json()), "alice");
+        assert!(
+            r.cache_status().contains("detail=async-filled"),
+            "{}",
+            r.cache_status()
+        );
+        for p in &ps {
+            let r = post(&c, &p.url(""), &Browser::new(2, "alice", "x"), &body(false)).await;
+            assert!(
+                r.cache_status().starts_with("chartcache; hit"),
+                "{}",
+                r.cache_status()
+            );
+            assert_eq!(user_of(&r.json()), "alice");
+        }
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leaders_waiters_are_answered_soon_after_a_fill_elsewhere() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let redis = RedisProc::server(&[]);
+        let up = Upstream::start().await;
+        gaq_upstream(&up, Duration::from_millis(300));
+        // Waiters would wait a minute for a job their replica never sees done.
+        let ps = three_replicas(&up, &redis, 60_000).await;
+        let [a, b, cc] = &ps;
+        let c = TestClient::new();
+        let alice = Browser::new(2, "alice", "alice-ch");
+
+        let ticket = post(&c, &a.url(""), &alice, &body(false)).await;
+        assert_eq!(ticket.status, 202);
+        // One waiter on the leader's replica, one on another replica (behind
+        // the leader's fetch lock).
+        let mut waiters = Vec::new();
+        for (i, p) in [a, b].into_iter().enumerate() {
+            let (c, url) = (c.clone(), p.url(""));
+            let w = Browser::new(2, "alice", &format!("waiter-{i}"));
+            waiters.push(tokio::spawn(async move { post(&c, &url, &w, &body(false)).await }));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut route = |s| match s {
+            Step::Poll => b.url(""),
+            Step::Result => cc.url(""),
+        };
+        finish_via(&c, &mut route, &alice, ticket).await.unwrap();
+        let filled = Instant::now();
+        for w in waiters {
+            let r = tokio::time::timeout(Duration::from_secs(5), w)
+                .await
+                .expect("answered soon after the fill")
+                .unwrap();
+            assert_eq!(r.status, 200, "{}", r.cache_status());
+            assert_eq!(user_of(&r.json()), "alice");
+        }
+        assert!(filled.elapsed() < Duration::from_secs(5));
+        assert_eq!(up.state.gaq.jobs(), 1);
+        assert!(a.app.jobs.is_empty(), "the leader's wait ended");
+    })
+    .await
+    .expect("bounded");
 }
