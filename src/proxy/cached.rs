@@ -144,6 +144,10 @@ pub(super) async fn handle(
     // Boxed: the miss path's state (coalescing, locks, the upstream exchange)
     // is most of this function's future, and a hit should neither carry nor
     // copy it.
+    if route == CachedRoute::ResultUrl {
+        let path = parts.uri.path();
+        Box::pin(async_query::adopt_shared(app, &key, &scope, path)).await;
+    }
     let mut spec = FetchSpec::new(parts, body, key, &canon.facts, &decision, conn, creds);
     async_query::prepare(app, &mut spec, route, &scope);
     let wait = Duration::from_millis(cfg.cache.coalesce_wait_ms);

@@ -102,6 +102,46 @@ pub trait SharedTier: Send + Sync + 'static {
     /// Release (and invalidation) messages reach this replica now.
     fn subscribed(&self) -> bool;
     fn lock_timing(&self) -> LockTiming;
+    /// The async-query job records replicas share, when this tier keeps them.
+    fn jobs(&self) -> Option<&dyn SharedJobs> {
+        None
+    }
+}
+
+/// A record of an async-query job in the shared tier ([`SharedJobs`]).
+#[derive(Debug, Clone, Copy)]
+pub enum JobRecord<'a> {
+    /// A job by its id (a printable id of at most 128 bytes).
+    Job(&'a str),
+    /// The job whose data a `result_url` key will hold.
+    Link(&'a CacheKey),
+}
+
+/// Async-query job records shared by every replica, so that the replica that
+/// sees a job's `done` event or its `result_url` GET can follow a job another
+/// replica started (`crate::jobs::shared` reads and writes them). Small opaque
+/// values, one key per command; what comes back is untrusted.
+#[async_trait]
+pub trait SharedJobs: Send + Sync {
+    /// Store `value` under `rec` for `ttl`, replacing any previous one.
+    async fn put_record(
+        &self,
+        rec: JobRecord<'_>,
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// The value under `rec`, reading at most `max` bytes: a longer one is
+    /// [`StoreError::Corrupt`].
+    async fn get_record(
+        &self,
+        rec: JobRecord<'_>,
+        max: usize,
+    ) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Remove the value under `rec`.
+    async fn delete_record(&self, rec: JobRecord<'_>) -> Result<(), StoreError>;
+    /// Tell every replica's waiters for `key` that its entry was stored, as a
+    /// lock release does ([`lock`]), without holding its lock.
+    async fn announce_stored(&self, key: &CacheKey) -> Result<(), StoreError>;
 }
 
 /// Shared store handle.

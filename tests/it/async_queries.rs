@@ -506,7 +506,9 @@ async fn the_leaders_waiters_are_answered_soon_after_a_fill_elsewhere() {
         for (i, p) in [a, b].into_iter().enumerate() {
             let (c, url) = (c.clone(), p.url(""));
             let w = Browser::new(2, "alice", &format!("waiter-{i}"));
-            waiters.push(tokio::spawn(async move { post(&c, &url, &w, &body(false)).await }));
+            waiters.push(tokio::spawn(async move {
+                post(&c, &url, &w, &body(false)).await
+            }));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut route = |s| match s {
