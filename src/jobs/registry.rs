@@ -285,6 +285,48 @@ mod tests {
         assert!(jobs.subscribe(&CacheKey([1; 32])).is_none());
     }
 
+    #[tokio::test]
+    async fn a_job_filled_elsewhere_wakes_its_wait_once() {
+        let jobs = Jobs::default();
+        let Registered::Yes(Some(serial)) = jobs.register(job("a", 1), 10, true, None) else {
+            panic!("registered");
+        };
+        let mut rx = jobs.subscribe(&CacheKey([1; 32])).unwrap();
+        // Another replica's job, adopted with its result_url key.
+        assert!(jobs.adopt(job("b", 4), CacheKey([5; 32]), 10));
+        assert!(jobs.linked(&CacheKey([5; 32])).is_some());
+        assert!(!jobs.adopt(job("c", 6), CacheKey([7; 32]), 4), "bounded");
+        let e = Arc::new(
+            Entry::build(
+                crate::store::Meta {
+                    status: 200,
+                    headers: vec![],
+                    stored_at: 0,
+                    fresh_until: 1,
+                    stale_until: 1,
+                    upstream_ms: 0,
+                    raw_len: 2,
+                    tags: vec![],
+                },
+                b"{}",
+                1,
+                false,
+            )
+            .unwrap(),
+        );
+        assert!(!jobs.filled_elsewhere(&CacheKey([1; 32]), serial + 1, "a", e.clone()));
+        let Registered::Yes(Some(serial)) = jobs.register(job("a", 1), 10, true, None) else {
+            panic!("registered");
+        };
+        let mut rx2 = jobs.subscribe(&CacheKey([1; 32])).unwrap();
+        assert!(jobs.filled_elsewhere(&CacheKey([1; 32]), serial, "a", e.clone()));
+        assert!(rx2.wait_for(Option::is_some).await.is_ok());
+        // The first wait was replaced: its waiters were released (no data).
+        assert!(rx.wait_for(Option::is_some).await.is_err());
+        assert!(!jobs.filled_elsewhere(&CacheKey([1; 32]), serial, "a", e));
+        assert_eq!(jobs.len(), 2, "b and its link remain");
+    }
+
     #[test]
     fn the_registry_is_bounded_and_a_wait_ends_by_its_serial() {
         let jobs = Jobs::default();

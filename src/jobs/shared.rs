@@ -8,24 +8,29 @@
 //!    record under `{prefix}:j:{job_id}` (TTL [`JOB_TTL`]) next to its local
 //!    entry. It keeps the POST key's fetch lock and its local waiters, as
 //!    without replicas.
-//! 2. Any replica (B) that reads a `done` event for the job in a poll answer
-//!    reads the record (after the answer went by, never delaying it),
-//!    builds the `result_url` key in the job's scope and writes the record
-//!    again under `{prefix}:r:{result_key}`.
-//! 3. The replica (C) that misses the `result_url` GET reads
-//!    `{prefix}:r:{its key}` (one GET, only on that miss). The key holds the
-//!    GET's own scope, and the record's scope must equal it too: a GET of
-//!    another principal never finds, and never fills, another's job. C
-//!    adopts the job locally and fills the POST's key as the local path
-//!    does (same tier, tags, freshness). If the GET outran B's link, C reads
-//!    the link once more after its fetch and fills then.
+//! 2. Any replica (B) that reads a `done` event in a poll answer adds the
+//!    job id to the set `{prefix}:u:{blake3(result_url)}`: one command,
+//!    issued as the answer's last bytes go by (never delaying them), so it
+//!    reaches Redis before the client's next request can.
+//! 3. The replica (C) that gets a `result_url` GET it has no link for reads
+//!    that set (at most [`MAX_LINKS`] ids) and the records of its jobs. The
+//!    URL is the same for every user who ran the query; only a job whose
+//!    scope is the GET's own, and whose `result_url` key is the GET's key,
+//!    is taken: a GET of another principal never fills another's POST. C
+//!    adopts the job locally: an entry under the key is older than the
+//!    job's data (a forced refresh's job) and is skipped, and the miss fills
+//!    the POST's key as the local path does (same tier, tags, freshness).
+//!    These reads happen on `result_url` requests only, which follow jobs;
+//!    never on a chart-data request. Should the GET still outrun B's link,
+//!    C looks once more after its fetch and fills from what it fetched.
 //! 4. C then publishes the POST key on `{prefix}:rel`, the payload of a lock
-//!    release, and deletes both records. A watches that channel for the key
-//!    of each job it leads (the `Releases` of `store::lock`): a message is
-//!    only a hint to read the shared entry, which must be fresh before A's
-//!    waiters get it and A's lock is released (every `max(lock_poll_ms, 1 s)`
-//!    it reads anyway, in case the message was lost). Replicas waiting for
-//!    A's lock wake on the same message and read the entry.
+//!    release, and deletes the job's record and link. A watches that channel
+//!    for the key of each job it leads (the `Releases` of `store::lock`): a
+//!    message is only a hint to read the shared entry, which must be fresh
+//!    before A's waiters get it and A's lock is released (every
+//!    `max(lock_poll_ms, 1 s)` it reads anyway, in case the message was
+//!    lost). Replicas waiting for A's lock wake on the same message and read
+//!    the entry.
 //!
 //! Records are untrusted bytes: read with a bound ([`MAX_RECORD_BYTES`]),
 //! versioned, every field checked; anything else is an unknown job (no
@@ -43,6 +48,9 @@ use crate::key::CacheKey;
 
 /// Largest record read back.
 pub const MAX_RECORD_BYTES: usize = 16 * 1024;
+/// Jobs of one `result_url` read at most (one per scope that ran the query
+/// at once; filled jobs leave the set).
+pub const MAX_LINKS: usize = 16;
 /// The record layout written ([`encode`]); others read as unknown jobs.
 const VERSION: u32 = 1;
 const MAX_TAGS: usize = 256;
@@ -64,6 +72,11 @@ struct Record {
     tags: Vec<String>,
     respect: bool,
     timeout: Option<u64>,
+}
+
+/// The digest the shared jobs of a `result_url` are kept under.
+pub fn url_digest(result_url: &str) -> CacheKey {
+    CacheKey(*blake3::hash(result_url.as_bytes()).as_bytes())
 }
 
 /// The record of `job`; `None` when it would exceed the bounds a reader

@@ -143,7 +143,8 @@ pub(super) async fn after_fetch(
         CachedRoute::ResultUrl => {
             match (&fetched.entry, app.jobs.linked(&spec.key)) {
                 (Some(entry), Some(job)) => {
-                    fill(app, &job, spec.key, entry.clone()).await;
+                    let path = spec.parts.uri.path();
+                    fill(app, &job, spec.key, path, entry.clone()).await;
                     ctx.detail = Some(ASYNC_FILLED);
                 }
                 // Another replica may have linked the job while this GET
@@ -154,7 +155,7 @@ pub(super) async fn after_fetch(
                         && let Some(entry) = super::async_shared::retag(&job, &fetched.body, entry)
                     {
                         let _ = app.store.put(&spec.key, entry.clone()).await;
-                        fill(app, &job, spec.key, entry).await;
+                        fill(app, &job, spec.key, path, entry).await;
                         ctx.detail = Some(ASYNC_FILLED);
                     }
                 }
@@ -261,12 +262,12 @@ async fn mark_stale(app: &App, key: &CacheKey) {
 
 /// The job's data arrived (stored under its `result_url` key): store it under
 /// the POST's key too, wake the waiters and release the lock.
-async fn fill(app: &App, job: &Job, result_key: CacheKey, entry: Arc<Entry>) {
+async fn fill(app: &App, job: &Job, result_key: CacheKey, path: &str, entry: Arc<Entry>) {
     if let Err(e) = app.store.put(&job.post_key, entry.clone()).await {
         tracing::warn!(error = %e, key = %job.post_key.short(), "storing a job's data failed");
     }
     app.jobs.filled(job, &result_key, entry);
-    super::async_shared::filled(app, job, result_key);
+    super::async_shared::filled(app, job, path);
     app.metrics
         .async_queries
         .with_label_values(&["filled"])
@@ -287,7 +288,7 @@ fn done(app: &Arc<App>, d: &jobs::Done) {
             .inc();
     }
     // The GET may reach another replica; the job may be another replica's.
-    super::async_shared::done(app, d, local);
+    super::async_shared::done(app, d, local.is_some());
 }
 
 /// Whether a pass-through request is an async-event poll worth reading:

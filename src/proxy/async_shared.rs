@@ -14,12 +14,12 @@ use crate::clock::SharedClock;
 use crate::fingerprint;
 use crate::identity::Scope;
 use crate::jobs::registry::{Job, Jobs};
-use crate::jobs::shared::{self, MAX_RECORD_BYTES, RECORD_TTL};
+use crate::jobs::shared::{self, MAX_LINKS, MAX_RECORD_BYTES, RECORD_TTL};
 use crate::jobs::{self as gaq};
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 use crate::route::CachedRoute;
-use crate::store::{Entry, JobRecord, SharedTier};
+use crate::store::{Entry, SharedStore, SharedTier};
 
 /// The key of `result_url` in the scope whose key part is `scope` (that of
 /// a job, so of its POST).
@@ -55,9 +55,8 @@ pub(super) async fn started(app: &App, job: &Arc<Job>, serial: Option<u64>) {
     let Some(bytes) = shared::encode(job) else {
         return;
     };
-    let rec = JobRecord::Job(&job.job_id);
     if let Some(jobs) = t.jobs()
-        && let Err(e) = jobs.put_record(rec, bytes, RECORD_TTL).await
+        && let Err(e) = jobs.put_job(&job.job_id, bytes, RECORD_TTL).await
     {
         tracing::debug!(error = %e, "sharing an async job failed; it stays local");
         return;
@@ -67,6 +66,7 @@ pub(super) async fn started(app: &App, job: &Arc<Job>, serial: Option<u64>) {
     };
     tokio::spawn(watch_fill(
         app.jobs.clone(),
+        app.store.clone(),
         t,
         app.clock.clone(),
         app.metrics.clone(),
@@ -80,8 +80,10 @@ pub(super) async fn started(app: &App, job: &Arc<Job>, serial: Option<u64>) {
 /// entry of the job's POST key whenever its release is announced (and now
 /// and then regardless); a fresh one goes to the waiters, which releases the
 /// lock.
+#[allow(clippy::too_many_arguments)]
 async fn watch_fill(
     jobs: Arc<Jobs>,
+    store: SharedStore,
     tier: Arc<dyn SharedTier>,
     clock: SharedClock,
     metrics: Arc<Metrics>,
@@ -101,6 +103,8 @@ async fn watch_fill(
         }
         match tier.get_shared(&key).await {
             Ok(Some(e)) if clock.now_ms() < e.meta.fresh_until => {
+                // This process's copy (a forced refresh's stale mark) is older.
+                store.forget_local(&key);
                 if jobs.filled_elsewhere(&key, serial, &job.job_id, e) {
                     count(&metrics, "remote_woken");
                 }
@@ -111,45 +115,18 @@ async fn watch_fill(
     }
 }
 
-/// A `done` event (step 2): write the shared link of the job's `result_url`
-/// key, for the job `local` of this replica or else the job's shared record.
-/// Spawned: the poll answer that carried the event is not held up.
-pub(super) fn done(app: &Arc<App>, d: &gaq::Done, local: Option<Arc<Job>>) {
-    if tier(app).is_none() {
-        return;
-    }
-    let (app, d) = (app.clone(), d.clone());
+/// A `done` event (step 2): add the job to the shared jobs of its
+/// `result_url`. One command, spawned: the poll answer that carried the
+/// event is not held up, and the client's `result_url` GET that follows
+/// finds it in all but the rarest interleavings.
+pub(super) fn done(app: &App, d: &gaq::Done, local: bool) {
+    let Some(t) = tier(app) else { return };
+    let (d, metrics) = (d.clone(), app.metrics.clone());
     tokio::spawn(async move {
-        let Some(t) = tier(&app) else { return };
         let Some(jobs) = t.jobs() else { return };
-        let job = match local {
-            Some(j) => j,
-            None => {
-                let rec = JobRecord::Job(&d.job_id);
-                // Not found: a job no replica registered (or expired).
-                let Ok(Some(bytes)) = jobs.get_record(rec, MAX_RECORD_BYTES).await else {
-                    return;
-                };
-                match decode(&app, &bytes) {
-                    Some(j) if j.job_id == d.job_id => Arc::new(j),
-                    _ => {
-                        count(&app.metrics, "remote_unknown");
-                        return;
-                    }
-                }
-            }
-        };
-        let Some(bytes) = shared::encode(&job) else {
-            return;
-        };
-        let rkey = result_key(&job.scope, &d.result_url);
-        if jobs
-            .put_record(JobRecord::Link(&rkey), bytes, RECORD_TTL)
-            .await
-            .is_ok()
-            && job.adopted
-        {
-            count(&app.metrics, "remote_linked");
+        let url = shared::url_digest(&d.result_url);
+        if jobs.add_link(&url, &d.job_id, RECORD_TTL).await.is_ok() && !local {
+            count(&metrics, "remote_linked");
         }
     });
 }
@@ -159,26 +136,49 @@ fn decode(app: &App, bytes: &[u8]) -> Option<Job> {
     shared::decode(bytes, |name| policy.tier(name))
 }
 
-/// The shared link of the `result_url` key `key` (path `path`) missed by
-/// `scope`, if the job it names is of that very scope (step 3).
+/// The job whose data the `result_url` GET of `scope` (key `key`, path
+/// `path`) will carry, among the jobs shared for that `result_url` (step 3):
+/// only a job of that very scope.
 pub(super) async fn link(app: &App, key: &CacheKey, scope: &Scope, path: &str) -> Option<Job> {
     let t = tier(app)?;
-    let rec = JobRecord::Link(key);
-    let bytes = t.jobs()?.get_record(rec, MAX_RECORD_BYTES).await.ok()??;
-    let job = decode(app, &bytes);
-    // The key holds the GET's scope: a record under it that names another
-    // scope, or whose key is not this one, was not written by this protocol.
-    match job {
-        Some(j) if scope.key_part() == j.scope && result_key(&j.scope, path) == *key => Some(j),
-        _ => {
+    let jobs = t.jobs()?;
+    let ids = jobs
+        .links(&shared::url_digest(path), MAX_LINKS)
+        .await
+        .ok()?;
+    if ids.is_empty() {
+        return None;
+    }
+    let part = scope.key_part();
+    for id in ids.iter().take(MAX_LINKS) {
+        let Some(id) = std::str::from_utf8(id).ok().filter(|id| gaq::plain_id(id)) else {
             count(&app.metrics, "remote_unknown");
-            None
+            continue;
+        };
+        let bytes = match jobs.get_job(id, MAX_RECORD_BYTES).await {
+            Ok(Some(b)) => b,
+            // Filled and forgotten, or expired.
+            Ok(None) => continue,
+            Err(_) => {
+                count(&app.metrics, "remote_unknown");
+                continue;
+            }
+        };
+        match decode(app, &bytes) {
+            // Another scope's job for the same URL (the digest of a
+            // result_url does not hold the user): not this GET's data.
+            Some(j) if j.job_id == id && j.scope != part => {}
+            Some(j) if j.job_id == id && result_key(&j.scope, path) == *key => return Some(j),
+            _ => count(&app.metrics, "remote_unknown"),
         }
     }
+    None
 }
 
-/// Step 3 before the fetch: adopt the shared link of a `result_url` miss not
-/// linked here, so the miss path fills the job's POST as for a local job.
+/// Step 3 before the lookup: adopt the shared job of a `result_url` key not
+/// linked here, so the request skips an older entry under the key (a forced
+/// refresh's job, say) and the miss path fills the job's POST as for a
+/// local job.
 pub(super) async fn adopt(app: &App, key: &CacheKey, scope: &Scope, path: &str) {
     if app.jobs.linked(key).is_some() || tier(app).is_none() {
         return;
@@ -189,22 +189,24 @@ pub(super) async fn adopt(app: &App, key: &CacheKey, scope: &Scope, path: &str) 
     }
 }
 
-/// The job's data is stored under its POST key (by this replica): tell the
-/// leader and the replicas waiting for its lock when the job is another
-/// replica's, and drop both records. Spawned, off the response.
-pub(super) fn filled(app: &App, job: &Job, result_key: CacheKey) {
+/// The job's data is stored under its POST key (by this replica, from the
+/// `result_url` at `path`): tell the leader and the replicas waiting for its
+/// lock when the job is another replica's, and forget it in the shared
+/// tier. Spawned, off the response.
+pub(super) fn filled(app: &App, job: &Job, path: &str) {
     let Some(t) = tier(app) else { return };
     if job.adopted {
         count(&app.metrics, "remote_filled");
     }
     let (post_key, job_id, adopted) = (job.post_key, job.job_id.clone(), job.adopted);
+    let url = shared::url_digest(path);
     tokio::spawn(async move {
         let Some(jobs) = t.jobs() else { return };
         if adopted {
             let _ = jobs.announce_stored(&post_key).await;
         }
-        let _ = jobs.delete_record(JobRecord::Link(&result_key)).await;
-        let _ = jobs.delete_record(JobRecord::Job(&job_id)).await;
+        let _ = jobs.remove_link(&url, &job_id).await;
+        let _ = jobs.delete_job(&job_id).await;
     });
 }
 

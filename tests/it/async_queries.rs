@@ -532,3 +532,110 @@ async fn the_leaders_waiters_are_answered_soon_after_a_fill_elsewhere() {
     .await
     .expect("bounded");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_job_records_in_redis_are_unknown_jobs() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let redis = RedisProc::server(&[]);
+        let up = Upstream::start().await;
+        gaq_upstream(&up, Duration::from_millis(100));
+        let ps = three_replicas(&up, &redis, 1_000).await;
+        let [a, b, cc] = &ps;
+        let c = TestClient::new();
+        let mut r = crate::support::redis_server::client(&redis.url()).await;
+
+        for (i, junk) in [
+            b"not json".to_vec(),
+            br#"{"v":9,"job":"x"}"#.to_vec(),
+            vec![b'{'; 64 * 1024],
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let alice = Browser::new(2, "alice", &format!("ch-{i}"));
+            // Forced: Superset answers each with a job (never from its cache).
+            let ticket = post(&c, &a.url(""), &alice, &body(true)).await;
+            assert_eq!(ticket.status, 202);
+            let job = ticket.json()["job_id"].as_str().unwrap().to_string();
+            let _: () = redis::cmd("SET")
+                .arg(format!("chartcache:j:{job}"))
+                .arg(junk)
+                .query_async(&mut r)
+                .await
+                .unwrap();
+            let mut route = |s| match s {
+                Step::Poll => b.url(""),
+                Step::Result => cc.url(""),
+            };
+            let l = finish_via(&c, &mut route, &alice, ticket).await.unwrap();
+            let (_, res) = l.result.unwrap();
+            assert_eq!(res.status, 200);
+            assert_eq!(user_of(&l.data), "alice");
+            assert!(
+                !res.cache_status().contains("async-filled"),
+                "{}",
+                res.cache_status()
+            );
+        }
+        // Linked by B, unreadable for C (the too long one is not read).
+        assert_eq!(metric(b, "event=\"remote_linked\""), 3.0);
+        assert!(metric(cc, "event=\"remote_unknown\"") >= 3.0);
+        assert_eq!(all_metric(&ps, "event=\"filled\""), 0.0);
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_refresh_followed_on_other_replicas_replaces_the_entry() {
+    tokio::time::timeout(Duration::from_secs(30), async {
+        let redis = RedisProc::server(&[]);
+        let up = Upstream::start().await;
+        gaq_upstream(&up, Duration::from_millis(100));
+        let ps = three_replicas(&up, &redis, 10_000).await;
+        let [a, b, cc] = &ps;
+        let c = TestClient::new();
+        let alice = Browser::new(2, "alice", "alice-ch");
+        let mut route = |s| match s {
+            Step::Poll => b.url(""),
+            Step::Result => cc.url(""),
+        };
+
+        for (force, generation_seen) in [(false, 1), (true, 2)] {
+            let ticket = post(&c, &a.url(""), &alice, &body(force)).await;
+            assert_eq!(ticket.status, 202);
+            let l = finish_via(&c, &mut route, &alice, ticket).await.unwrap();
+            // C held the first job's result_url entry: the second job's
+            // data is fetched, not the older entry served.
+            assert_eq!(
+                generation(&l.data),
+                generation_seen,
+                "{}",
+                l.result.as_ref().unwrap().1.cache_status()
+            );
+            let (_, r) = l.result.unwrap();
+            assert!(
+                r.cache_status().contains("detail=async-filled"),
+                "{}",
+                r.cache_status()
+            );
+        }
+        // The leader hears of the fill (and drops its stale-marked copy)
+        // within moments.
+        while metric(a, "event=\"remote_woken\"") < 2.0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        for (name, p) in [("a", a), ("c", cc)] {
+            let r = post(&c, &p.url(""), &alice, &body(false)).await;
+            assert!(
+                r.cache_status().starts_with("chartcache; hit"),
+                "{name}: {}",
+                r.cache_status()
+            );
+            assert_eq!(generation(&r.json()), 2, "{name}: the forced job's data");
+        }
+        assert_eq!(up.state.gaq.jobs(), 2);
+    })
+    .await
+    .expect("bounded");
+}
