@@ -250,7 +250,11 @@ async fn start_redis(up: &Upstream, r: &RedisProc) -> Proxy {
     start_redis_with(up, r, |_| {}).await
 }
 
-async fn start_redis_with(up: &Upstream, r: &RedisProc, tweak: impl FnOnce(&mut Config)) -> Proxy {
+pub(crate) async fn start_redis_with(
+    up: &Upstream,
+    r: &RedisProc,
+    tweak: impl FnOnce(&mut Config),
+) -> Proxy {
     Proxy::expect_threads();
     let mut cfg = test_config(&up.url());
     tweak(&mut cfg);
@@ -329,7 +333,7 @@ async fn a_purge_of_the_posts_tags_removes_the_result_url_entry_too() {
 }
 
 /// Three replicas on one `redis-server`, `cache.async_wait_ms` set to `wait_ms`.
-async fn three_replicas(up: &Upstream, r: &RedisProc, wait_ms: u64) -> [Proxy; 3] {
+pub(crate) async fn three_replicas(up: &Upstream, r: &RedisProc, wait_ms: u64) -> [Proxy; 3] {
     let tweak = |c: &mut Config| c.cache.async_wait_ms = wait_ms;
     [
         start_redis_with(up, r, tweak).await,
