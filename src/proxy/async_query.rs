@@ -277,7 +277,7 @@ async fn fill(app: &App, job: &Job, result_key: CacheKey, path: &str, entry: Arc
 /// A `done` event for `job_id`: link the job to its `result_url` key in the
 /// job's own scope (a `done` event names a URL that is the same for every
 /// user; the data is the job's principal's).
-fn done(app: &Arc<App>, d: &jobs::Done) {
+fn done(app: &App, d: &jobs::Done) {
     let local = app.jobs.link(&d.job_id, |job| {
         super::async_shared::result_key(&job.scope, &d.result_url)
     });
