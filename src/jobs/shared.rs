@@ -10,8 +10,7 @@
 //!    without replicas.
 //! 2. Any replica (B) that reads a `done` event in a poll answer adds the
 //!    job id to the set `{prefix}:u:{blake3(result_url)}`: one command,
-//!    issued as the answer's last bytes go by (never delaying them), so it
-//!    reaches Redis before the client's next request can.
+//!    sent as the answer's last bytes go by (never delaying them).
 //! 3. The replica (C) that gets a `result_url` GET it has no link for reads
 //!    that set (at most [`MAX_LINKS`] ids) and the records of its jobs. The
 //!    URL is the same for every user who ran the query; only a job whose
@@ -21,8 +20,11 @@
 //!    job's data (a forced refresh's job) and is skipped, and the miss fills
 //!    the POST's key as the local path does (same tier, tags, freshness).
 //!    These reads happen on `result_url` requests only, which follow jobs;
-//!    never on a chart-data request. Should the GET still outrun B's link,
-//!    C looks once more after its fetch and fills from what it fetched.
+//!    never on a chart-data request. A GET sent the moment the poll answer
+//!    arrives can still reach C before B's link lands: C then looks once
+//!    more after its fetch and fills from what it fetched (but an older
+//!    entry C held under the key, after a forced refresh, is served to that
+//!    GET; the POST's entry then refreshes when it goes stale).
 //! 4. C then publishes the POST key on `{prefix}:rel`, the payload of a lock
 //!    release, and deletes the job's record and link. A watches that channel
 //!    for the key of each job it leads (the `Releases` of `store::lock`): a
