@@ -63,7 +63,7 @@ async fn twenty_logins_two_loads_three_replicas_round_robin() {
     let redis = RedisProc::server(&[]);
     let up = Upstream::start().await;
     gaq_upstream(&up, Duration::from_millis(300));
-    let ps = crate::async_queries::three_replicas(&up, &redis, 30_000).await;
+    let ps = crate::async_replicas::three_replicas(&up, &redis, 30_000).await;
     let urls: Vec<String> = ps.iter().map(|p| p.url("")).collect();
     let c = TestClient::new();
     for run in 1..=2 {
