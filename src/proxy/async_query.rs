@@ -74,8 +74,9 @@ pub(super) fn prepare(app: &App, spec: &mut FetchSpec, route: CachedRoute, scope
     }
 }
 
-/// Step 7, for a `result_url` miss with no job linked here: the job another
-/// replica linked to the key in the shared tier, if it is of `scope`.
+/// Step 6, for a `result_url` GET with no job linked here: adopt the job
+/// another replica linked to its URL in the shared tier, if it is of `scope`
+/// (the GET then skips an older entry and fills the job's POST).
 pub(super) async fn adopt_shared(app: &App, key: &CacheKey, scope: &Scope, path: &str) {
     super::async_shared::adopt(app, key, scope, path).await;
 }
