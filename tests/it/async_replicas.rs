@@ -284,8 +284,9 @@ async fn a_forced_refresh_followed_on_other_replicas_replaces_the_entry() {
         let ps = three_replicas(&up, &redis, 30_000).await;
         let [a, b, cc] = &ps;
         let c = TestClient::new();
-        let alice = Browser::new(2, "alice", "alice-ch");
         for (round, (force, generation_seen)) in [(false, 1), (true, 2)].into_iter().enumerate() {
+            // A channel of its own per load: its polls carry that load's job only.
+            let alice = Browser::new(2, "alice", &format!("alice-ch-{round}"));
             let ticket = post(&c, &a.url(""), &alice, &body(force)).await;
             assert_eq!(ticket.status, 202);
             let url = poll_until_done(&c, &b.url(""), &alice, &ticket)
@@ -322,6 +323,7 @@ async fn a_forced_refresh_followed_on_other_replicas_replaces_the_entry() {
             }
         }
         for (name, p) in [("a", a), ("c", cc)] {
+            let alice = Browser::new(2, "alice", "alice-later");
             let r = post(&c, &p.url(""), &alice, &body(false)).await;
             assert!(
                 r.cache_status().starts_with("chartcache; hit"),
