@@ -156,7 +156,7 @@ count_instructions() { # name pid round
     read -r h0 q0 < <(hits_and_requests)
     rm -f "$OUT"/callgrind-"$1"-"$3".out.*
     callgrind_control -z "$2" >/dev/null
-    "$LOAD" rate --target "$URL" --body "$OUT/body.json" --rps 100 --conns 4 \
+    "$LOAD" rate --target "http://127.0.0.1:$CC_PORT" --body "$OUT/body.json" --rps 100 --conns 4 \
         --duration-secs $((n / 100)) --bytes "$BYTES" --accept-encoding "$AE" --threads 1 \
         >"$OUT/rate-$1-$3-callgrind.out" 2>&1
     callgrind_control -d "$2" >/dev/null
