@@ -52,7 +52,12 @@ REDIS_TIMEOUT_MS=${REDIS_TIMEOUT_MS:-1000}
 CALLGRIND=${CALLGRIND:-0}
 mkdir -p "$OUT"
 PIDS=()
-cleanup() { for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done; }
+# Stop what this script started, and wait, so the next run can bind the ports.
+cleanup() {
+    local p
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]:-}"; do [ -n "$p" ] && wait "$p" 2>/dev/null || true; done
+}
 trap cleanup EXIT
 # wait_http, warm_status, hot_setup
 . "$ROOT/loadtests/common.sh"
@@ -83,6 +88,13 @@ run() { # name binary round
     PIDS+=($pid)
     wait_http "http://127.0.0.1:$ADMIN_PORT/healthz" "$([ "$CALLGRIND" = 1 ] && echo 1200 || echo 100)"
     status=$(warm_status "$URL" "$OUT/body.json" "$BYTES" "$AE")
+    # Under valgrind the entry may reach Redis after the third answer: ask again.
+    for _ in $(seq 1 20); do
+        case "$status" in *hit*) break ;; esac
+        [ "$CALLGRIND" = 1 ] || break
+        sleep 0.5
+        status=$(warm_status "$URL" "$OUT/body.json" "$BYTES" "$AE")
+    done
     if [ "${WARM_CHECK:-1}" = 1 ]; then
         case "$status" in *hit*) ;; *) echo "$1: not a hit after warm-up: $status" >&2; return 1 ;; esac
     fi

@@ -20,8 +20,8 @@
 //! Per run it prints: the promotion time; answers of the hot clients after the
 //! fault that were not hits (by `Cache-Status`), non-200 answers, and when the
 //! last non-hit was sent (hits resumed for good after that); the old master's
-//! commands after the promotion was seen (stale connections used: INFO
-//! commandstats) and its `READONLY` replies (INFO errorstats); the proxy's
+//! data commands after the promotion was seen (stale connections used:
+//! INFO commandstats) and its `READONLY` replies (INFO errorstats); the proxy's
 //! Redis operation errors and breaker skips (/metrics) and why it dropped
 //! its connections (its log). Everything is on 127.0.0.1 and bounded in time.
 
@@ -149,15 +149,24 @@ async fn info(port: u16, section: &str) -> Vec<(String, String)> {
     }
 }
 
-/// Commands the server has run in all (INFO commandstats), or -1 if it is down.
-async fn total_calls(port: u16) -> i64 {
+/// The proxy's commands the server has run (INFO commandstats: GET, EVAL,
+/// EVALSHA, and UNWATCH, which deadpool-redis sends with its recycle PING;
+/// not PING, INFO or PUBLISH, which sentinels send too, nor SET, which a
+/// replica also runs from its master's stream), or -1 if it is down.
+async fn data_calls(port: u16) -> i64 {
     let lines = info(port, "commandstats").await;
     if lines.is_empty() {
         return -1;
     }
+    const DATA: [&str; 4] = [
+        "cmdstat_get",
+        "cmdstat_eval",
+        "cmdstat_evalsha",
+        "cmdstat_unwatch",
+    ];
     lines
         .iter()
-        .filter(|(k, _)| k.starts_with("cmdstat_"))
+        .filter(|(k, _)| DATA.contains(&k.as_str()))
         .filter_map(|(_, v)| {
             v.strip_prefix("calls=")?
                 .split(',')
@@ -258,7 +267,7 @@ async fn one(p: Arc<Params>, bin: PathBuf) -> String {
     let promoted = fault_at.elapsed();
     // Commands the old master runs from now on came over connections opened
     // to it before the switch.
-    let calls_at_promotion = total_calls(old_port).await;
+    let calls_at_promotion = data_calls(old_port).await;
     tokio::time::sleep(p.after.saturating_sub(promoted)).await;
     stop.store(true, Ordering::SeqCst);
     let mut all = Vec::new();
@@ -272,10 +281,9 @@ async fn one(p: Arc<Params>, bin: PathBuf) -> String {
             all.push(Timed { sent_ms, hot, a });
         }
     }
-    // Our own INFO calls (commandstats twice) are not the proxy's.
-    let calls_end = total_calls(old_port).await;
+    let calls_end = data_calls(old_port).await;
     let stale_cmds = if calls_at_promotion >= 0 && calls_end >= 0 {
-        (calls_end - calls_at_promotion - 1).to_string()
+        (calls_end - calls_at_promotion).to_string()
     } else {
         "down".into()
     };
@@ -339,7 +347,7 @@ async fn one(p: Arc<Params>, bin: PathBuf) -> String {
     let line = format!(
         "promoted {:.0} ms ({}); hot answers before {} ({} not hits), after {}: not hits {} {:?}, \
          non-200 (all clients) {}, hits for good from {} ms, p99 {:.1} ms, max {:.1} ms; \
-         writer requests after {}; old master: {} commands after promotion, {} READONLY; \
+         writer requests after {}; old master: {} data commands after promotion, {} READONLY; \
          proxy: {} redis errors, {} gets skipped by the breaker, connections dropped {:?}",
         promoted.as_secs_f64() * 1e3,
         new.unwrap_or_else(|| "no new master".into()),
