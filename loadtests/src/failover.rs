@@ -263,6 +263,23 @@ async fn one(p: Arc<Params>, bin: PathBuf) -> String {
         }
         Fault::Kill => set.master.kill(),
     }
+    // When the old master, if up, starts to call itself a replica: until then
+    // it still accepts writes (lost when it resyncs from the new master).
+    let demoted = tokio::spawn(async move {
+        let end = fault_at + Duration::from_secs(60);
+        while Instant::now() < end {
+            match cmd_async(old_port, &["ROLE"]).await {
+                Ok(r) => {
+                    if r.items().first().and_then(Reply::as_str) == Some("slave") {
+                        return Some(fault_at.elapsed());
+                    }
+                }
+                Err(_) => return None,
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        None
+    });
     let new = set.wait_new_master(&old, 30).await;
     let promoted = fault_at.elapsed();
     // Commands the old master runs from now on came over connections opened
@@ -288,6 +305,12 @@ async fn one(p: Arc<Params>, bin: PathBuf) -> String {
         "down".into()
     };
     let readonly = readonly_errors(old_port).await;
+    demoted.abort();
+    let demoted = match demoted.await {
+        Ok(Some(d)) => format!("{:.0} ms", d.as_secs_f64() * 1e3),
+        Ok(None) => "down".into(),
+        Err(_) => "not within the run".into(),
+    };
     let err1 = cc
         .metric("chartcache_store_errors_total")
         .await
@@ -347,7 +370,7 @@ async fn one(p: Arc<Params>, bin: PathBuf) -> String {
     let line = format!(
         "promoted {:.0} ms ({}); hot answers before {} ({} not hits), after {}: not hits {} {:?}, \
          non-200 (all clients) {}, hits for good from {} ms, p99 {:.1} ms, max {:.1} ms; \
-         writer requests after {}; old master: {} data commands after promotion, {} READONLY; \
+         writer requests after {}; old master: a replica from {}, {} data commands after promotion, {} READONLY; \
          proxy: {} redis errors, {} gets skipped by the breaker, connections dropped {:?}",
         promoted.as_secs_f64() * 1e3,
         new.unwrap_or_else(|| "no new master".into()),
@@ -361,6 +384,7 @@ async fn one(p: Arc<Params>, bin: PathBuf) -> String {
         q(0.99),
         q(1.0),
         writer_after,
+        demoted,
         stale_cmds,
         readonly,
         err1 - err0,
