@@ -98,6 +98,11 @@ impl App {
         }
         if store.shared().is_some() {
             metrics.prime_store("redis", crate::metrics::known::REDIS_OPS);
+            for l in crate::store::redis::pubsub::Lost::all() {
+                metrics
+                    .redis_subscription_losses
+                    .with_label_values(&[l.as_str()]);
+            }
         }
         Ok(Arc::new(App {
             config: ArcSwap::from_pointee(cfg),

@@ -59,6 +59,41 @@ impl Error {
     }
 }
 
+/// Why a request to Superset failed (label `error` of
+/// `chartcache_upstream_errors_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamFailure {
+    /// No connection (refused, DNS, TLS handshake, connect timeout).
+    Connect,
+    /// No response head within `upstream_client.response_timeout_ms`.
+    Timeout,
+    /// The connection failed under the request, or the answer was malformed.
+    Protocol,
+}
+
+impl UpstreamFailure {
+    /// Every variant, for the series created at startup.
+    pub const ALL: [UpstreamFailure; 3] = [Self::Connect, Self::Timeout, Self::Protocol];
+
+    /// The failure an upstream error stands for.
+    pub fn of(e: &Error) -> UpstreamFailure {
+        match e {
+            Error::UpstreamTimeout => Self::Timeout,
+            Error::UpstreamConnect(_) => Self::Connect,
+            _ => Self::Protocol,
+        }
+    }
+
+    /// Metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Connect => "connect",
+            Self::Timeout => "timeout",
+            Self::Protocol => "protocol",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

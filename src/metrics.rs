@@ -393,53 +393,6 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Why a request to Superset failed (label `error` of
-/// `chartcache_upstream_errors_total`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamFailure {
-    /// No connection (refused, DNS, TLS handshake, connect timeout).
-    Connect,
-    /// No response head within `upstream_client.response_timeout_ms`.
-    Timeout,
-    /// The connection failed under the request, or the answer was malformed.
-    Protocol,
-}
-
-impl UpstreamFailure {
-    /// Every variant, for the series created at startup.
-    pub const ALL: [UpstreamFailure; 3] = [Self::Connect, Self::Timeout, Self::Protocol];
-
-    /// The failure an upstream error stands for.
-    pub fn of(e: &crate::error::Error) -> UpstreamFailure {
-        use crate::error::Error;
-        match e {
-            Error::UpstreamTimeout => Self::Timeout,
-            Error::UpstreamConnect(_) => Self::Connect,
-            _ => Self::Protocol,
-        }
-    }
-
-    /// Metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Connect => "connect",
-            Self::Timeout => "timeout",
-            Self::Protocol => "protocol",
-        }
-    }
-}
-
-/// `notAfter` of a DER certificate, Unix seconds (`None` if it does not parse).
-pub fn cert_not_after(der: &[u8]) -> Option<i64> {
-    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
-    Some(cert.validity().not_after.timestamp())
-}
-
-/// Start a histogram timer helper.
-pub fn observe(h: &Histogram, started: std::time::Instant) {
-    h.observe(started.elapsed().as_secs_f64());
-}
-
 pub mod known;
 
 #[cfg(test)]
@@ -486,7 +439,6 @@ mod tests {
             "chartcache_not_stored_total{reason=\"too-large\"} 0",
             "chartcache_refused_total{reason=\"body_budget\"} 0",
             "chartcache_connection_deadlines_total{phase=\"http2_keepalive\"} 0",
-            "chartcache_redis_subscription_losses_total{reason=\"ping_timeout\"} 0",
             "chartcache_background_refreshes_total{kind=\"swr\",result=\"stored\"} 0",
             "chartcache_memory_store_evictions_total{cause=\"size\"} 0",
             "chartcache_config_reloads_total{result=\"failure\"} 0",
@@ -511,6 +463,7 @@ mod tests {
         m.store_ops.with_label_values(&["redis", "get", "hit"]);
         m.store_duration.with_label_values(&["redis", "get"]);
         m.prime_store("redis", known::REDIS_OPS);
+        m.redis_subscription_losses.with_label_values(&["closed"]);
         let names: Vec<String> = m
             .registry
             .gather()
@@ -562,17 +515,6 @@ mod tests {
             crate::config::UpstreamConfig::default().response_timeout_ms as f64 / 1000.0;
         assert!(buckets().last().copied().unwrap() >= default_timeout_secs);
         assert!(buckets().windows(2).all(|w| w[0] < w[1]));
-    }
-
-    #[test]
-    fn cert_not_after_reads_the_validity() {
-        let mut params = rcgen::CertificateParams::new(vec!["chartcache.test".into()]).unwrap();
-        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        // 2031-05-17T00:00:00Z
-        assert_eq!(cert_not_after(cert.der()), Some(1_936_742_400));
-        assert_eq!(cert_not_after(b"not a certificate"), None);
     }
 
     #[test]

@@ -167,11 +167,7 @@ impl ReloadingCert {
 
 /// The leaf's `notAfter` into the gauge (left as it was if it does not parse).
 fn set_expiry(gauge: &IntGauge, ck: &CertifiedKey) {
-    if let Some(t) = ck
-        .cert
-        .first()
-        .and_then(|c| crate::metrics::cert_not_after(c))
-    {
+    if let Some(t) = ck.cert.first().and_then(|c| cert_not_after(c)) {
         gauge.set(t);
     }
 }
@@ -211,6 +207,12 @@ pub fn acceptor(cfg: &TlsConfig, expiry: IntGauge) -> Result<TlsAcceptor, TlsErr
     Ok(TlsAcceptor::from(Arc::new(server)))
 }
 
+/// `notAfter` of a DER certificate, Unix seconds (`None` if it does not parse).
+pub fn cert_not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -237,7 +239,7 @@ mod tests {
         let expiry = IntGauge::new("expiry", "test").unwrap();
         let r = ReloadingCert::new(&cfg, provider(), expiry.clone()).unwrap();
         let first = r.current.load_full().cert[0].clone();
-        let not_after = crate::metrics::cert_not_after(&first).unwrap();
+        let not_after = cert_not_after(&first).unwrap();
         assert!(not_after > 1_700_000_000);
         assert_eq!(expiry.get(), not_after, "the served certificate's notAfter");
         expiry.set(0);
@@ -260,5 +262,16 @@ mod tests {
         let k = dir.path().join("other.pem");
         std::fs::write(&k, other.serialize_pem()).unwrap();
         assert!(load_pair(&c, k.to_str().unwrap(), &provider()).is_err());
+    }
+
+    #[test]
+    fn cert_not_after_reads_the_validity() {
+        let mut params = rcgen::CertificateParams::new(vec!["chartcache.test".into()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(2031, 5, 17);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        // 2031-05-17T00:00:00Z
+        assert_eq!(cert_not_after(cert.der()), Some(1_936_742_400));
+        assert_eq!(cert_not_after(b"not a certificate"), None);
     }
 }

@@ -6,10 +6,10 @@
 //! Labels that come from an enum are listed through a `match` on the enum,
 //! so a new variant does not compile until it is listed here too.
 
-use super::{Metrics, UpstreamFailure};
+use super::Metrics;
 use crate::deadline::{Deadline, Refusal};
+use crate::error::UpstreamFailure;
 use crate::policy::NotStorable;
-use crate::store::redis::pubsub::Lost;
 
 /// `kind` of requests to Superset (`proxy::send`'s callers).
 pub const UPSTREAM_KINDS: &[&str] = &["chart", "pass", "write"];
@@ -80,17 +80,6 @@ fn refusals() -> [Refusal; 3] {
     all
 }
 
-fn losses() -> [Lost; 4] {
-    use Lost::*;
-    let all = [Closed, PingTimeout, MasterChanged, ChannelsChanged];
-    for l in all {
-        match l {
-            Closed | PingTimeout | MasterChanged | ChannelsChanged => {}
-        }
-    }
-    all
-}
-
 fn upstream_failures() -> [UpstreamFailure; 3] {
     use UpstreamFailure::*;
     for f in UpstreamFailure::ALL {
@@ -102,8 +91,8 @@ fn upstream_failures() -> [UpstreamFailure; 3] {
 }
 
 /// Create every known series at zero. Store-specific series (`breaker_open`,
-/// `store_errors`) are created when the store is built: see
-/// [`Metrics::prime_store`].
+/// `store_errors`, the Redis subscription losses) are created when the store
+/// is built: see [`Metrics::prime_store`] and `App::new`.
 pub(super) fn prime(m: &Metrics) {
     for kind in UPSTREAM_KINDS {
         for f in upstream_failures() {
@@ -121,9 +110,6 @@ pub(super) fn prime(m: &Metrics) {
     }
     for r in refusals() {
         m.refused.with_label_values(&[r.as_str()]);
-    }
-    for l in losses() {
-        m.redis_subscription_losses.with_label_values(&[l.as_str()]);
     }
     for s in PURGE_SOURCES {
         m.purges.with_label_values(&[s]);

@@ -178,7 +178,7 @@ pub(crate) async fn send(
                 .inc();
         }
         Err(e) => {
-            let failure = crate::metrics::UpstreamFailure::of(e);
+            let failure = crate::error::UpstreamFailure::of(e);
             app.metrics
                 .upstream_errors
                 .with_label_values(&[kind, failure.as_str()])

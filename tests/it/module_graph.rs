@@ -21,7 +21,11 @@ fn modules(src: &Path) -> BTreeMap<Module, PathBuf> {
                 stack.push(p);
                 continue;
             }
-            if p.extension().is_none_or(|x| x != "rs") {
+            // `tests.rs`: a unit-test module in its own file, left out
+            // like the inline ones.
+            if p.extension().is_none_or(|x| x != "rs")
+                || p.file_name().is_some_and(|n| n == "tests.rs")
+            {
                 continue;
             }
             let rel = p.strip_prefix(src).unwrap().with_extension("");
@@ -273,4 +277,84 @@ fn the_circle_check_finds_a_circle() {
     let mut names: Vec<String> = found[0].iter().map(name).collect();
     names.sort();
     assert_eq!(names, ["a", "b::c"]);
+}
+
+/// The layers `src/lib.rs` lists: blocks of `pub mod` lines separated by
+/// blank lines, bottom-up. Top-level module → layer index.
+fn layers(lib: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    let mut layer = 0;
+    let mut in_block = false;
+    for line in lib.lines() {
+        let line = line.trim();
+        if line.is_empty() {
+            if in_block {
+                layer += 1;
+            }
+            in_block = false;
+        } else if let Some(rest) = line.strip_prefix("pub mod ") {
+            out.insert(rest.trim_end_matches(';').to_string(), layer);
+            in_block = true;
+        }
+    }
+    out
+}
+
+/// Modules importing from a top-level module of a later layer of `lib.rs`,
+/// as `module -> top-level module`.
+fn upward(
+    edges: &BTreeMap<Module, BTreeSet<Module>>,
+    layers: &BTreeMap<String, usize>,
+) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    for (from, tos) in edges {
+        let Some(&lf) = layers.get(&from[0]) else {
+            continue;
+        };
+        for to in tos {
+            if to[0] == from[0] {
+                continue;
+            }
+            if layers.get(&to[0]).is_some_and(|&lt| lt > lf) {
+                out.insert(format!("{} -> {}", name(from), to[0]));
+            }
+        }
+    }
+    out
+}
+
+/// `lib.rs` lists the modules bottom-up in layers; at most one import runs
+/// from a layer up to a later one (the async-job registry, which keeps
+/// entries and locks of the store), and any other fails here.
+#[test]
+fn imports_run_down_the_layers_of_lib_rs() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let layers = layers(&std::fs::read_to_string(src.join("lib.rs")).unwrap());
+    assert!(
+        layers.len() > 30 && layers["app"] > layers["store"],
+        "{layers:?}"
+    );
+    assert!(layers["key"] < layers["fingerprint"] && layers["proxy"] > layers["app"]);
+    let up = upward(&graph(&src), &layers);
+    assert!(
+        up.len() <= 1,
+        "imports from a layer up to a later one: {up:?}"
+    );
+}
+
+#[test]
+fn the_layer_check_finds_an_upward_import() {
+    let lib = "pub mod a;\n\n// above\npub mod b;\npub mod c;\n";
+    let l = layers(lib);
+    assert_eq!((l["a"], l["b"], l["c"]), (0, 1, 1));
+    let mut edges = BTreeMap::new();
+    edges.insert(
+        vec!["a".to_string()],
+        BTreeSet::from([vec!["b".to_string(), "x".to_string()]]),
+    );
+    edges.insert(
+        vec!["c".to_string()],
+        BTreeSet::from([vec!["a".to_string()], vec!["b".to_string()]]),
+    );
+    assert_eq!(upward(&edges, &l), BTreeSet::from(["a -> b".to_string()]));
 }

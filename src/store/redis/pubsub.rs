@@ -42,6 +42,19 @@ pub enum Lost {
 }
 
 impl Lost {
+    /// Every reason, for the series created with the store (the `match`
+    /// stops compiling when a reason is added and not listed here).
+    pub fn all() -> [Lost; 4] {
+        use Lost::*;
+        let all = [Closed, PingTimeout, MasterChanged, ChannelsChanged];
+        for l in all {
+            match l {
+                Closed | PingTimeout | MasterChanged | ChannelsChanged => {}
+            }
+        }
+        all
+    }
+
     /// Metric label.
     pub fn as_str(self) -> &'static str {
         match self {
