@@ -215,7 +215,6 @@ async fn one(p: Arc<Params>, bin: PathBuf) -> String {
     }
 
     let stop = Arc::new(AtomicBool::new(false));
-    let t_fault = Arc::new(std::sync::Mutex::new(None::<Instant>));
     let start = Instant::now();
     let deadline = start + p.before + p.after + Duration::from_secs(60);
     let mut tasks = Vec::new();
@@ -252,12 +251,12 @@ async fn one(p: Arc<Params>, bin: PathBuf) -> String {
         .await
         .unwrap_or(0.0);
     let fault_at = Instant::now();
-    *t_fault.lock().unwrap() = Some(fault_at);
     match p.fault {
         Fault::Switch => {
             let s = set.sentinels[0].port;
             let r = cmd_async(s, &["SENTINEL", "FAILOVER", "mymaster"]).await;
             if !matches!(r, Ok(Reply::Simple(_))) {
+                stop.store(true, Ordering::SeqCst);
                 return format!("SENTINEL FAILOVER refused: {r:?}");
             }
         }
