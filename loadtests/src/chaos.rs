@@ -11,7 +11,7 @@
 //! to `--json`, and exits non-zero if any goal failed.
 
 #[path = "../../tests/chaos/support/mod.rs"]
-mod chaos_support;
+pub(crate) mod chaos_support;
 
 use std::io::Write;
 

@@ -7,6 +7,7 @@
 //! chartcache-load floor      --listen 127.0.0.1:18090 --bytes 1024   (no-work tokio + hyper server)
 //! chartcache-load rate       --target http://127.0.0.1:8080 --body body.json --rps 20000   (open loop)
 //! chartcache-load chaos      --bin ../target/release/chartcache [--scenarios all]   (fault injection)
+//! chartcache-load failover   --bins a=PATH,b=PATH [--fault switch|kill]   (master change, A/B)
 //! ```
 //! See `loadtests/README.md` for every option.
 
@@ -14,6 +15,7 @@ mod args;
 mod chaos;
 mod client;
 mod dashboards;
+mod failover;
 mod floor;
 mod payload;
 mod rate;
@@ -25,7 +27,7 @@ fn main() -> std::process::ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {
         eprintln!(
-            "usage: chartcache-load <upstream|dashboards|stampede|floor|rate|chaos|payload> [--option value]..."
+            "usage: chartcache-load <upstream|dashboards|stampede|floor|rate|chaos|failover|payload> [--option value]..."
         );
         return std::process::ExitCode::from(2);
     };
@@ -36,6 +38,7 @@ fn main() -> std::process::ExitCode {
         "floor" => floor::run(&a),
         "rate" => rate::run(&a),
         "chaos" => chaos::run(&a),
+        "failover" => failover::run(&a),
         "payload" => {
             // Print a chart-data response of --bytes N (for wrk bodies and checks).
             let n: usize = a.get("bytes", 1024)?;

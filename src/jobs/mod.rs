@@ -3,13 +3,14 @@
 //! `/api/v1/async_event/`, the shape of a `result_url`, and whether a request
 //! carries an `async-token` cookie. Nothing here trusts what it reads beyond
 //! matching it against what chartcache itself saw pass. [`registry`] keeps
-//! the jobs of this process.
+//! the jobs of this process, [`shared`] their records in a shared tier.
 
 use http::HeaderMap;
 use http::header;
 use serde::Deserialize;
 
 pub mod registry;
+pub mod shared;
 
 /// Largest ticket body read (Superset's is about 150 bytes).
 const MAX_TICKET_BYTES: usize = 16 * 1024;
@@ -18,7 +19,7 @@ pub const MAX_EVENTS_BYTES: usize = 1024 * 1024;
 /// Events read from one poll answer at most.
 const MAX_EVENTS: usize = 1_000;
 /// Longest job id / channel id kept (Superset's are UUIDs, 36 bytes).
-const MAX_ID: usize = 128;
+pub(crate) const MAX_ID: usize = 128;
 /// Longest `result_url` kept (`/api/v1/chart/data/qc-` + 64 hex digits).
 const MAX_RESULT_URL: usize = 256;
 /// The path prefix of every `result_url`.
@@ -60,7 +61,7 @@ struct RawEvent {
 
 /// An id as Superset makes them (UUIDs): short, printable, no separators
 /// that could matter anywhere it is logged or compared.
-fn plain_id(s: &str) -> bool {
+pub(crate) fn plain_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= MAX_ID
         && s.bytes()

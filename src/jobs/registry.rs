@@ -1,8 +1,8 @@
 //! The async-query jobs of this process: job id → where its data goes (the
 //! originating POST's key, scope and policy), `result_url` key → job once its
-//! `done` event was seen, and POST key → the waiters of its running job.
-//! Bounded by a count and [`JOB_TTL`]; the miss path drives it
-//! (`proxy::async_query`).
+//! `done` event was seen (here, or on another replica: [`super::shared`]),
+//! and POST key → the waiters of its running job. Bounded by a count and
+//! [`JOB_TTL`]; the miss path drives it (`proxy::async_query`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -13,7 +13,6 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::TierConfig;
-use crate::identity::Scope;
 use crate::key::CacheKey;
 use crate::store::Entry;
 use crate::store::lock::RemoteLock;
@@ -26,12 +25,16 @@ pub const JOB_TTL: Duration = Duration::from_secs(600);
 pub struct Job {
     pub job_id: String,
     pub post_key: CacheKey,
-    pub scope: Scope,
+    /// The POST's identity scope as hashed into keys (`Scope::key_part`):
+    /// the `result_url` key of the job's data is built with it.
+    pub scope: String,
     pub tier: Option<Arc<TierConfig>>,
     pub tags: Vec<String>,
     pub respect_superset_timeout: bool,
     pub custom_cache_timeout: Option<u64>,
     pub created: Instant,
+    /// Started on another replica (read from the shared tier).
+    pub adopted: bool,
 }
 
 /// Waiters for the data of a running job of one POST key.
@@ -125,6 +128,47 @@ impl Jobs {
         Registered::Yes(serial)
     }
 
+    /// Remember `job`, started on another replica, as linked to the
+    /// `result_url` key `result_key` (no wait: its waiters are there); false
+    /// when the registry is full.
+    pub fn adopt(&self, job: Arc<Job>, result_key: CacheKey, max: usize) -> bool {
+        let mut inner = self.lock();
+        if inner.jobs.len() + inner.results.len() + 2 > max {
+            return false;
+        }
+        inner.jobs.insert(job.job_id.clone(), job.clone());
+        inner.results.insert(result_key, job);
+        self.sync_count(&inner);
+        true
+    }
+
+    /// The job `job_id` was filled on another replica with `entry` (stored
+    /// under `key`, its POST's key): forget it and its links, and hand the
+    /// entry to the waiters of wait `serial` (releasing the lock). False when
+    /// that wait had ended already.
+    pub fn filled_elsewhere(
+        &self,
+        key: &CacheKey,
+        serial: u64,
+        job_id: &str,
+        entry: Arc<Entry>,
+    ) -> bool {
+        let wait = {
+            let mut inner = self.lock();
+            inner.jobs.remove(job_id);
+            inner.results.retain(|_, j| j.job_id != job_id);
+            self.sync_count(&inner);
+            if inner.waits.get(key).is_some_and(|w| w.serial == serial) {
+                inner.waits.remove(key)
+            } else {
+                None
+            }
+        };
+        let Some(w) = wait else { return false };
+        let _ = w.tx.send(Some(entry));
+        true
+    }
+
     /// The wait bound passed: release the waiters (and the lock) of the
     /// wait `serial` of `key`, unless it ended already.
     pub fn end_wait(&self, key: &CacheKey, serial: u64) {
@@ -143,15 +187,16 @@ impl Jobs {
     }
 
     /// Link the job `job_id` to its `result_url` key (made by `key_of` from
-    /// the job); false when the job is unknown.
-    pub fn link(&self, job_id: &str, key_of: impl FnOnce(&Job) -> CacheKey) -> bool {
+    /// the job); `None` when the job is unknown.
+    pub fn link(&self, job_id: &str, key_of: impl FnOnce(&Job) -> CacheKey) -> Option<Arc<Job>> {
+        if self.is_empty() {
+            return None;
+        }
         let mut inner = self.lock();
-        let Some(job) = inner.jobs.get(job_id).cloned() else {
-            return false;
-        };
-        inner.results.insert(key_of(&job), job);
+        let job = inner.jobs.get(job_id).cloned()?;
+        inner.results.insert(key_of(&job), job.clone());
         self.sync_count(&inner);
-        true
+        Some(job)
     }
 
     /// The job whose data a `result_url` key will hold, if linked.
@@ -193,12 +238,13 @@ mod tests {
         Arc::new(Job {
             job_id: id.into(),
             post_key: CacheKey([key; 32]),
-            scope: Scope::User(2),
+            scope: "user:2".into(),
             tier: None,
             tags: vec![],
             respect_superset_timeout: true,
             custom_cache_timeout: None,
             created: Instant::now(),
+            adopted: false,
         })
     }
 
@@ -212,8 +258,8 @@ mod tests {
             Registered::Yes(Some(_))
         ));
         let mut rx = jobs.subscribe(&CacheKey([1; 32])).expect("a wait is open");
-        assert!(!jobs.link("unknown", |_| CacheKey([9; 32])));
-        assert!(jobs.link("j1", |_| CacheKey([2; 32])));
+        assert!(jobs.link("unknown", |_| CacheKey([9; 32])).is_none());
+        assert!(jobs.link("j1", |_| CacheKey([2; 32])).is_some());
         assert!(jobs.linked(&CacheKey([2; 32])).is_some());
         let e = Arc::new(
             Entry::build(
@@ -237,6 +283,48 @@ mod tests {
         assert!(rx.wait_for(Option::is_some).await.is_ok());
         assert!(jobs.is_empty());
         assert!(jobs.subscribe(&CacheKey([1; 32])).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_job_filled_elsewhere_wakes_its_wait_once() {
+        let jobs = Jobs::default();
+        let Registered::Yes(Some(serial)) = jobs.register(job("a", 1), 10, true, None) else {
+            panic!("registered");
+        };
+        let mut rx = jobs.subscribe(&CacheKey([1; 32])).unwrap();
+        // Another replica's job, adopted with its result_url key.
+        assert!(jobs.adopt(job("b", 4), CacheKey([5; 32]), 10));
+        assert!(jobs.linked(&CacheKey([5; 32])).is_some());
+        assert!(!jobs.adopt(job("c", 6), CacheKey([7; 32]), 4), "bounded");
+        let e = Arc::new(
+            Entry::build(
+                crate::store::Meta {
+                    status: 200,
+                    headers: vec![],
+                    stored_at: 0,
+                    fresh_until: 1,
+                    stale_until: 1,
+                    upstream_ms: 0,
+                    raw_len: 2,
+                    tags: vec![],
+                },
+                b"{}",
+                1,
+                false,
+            )
+            .unwrap(),
+        );
+        assert!(!jobs.filled_elsewhere(&CacheKey([1; 32]), serial + 1, "a", e.clone()));
+        let Registered::Yes(Some(serial)) = jobs.register(job("a", 1), 10, true, None) else {
+            panic!("registered");
+        };
+        let mut rx2 = jobs.subscribe(&CacheKey([1; 32])).unwrap();
+        assert!(jobs.filled_elsewhere(&CacheKey([1; 32]), serial, "a", e.clone()));
+        assert!(rx2.wait_for(Option::is_some).await.is_ok());
+        // The first wait was replaced: its waiters were released (no data).
+        assert!(rx.wait_for(Option::is_some).await.is_err());
+        assert!(!jobs.filled_elsewhere(&CacheKey([1; 32]), serial, "a", e));
+        assert_eq!(jobs.len(), 2, "b and its link remain");
     }
 
     #[test]

@@ -46,6 +46,10 @@ pub const ASYNC_EVENTS: &[&str] = &[
     "linked",
     "filled",
     "marked_stale",
+    "remote_linked",
+    "remote_filled",
+    "remote_woken",
+    "remote_unknown",
 ];
 /// `cause` of memory-store evictions.
 pub const EVICTION_CAUSES: &[&str] = &["size", "expired"];

@@ -18,6 +18,10 @@
 //!   POST's key alike, with the POST's tier and tags; waiters get it, and
 //!   the lock is released so other replicas read it.
 //!
+//! With a shared tier, the replicas follow each job together: the POST, the
+//! polls and the `result_url` GET of one client may reach three of them
+//! ([`super::async_shared`]; the protocol is in [`crate::jobs::shared`]).
+//!
 //! Nothing here runs on a chart-data hit; a `result_url` hit looks its key
 //! up in the registry, and only while jobs are remembered.
 
@@ -39,7 +43,6 @@ use crate::app::App;
 use crate::body::{Body, BoxError};
 use crate::context::RequestContext;
 use crate::error::Error;
-use crate::fingerprint;
 use crate::identity::Scope;
 use crate::jobs;
 use crate::jobs::registry::{Job, Registered};
@@ -69,6 +72,13 @@ pub(super) fn prepare(app: &App, spec: &mut FetchSpec, route: CachedRoute, scope
         spec.respect_superset_timeout = job.respect_superset_timeout;
         spec.custom_cache_timeout = job.custom_cache_timeout;
     }
+}
+
+/// Step 6, for a `result_url` GET with no job linked here: adopt the job
+/// another replica linked to its URL in the shared tier, if it is of `scope`
+/// (the GET then skips an older entry and fills the job's POST).
+pub(super) async fn adopt_shared(app: &App, key: &CacheKey, scope: &Scope, path: &str) {
+    super::async_shared::adopt(app, key, scope, path).await;
 }
 
 /// Whether a `result_url` key has a job whose data is not stored yet: its
@@ -134,8 +144,21 @@ pub(super) async fn after_fetch(
         CachedRoute::ResultUrl => {
             match (&fetched.entry, app.jobs.linked(&spec.key)) {
                 (Some(entry), Some(job)) => {
-                    fill(app, &job, spec.key, entry.clone()).await;
+                    let path = spec.parts.uri.path();
+                    fill(app, &job, spec.key, path, entry.clone()).await;
                     ctx.detail = Some(ASYNC_FILLED);
+                }
+                // Another replica may have linked the job while this GET
+                // was fetched (its poll answer outran its link).
+                (Some(entry), None) => {
+                    let path = spec.parts.uri.path();
+                    if let Some(job) = super::async_shared::link(app, &spec.key, scope, path).await
+                        && let Some(entry) = super::async_shared::retag(&job, &fetched.body, entry)
+                    {
+                        let _ = app.store.put(&spec.key, entry.clone()).await;
+                        fill(app, &job, spec.key, path, entry).await;
+                        ctx.detail = Some(ASYNC_FILLED);
+                    }
                 }
                 // Superset has no data for it (422: gone, 404: unknown): the
                 // link would only keep sending this key's GETs upstream.
@@ -172,16 +195,17 @@ async fn started(
     let job = Arc::new(Job {
         job_id: ticket.job_id,
         post_key: spec.key,
-        scope: scope.clone(),
+        scope: scope.key_part(),
         tier: spec.tier.clone(),
         tags: spec.tags.clone(),
         respect_superset_timeout: spec.respect_superset_timeout,
         custom_cache_timeout: spec.custom_cache_timeout,
         created: Instant::now(),
+        adopted: false,
     });
     let wait_ms = cfg.cache.async_wait_ms;
     let max = cfg.cache.async_max_jobs as usize;
-    let serial = match app.jobs.register(job, max, wait_ms > 0, lock) {
+    let serial = match app.jobs.register(job.clone(), max, wait_ms > 0, lock) {
         Registered::Yes(serial) => serial,
         Registered::Full(lock) => {
             app.metrics
@@ -206,6 +230,8 @@ async fn started(
     if force {
         mark_stale(app, &spec.key).await;
     }
+    // After the entry is marked stale: a fresh entry is then the job's data.
+    super::async_shared::started(app, &job, serial).await;
     None
 }
 
@@ -237,11 +263,12 @@ async fn mark_stale(app: &App, key: &CacheKey) {
 
 /// The job's data arrived (stored under its `result_url` key): store it under
 /// the POST's key too, wake the waiters and release the lock.
-async fn fill(app: &App, job: &Job, result_key: CacheKey, entry: Arc<Entry>) {
+async fn fill(app: &App, job: &Job, result_key: CacheKey, path: &str, entry: Arc<Entry>) {
     if let Err(e) = app.store.put(&job.post_key, entry.clone()).await {
         tracing::warn!(error = %e, key = %job.post_key.short(), "storing a job's data failed");
     }
     app.jobs.filled(job, &result_key, entry);
+    super::async_shared::filled(app, job, path);
     app.metrics
         .async_queries
         .with_label_values(&["filled"])
@@ -252,31 +279,32 @@ async fn fill(app: &App, job: &Job, result_key: CacheKey, entry: Arc<Entry>) {
 /// job's own scope (a `done` event names a URL that is the same for every
 /// user; the data is the job's principal's).
 fn done(app: &App, d: &jobs::Done) {
-    let linked = app.jobs.link(&d.job_id, |job| {
-        job.scope.with_key_part(|scope| {
-            fingerprint::build_key(
-                CachedRoute::ResultUrl,
-                &d.result_url,
-                &[],
-                scope,
-                &fingerprint::body_digest(b""),
-            )
-        })
+    let local = app.jobs.link(&d.job_id, |job| {
+        super::async_shared::result_key(&job.scope, &d.result_url)
     });
-    if linked {
+    if local.is_some() {
         app.metrics
             .async_queries
             .with_label_values(&["linked"])
             .inc();
     }
+    // The GET may reach another replica; the job may be another replica's.
+    super::async_shared::done(app, d, local.is_some());
 }
 
 /// Whether a pass-through request is an async-event poll worth reading:
-/// only while jobs are remembered.
-pub(super) fn is_event_poll(app: &App, method: &http::Method, path: &str) -> bool {
-    !app.jobs.is_empty()
-        && method == http::Method::GET
+/// while jobs are remembered here, or, with a shared tier, a browser's poll
+/// (another replica's jobs may be done: reading costs a bounded copy and a
+/// JSON scan of the poll answer, and never touches a chart-data request).
+pub(super) fn is_event_poll(
+    app: &App,
+    method: &http::Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> bool {
+    method == http::Method::GET
         && matches!(path, "/api/v1/async_event/" | "/api/v1/async_event")
+        && (!app.jobs.is_empty() || super::async_shared::may_follow(app, headers))
 }
 
 /// Read the `done` events of a poll answer as it streams to the client,

@@ -85,6 +85,12 @@ pub(super) async fn handle(
 
     // 6. Lookup (skipped by Superset's "Force refresh").
     let mut stale: Option<Arc<Entry>> = None;
+    if route == CachedRoute::ResultUrl {
+        // A job another replica linked to this key (boxed, and never on a
+        // chart-data request).
+        let path = parts.uri.path();
+        Box::pin(async_query::adopt_shared(app, &key, &scope, path)).await;
+    }
     if canon.force {
         ctx.forced = true;
     } else if route == CachedRoute::ResultUrl && async_query::result_pending(app, &key) {
@@ -273,8 +279,11 @@ async fn miss(
                 guard.publish(f.clone());
                 return serve_fetched(app, &key, &f, accept, app.clock.now_ms()).await;
             }
-            // Across replicas: another replica may be fetching this key already.
-            let remote_lock = match remote_leader(app, &key, force).await {
+            // Across replicas: another replica may be fetching this key
+            // already. Not a `result_url` whose job's data is pending: what
+            // is stored under it is older, and its GET is one client's.
+            let alone = force || async_query::result_pending(app, &key);
+            let remote_lock = match remote_leader(app, &key, alone).await {
                 Ok(lock) => lock,
                 Err(fetched) => {
                     // Another replica's entry; one that cannot be read is

@@ -228,6 +228,26 @@ fn not_stored(app: &App, ctx: &mut RequestContext, why: NotStorable) {
     ctx.detail = Some(why.as_str());
 }
 
+/// Seconds an answer `body` stored under `tier` is fresh, or `None` when
+/// Superset's own timeout says not to store it.
+pub(super) fn fresh_secs(
+    tier: &TierConfig,
+    respect_superset_timeout: bool,
+    custom_cache_timeout: Option<u64>,
+    body: &[u8],
+) -> Option<u64> {
+    if !respect_superset_timeout {
+        return Some(tier.fresh_secs);
+    }
+    // Superset's own timeout (per chart/dataset/database, or the request's
+    // custom_cache_timeout) caps freshness; 0 means "no caching" there.
+    match policy::superset_cache_timeout(body).or(custom_cache_timeout) {
+        Some(0) => None,
+        Some(cap) => Some(tier.fresh_secs.min(cap)),
+        None => Some(tier.fresh_secs),
+    }
+}
+
 /// Build the entry (compressing once) and write it; fails open.
 async fn store(
     app: &App,
@@ -240,19 +260,16 @@ async fn store(
 ) -> Option<Arc<Entry>> {
     let cfg = app.config.load();
     let now = app.clock.now_ms();
-    let mut fresh_secs = tier.fresh_secs;
-    if spec.respect_superset_timeout {
-        // Superset's own timeout (per chart/dataset/database, or the request's
-        // custom_cache_timeout) caps freshness; 0 means "no caching" there.
-        let cap = policy::superset_cache_timeout(body).or(spec.custom_cache_timeout);
-        if let Some(cap) = cap {
-            if cap == 0 {
-                not_stored(app, ctx, NotStorable::NoStore);
-                return None;
-            }
-            fresh_secs = fresh_secs.min(cap);
-        }
-    }
+    let fresh = fresh_secs(
+        tier,
+        spec.respect_superset_timeout,
+        spec.custom_cache_timeout,
+        body,
+    );
+    let Some(fresh_secs) = fresh else {
+        not_stored(app, ctx, NotStorable::NoStore);
+        return None;
+    };
     let fresh_until = now + fresh_secs * 1000;
     let mut meta = Meta {
         status: 200,

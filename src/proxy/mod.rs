@@ -16,6 +16,7 @@ use crate::route::{self, Route};
 use crate::upstream::{prepare_request_headers, strip_hop_by_hop};
 
 pub mod async_query;
+mod async_shared;
 pub(crate) mod cached;
 mod fetch;
 mod refresh;
@@ -41,7 +42,8 @@ pub async fn handle(app: Arc<App>, req: Request<Body>, conn: ConnInfo) -> Respon
     let result = match route {
         Route::Pass => {
             ctx.outcome = Outcome::Pass;
-            let poll = async_query::is_event_poll(&app, req.method(), req.uri().path());
+            let poll =
+                async_query::is_event_poll(&app, req.method(), req.uri().path(), req.headers());
             // Boxed (as every path but the hit): its state stays out of the
             // hit's future.
             let resp = Box::pin(forward_streaming(&app, req, conn, &mut ctx, "pass")).await;

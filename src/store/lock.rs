@@ -146,7 +146,7 @@ impl Releases {
 
 impl ReleaseWatch {
     /// Wait for the next release of the key after the last one seen.
-    async fn released(&mut self) {
+    pub(crate) async fn released(&mut self) {
         if self.rx.changed().await.is_err() {
             // Cannot happen while this receiver keeps the entry; never spin.
             std::future::pending::<()>().await;

@@ -102,6 +102,38 @@ pub trait SharedTier: Send + Sync + 'static {
     /// Release (and invalidation) messages reach this replica now.
     fn subscribed(&self) -> bool;
     fn lock_timing(&self) -> LockTiming;
+    /// The async-query job records replicas share, when this tier keeps them.
+    fn jobs(&self) -> Option<&dyn SharedJobs> {
+        None
+    }
+}
+
+/// Async-query jobs shared by every replica, so that the replica that sees a
+/// job's `done` event or its `result_url` GET can follow a job another
+/// replica started (`crate::jobs::shared` reads and writes them): a small
+/// opaque record per job, and per `result_url` the set of jobs whose `done`
+/// event named it. One key per command; what comes back is untrusted.
+#[async_trait]
+pub trait SharedJobs: Send + Sync {
+    /// Store the record `value` of job `job_id` (a printable id of at most
+    /// 128 bytes) for `ttl`.
+    async fn put_job(&self, job_id: &str, value: Vec<u8>, ttl: Duration) -> Result<(), StoreError>;
+    /// The record of `job_id`, reading at most `max` bytes: a longer one is
+    /// [`StoreError::Corrupt`].
+    async fn get_job(&self, job_id: &str, max: usize) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Remove the record of `job_id`.
+    async fn delete_job(&self, job_id: &str) -> Result<(), StoreError>;
+    /// Add `job_id` to the jobs of the `result_url` digest `url`; the set
+    /// lives `ttl` from now.
+    async fn add_link(&self, url: &CacheKey, job_id: &str, ttl: Duration)
+    -> Result<(), StoreError>;
+    /// At most `max` of the jobs of `url` (any of them when there are more).
+    async fn links(&self, url: &CacheKey, max: usize) -> Result<Vec<Vec<u8>>, StoreError>;
+    /// Remove `job_id` from the jobs of `url`.
+    async fn remove_link(&self, url: &CacheKey, job_id: &str) -> Result<(), StoreError>;
+    /// Tell every replica's waiters for `key` that its entry was stored, as a
+    /// lock release does ([`lock`]), without holding its lock.
+    async fn announce_stored(&self, key: &CacheKey) -> Result<(), StoreError>;
 }
 
 /// Shared store handle.

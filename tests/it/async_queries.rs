@@ -12,12 +12,12 @@ use crate::support::redis_server::RedisProc;
 use crate::support::*;
 use chartcache::app::App;
 use chartcache::clock::{SharedClock, SystemClock};
-use chartcache::config::RedisConfig;
+use chartcache::config::{Config, RedisConfig};
 use chartcache::metrics::Metrics;
 use chartcache::store::setup;
 use serde_json::json;
 
-fn metric(p: &Proxy, labels: &str) -> f64 {
+pub(crate) fn metric(p: &Proxy, labels: &str) -> f64 {
     let text = String::from_utf8(p.app.metrics.render()).unwrap();
     text.lines()
         .filter(|l| l.starts_with("chartcache_async_queries_total") && l.contains(labels))
@@ -247,8 +247,17 @@ async fn two_replicas_sharing_redis_run_one_job() {
 }
 
 async fn start_redis(up: &Upstream, r: &RedisProc) -> Proxy {
+    start_redis_with(up, r, |_| {}).await
+}
+
+pub(crate) async fn start_redis_with(
+    up: &Upstream,
+    r: &RedisProc,
+    tweak: impl FnOnce(&mut Config),
+) -> Proxy {
     Proxy::expect_threads();
     let mut cfg = test_config(&up.url());
+    tweak(&mut cfg);
     cfg.redis = RedisConfig {
         url: Some(r.url()),
         tiered: true,

@@ -12,6 +12,7 @@
 //! the same value (`support::PROXY_THREADS`, 2) by every test that sets it.
 
 mod async_queries;
+mod async_replicas;
 mod async_report;
 mod cache_path;
 mod config_cli;

@@ -103,6 +103,9 @@ impl SharedTier for RedisStore {
     fn subscribed(&self) -> bool {
         RedisStore::subscribed(self)
     }
+    fn jobs(&self) -> Option<&dyn crate::store::SharedJobs> {
+        Some(self)
+    }
     fn lock_timing(&self) -> LockTiming {
         let c = self.config();
         LockTiming {

@@ -3,7 +3,8 @@
 //! Keys: `{prefix}:e:{keyhex}` holds `Entry::encode()` with a PX TTL reaching
 //! `stale_until`; `{prefix}:t:{tag}` is the set of key hexes carrying a tag (its
 //! TTL is raised to the longest member's); `{prefix}:l:{keyhex}` are fetch locks
-//! ([`crate::store::lock`]); channel `{prefix}:inv` carries invalidations and
+//! ([`crate::store::lock`]); `{prefix}:j:{job_id}` and `{prefix}:u:{urlhex}`
+//! are async-query jobs ([`jobs`]); channel `{prefix}:inv` carries invalidations and
 //! `{prefix}:rel` lock releases, both on one subscription ([`pubsub`]).
 //! With Redis Cluster the key hex and the tag are hash tags
 //! (`chartcache:e:{ab12…}`): an entry and its lock share a slot, and each tag
@@ -29,6 +30,7 @@ use crate::metrics::Metrics;
 pub mod cluster;
 pub mod conn;
 mod entries;
+mod jobs;
 pub mod lock;
 pub mod pubsub;
 mod slots;

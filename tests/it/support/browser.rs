@@ -85,6 +85,42 @@ pub async fn load(c: &TestClient, p: &str, b: &Browser, body: &Value) -> Result<
 
 /// The rest of a chart load, given the POST's answer.
 pub async fn finish(c: &TestClient, p: &str, b: &Browser, post: Resp) -> Result<Load, String> {
+    finish_via(c, &mut |_| p.to_string(), b, post).await
+}
+
+/// The requests of a chart load after its POST.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    Poll,
+    Result,
+}
+
+/// A chart load whose every request may reach another replica: request `n`
+/// of the load (the POST is request 0) goes to `proxies[(first + n) % len]`,
+/// as behind a Service without sticky sessions.
+pub async fn load_via(
+    c: &TestClient,
+    proxies: &[String],
+    first: usize,
+    b: &Browser,
+    body: &Value,
+) -> Result<Load, String> {
+    let post = post(c, &proxies[first % proxies.len()], b, body).await;
+    let mut next = first + 1;
+    let mut route = |_| {
+        next += 1;
+        proxies[(next - 1) % proxies.len()].clone()
+    };
+    finish_via(c, &mut route, b, post).await
+}
+
+/// [`finish`], each request after the POST sent to the proxy `route` names.
+pub async fn finish_via(
+    c: &TestClient,
+    route: &mut (dyn FnMut(Step) -> String + Send),
+    b: &Browser,
+    post: Resp,
+) -> Result<Load, String> {
     match post.status.as_u16() {
         200 => {
             let data = post.json();
@@ -97,6 +133,35 @@ pub async fn finish(c: &TestClient, p: &str, b: &Browser, post: Resp) -> Result<
         202 => {}
         s => return Err(format!("POST answered {s}")),
     }
+    let url = poll_done(c, route, b, &post).await?;
+    let r = get(c, &route(Step::Result), b, &url).await;
+    if r.status != 200 {
+        return Err(format!("result_url answered {}", r.status));
+    }
+    Ok(Load {
+        post,
+        data: r.json(),
+        result: Some((url, r)),
+    })
+}
+
+/// Poll `p` for the `done` event of the job of `ticket` (a `202` answer of
+/// this browser's POST); its `result_url`.
+pub async fn poll_until_done(
+    c: &TestClient,
+    p: &str,
+    b: &Browser,
+    ticket: &Resp,
+) -> Result<String, String> {
+    poll_done(c, &mut |_| p.to_string(), b, ticket).await
+}
+
+async fn poll_done(
+    c: &TestClient,
+    route: &mut (dyn FnMut(Step) -> String + Send),
+    b: &Browser,
+    post: &Resp,
+) -> Result<String, String> {
     let ticket = post.json();
     if ticket["channel_id"] != json!(b.channel) {
         return Err(format!(
@@ -115,7 +180,7 @@ pub async fn finish(c: &TestClient, p: &str, b: &Browser, post: Resp) -> Result<
         let r = c
             .send(
                 Method::GET,
-                &format!("{p}/api/v1/async_event/?last_id={last}"),
+                &format!("{}/api/v1/async_event/?last_id={last}", route(Step::Poll)),
                 &[("cookie", b.cookie.as_str()), ("accept-encoding", "gzip")],
                 "",
             )
@@ -134,15 +199,7 @@ pub async fn finish(c: &TestClient, p: &str, b: &Browser, post: Resp) -> Result<
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let r = get(c, p, b, &url).await;
-    if r.status != 200 {
-        return Err(format!("result_url answered {}", r.status));
-    }
-    Ok(Load {
-        post,
-        data: r.json(),
-        result: Some((url, r)),
-    })
+    Ok(url)
 }
 
 /// Put the upstream in GAQ mode, with jobs that run `job`.
