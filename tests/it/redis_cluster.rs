@@ -16,7 +16,7 @@ use chartcache::key::CacheKey;
 use chartcache::metrics::Metrics;
 use chartcache::store::redis::RedisStore;
 use chartcache::store::redis::cluster::slot;
-use chartcache::store::{Entry, Meta, Purge, Store, setup};
+use chartcache::store::{Entry, Meta, Purge, SharedJobs, Store, setup};
 use http::Method;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
@@ -160,6 +160,26 @@ async fn store_layout_and_purges(cluster: &RedisCluster) {
     assert_eq!(s.purge(&Purge::All).await.unwrap(), 10);
     for m in cluster.masters().await {
         assert!(keys_on(cluster.nodes[m].port, "st:*").await.is_empty());
+    }
+
+    // Async-query job records and result_url links: one key per command
+    // (the link's MULTI too), so they need no hash tags.
+    let ttl = Duration::from_secs(60);
+    for i in 0..10u8 {
+        let id = format!("job-{i}");
+        s.put_job(&id, vec![i; 8], ttl).await.unwrap();
+        s.add_link(&CacheKey([i; 32]), &id, ttl).await.unwrap();
+    }
+    for i in 0..10u8 {
+        let id = format!("job-{i}");
+        assert_eq!(s.get_job(&id, 64).await.unwrap(), Some(vec![i; 8]));
+        assert_eq!(
+            s.links(&CacheKey([i; 32]), 4).await.unwrap(),
+            vec![id.as_bytes().to_vec()]
+        );
+        s.remove_link(&CacheKey([i; 32]), &id).await.unwrap();
+        s.delete_job(&id).await.unwrap();
+        assert_eq!(s.get_job(&id, 64).await.unwrap(), None);
     }
 }
 
