@@ -17,7 +17,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use redis::{RedisResult, Script};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -131,7 +130,7 @@ impl RedisStore {
             ));
         }
         if store.conn.is_sentinel() {
-            tokio::spawn(watch_switch_master(
+            tokio::spawn(watch::watch_switch_master(
                 Arc::downgrade(&store),
                 store.stop.clone(),
             ));
@@ -399,59 +398,6 @@ fn is_auth_error(e: &redis::RedisError) -> bool {
             Some("WRONGPASS") | Some("NOAUTH") | Some("NOPERM")
         )
         || e.to_string().contains("WRONGPASS")
-}
-
-/// Sentinel mode: subscribe to `+switch-master` on every sentinel and drop the
-/// connections as soon as one reports a new master for ours.
-async fn watch_switch_master(store: std::sync::Weak<RedisStore>, stop: CancellationToken) {
-    let Some(me) = store.upgrade() else { return };
-    let (sentinels, name) = me.conn.sentinels();
-    let sentinels = sentinels.to_vec();
-    let name = name.to_string();
-    let t = Duration::from_millis(me.cfg.connect_timeout_ms);
-    let conn = me.conn.clone();
-    drop(me);
-    for s in sentinels {
-        let conn = conn.clone();
-        let store = store.clone();
-        let stop = stop.clone();
-        let name = name.clone();
-        tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                let sub = tokio::time::timeout(t, async {
-                    let mut ps = conn.client(s.clone())?.get_async_pubsub().await?;
-                    ps.subscribe("+switch-master").await?;
-                    RedisResult::Ok(ps)
-                })
-                .await;
-                if let Ok(Ok(ps)) = sub {
-                    let mut stream = ps.into_on_message();
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            m = stream.next() => match m {
-                                // "<name> <old-ip> <old-port> <new-ip> <new-port>"
-                                Some(m) => {
-                                    let p = String::from_utf8_lossy(m.get_payload_bytes()).to_string();
-                                    if p.split(' ').next() == Some(name.as_str()) {
-                                        let Some(me) = store.upgrade() else { return };
-                                        me.conn.reset("+switch-master");
-                                        // The subscriptions follow at once, not at their next check.
-                                        me.subs.renew();
-                                    }
-                                }
-                                None => break,
-                            },
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-        });
-    }
 }
 
 #[cfg(test)]

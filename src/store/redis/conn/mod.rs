@@ -40,14 +40,18 @@ use arc_swap::ArcSwapOption;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
 use prometheus::{IntCounter, IntGauge, IntGaugeVec};
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
     RedisResult,
 };
 
-use super::cluster::{self, Cluster, Conn};
+use super::cluster::{Cluster, Conn};
+
+mod nodes;
+mod sentinel;
 use crate::config::redis::{RedisConfig, RedisConfigError, Topology, redact, split_host_port};
+pub use sentinel::role;
 
 /// Why no connection could be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -125,9 +129,6 @@ enum Mode {
     },
     Cluster(Box<Cluster>),
 }
-
-/// Cluster mode: connections are rebuilt for node trouble at most this often.
-const REBUILD_EVERY: Duration = Duration::from_secs(1);
 
 type Resolving = Shared<BoxFuture<'static, Result<Arc<Current>, ConnError>>>;
 
@@ -353,19 +354,7 @@ impl Connector {
     /// Called with every failed operation's error and the set it used.
     pub fn on_error(&self, e: &ConnError, used: Option<&Arc<Current>>) {
         if let (Mode::Cluster(_), ConnError::Redis(re)) = (&self.mode, e) {
-            use redis::ServerErrorKind as S;
-            let node_trouble = re.is_io_error()
-                || re.is_connection_dropped()
-                || re.is_connection_refusal()
-                || re.is_timeout()
-                || matches!(
-                    re.kind(),
-                    redis::ErrorKind::ClusterConnectionNotFound
-                        | redis::ErrorKind::Server(
-                            S::ClusterDown | S::MasterDown | S::TryAgain | S::ReadOnly
-                        )
-                );
-            if node_trouble {
+            if nodes::node_trouble(re) {
                 self.rebuild_cluster_if_due();
             }
             return;
@@ -387,29 +376,6 @@ impl Connector {
         } else {
             self.reset_if("no connection", used);
         }
-    }
-
-    /// Cluster mode: drop the cluster connections, at most once per
-    /// [`REBUILD_EVERY`], so that the next operations read the slot map
-    /// afresh from the nodes that answer. The cluster connection re-reads
-    /// the slots on `MOVED`, but a master that died or hangs sends none: its
-    /// slots would stay routed to it after its replica took over. Called on
-    /// connection errors and by the topology watcher (`watch.rs`) when a
-    /// replica took over; not on timeouts alone: a slow moment under load
-    /// must not cost every connection.
-    pub fn rebuild_cluster_if_due(&self) {
-        let now = std::time::Instant::now();
-        {
-            let mut last = self.rebuilt.lock().unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| now.duration_since(t) < REBUILD_EVERY) {
-                return;
-            }
-            *last = Some(now);
-        }
-        if self.current.load().is_some() {
-            self.rebuilds.inc();
-        }
-        self.reset_if("cluster node trouble", None);
     }
 
     async fn resolve(&self) -> Result<Arc<Current>, ConnError> {
@@ -457,50 +423,6 @@ impl Connector {
         }))
     }
 
-    /// First sentinel that names the master wins (no quorum needed to read it).
-    async fn ask_sentinels(
-        &self,
-        sentinels: &[ConnectionInfo],
-        name: &str,
-    ) -> Result<(String, u16), ConnError> {
-        let mut last = String::from("no sentinels configured");
-        for s in sentinels {
-            let res = tokio::time::timeout(self.connect_timeout, async {
-                let mut c = self.connect(s.clone()).await?;
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(name)
-                    .query_async::<Option<(String, u16)>>(&mut c)
-                    .await
-            })
-            .await;
-            match res {
-                Ok(Ok(Some(hp))) => return Ok(hp),
-                Ok(Ok(None)) => last = format!("sentinels do not know master {name:?}"),
-                Ok(Err(e)) => last = format!("sentinel {}: {e}", display_addr(s.addr())),
-                Err(_) => last = format!("sentinel {}: timed out", display_addr(s.addr())),
-            }
-        }
-        Err(ConnError::NoMaster(last))
-    }
-
-    /// The address a sentinel names may be stale mid-failover: insist on `ROLE master`.
-    async fn check_master(&self, info: &ConnectionInfo) -> Result<(), ConnError> {
-        let role = tokio::time::timeout(self.connect_timeout, async {
-            let mut c = self.connect(info.clone()).await?;
-            role(&mut c).await
-        })
-        .await
-        .map_err(|_| ConnError::NoMaster("master did not answer ROLE in time".into()))??;
-        if role != "master" {
-            return Err(ConnError::NoMaster(format!(
-                "{} reports role {role}",
-                display_addr(info.addr())
-            )));
-        }
-        Ok(())
-    }
-
     /// A client for `info`, with the configured CA bundle / client
     /// certificate when the address uses TLS.
     pub fn client(&self, info: ConnectionInfo) -> RedisResult<redis::Client> {
@@ -521,41 +443,6 @@ impl Connector {
         }
     }
 
-    /// Where the subscription connection goes, and its `host:port`. One
-    /// server: the current master. Cluster: classic `PUBLISH` reaches every
-    /// node, so any node will do; the `turn`-th of the nodes serving slots
-    /// (as the cluster reports them now, else the seeds), so that a node that
-    /// failed or hung is left for the next one when the loop comes round.
-    pub async fn pubsub_target(
-        &self,
-        cur: &Current,
-        turn: usize,
-    ) -> Result<(ConnectionInfo, String), ConnError> {
-        let Mode::Cluster(c) = &self.mode else {
-            return Ok((cur.info.clone(), cur.addr.clone()));
-        };
-        let mut conn = cur.shared.pick();
-        let found = tokio::time::timeout(self.connect_timeout, cluster::nodes(&mut conn)).await;
-        let mut candidates: Vec<(ConnectionInfo, String)> = Vec::new();
-        if let Ok(Ok(nodes)) = found {
-            for n in nodes {
-                candidates.push((c.node_info(&n.host, n.port)?, n.addr()));
-            }
-        }
-        if candidates.is_empty() {
-            candidates = c
-                .seeds
-                .iter()
-                .map(|s| (s.clone(), display_addr(s.addr())))
-                .collect();
-        }
-        let n = candidates.len().max(1);
-        candidates
-            .into_iter()
-            .nth(turn % n)
-            .ok_or_else(|| ConnError::NoMaster("no cluster node known".into()))
-    }
-
     async fn connect(&self, info: ConnectionInfo) -> RedisResult<MultiplexedConnection> {
         self.client(info)?
             .get_multiplexed_async_connection_with_config(
@@ -563,17 +450,6 @@ impl Connector {
             )
             .await
     }
-}
-
-/// `ROLE` → "master" | "slave" | "sentinel".
-pub async fn role(c: &mut impl ConnectionLike) -> RedisResult<String> {
-    let v: redis::Value = redis::cmd("ROLE").query_async(c).await?;
-    if let redis::Value::Array(items) = v
-        && let Some(first) = items.into_iter().next()
-    {
-        return Ok(redis::from_redis_value(first)?);
-    }
-    Ok(String::new())
 }
 
 fn addr(host: String, port: u16, tls: bool) -> ConnectionAddr {
