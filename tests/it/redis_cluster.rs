@@ -1,5 +1,5 @@
 //! chartcache on a real Redis Cluster (3 masters + 3 replicas on loopback,
-//! password required): the store's key layout and purges across slots, hits
+//! password required, and an ACL user for the store's own checks): the store's key layout and purges across slots, hits
 //! and purges across two tiered replicas, cross-replica coalescing, and the
 //! subscription leaving a hung node.
 
@@ -21,6 +21,10 @@ use http::Method;
 
 const BIGNUMBER: &str = "16-chart-data-bignumber-admin-miss.json";
 const PASSWORD: &str = "cl-s3cret";
+/// The store part runs as this user: prefix `st`, the commands of docs/redis.md.
+const ACL_USER: &str = "user stacl on >acl-pw ~st:* &st:* -@all +@connection +get +set \
+    +del +unlink +scan +smembers +sadd +srem +pttl +pexpire +publish +subscribe +evalsha \
+    +eval +script +role +cluster +asking +getrange +srandmember +multi +exec";
 
 /// The fixture body with a distinct row limit: a distinct cache key per `i`.
 pub fn body(i: u64) -> serde_json::Value {
@@ -104,12 +108,14 @@ async fn keys_on(port: u16, pattern: &str) -> Vec<String> {
 }
 
 async fn store_layout_and_purges(cluster: &RedisCluster) {
-    let s = RedisStore::new(
-        cluster_cfg(cluster, "st", false),
-        Arc::new(Metrics::new()),
-        Arc::new(SystemClock),
-    )
-    .unwrap();
+    // An ACL user with only the keys, channels and commands docs/redis.md
+    // lists (see the cluster's `user` line below).
+    let cfg = RedisConfig {
+        username: Some("stacl".into()),
+        password: Some("acl-pw".into()),
+        ..cluster_cfg(cluster, "st", false)
+    };
+    let s = RedisStore::new(cfg, Arc::new(Metrics::new()), Arc::new(SystemClock)).unwrap();
     s.check().await.unwrap();
     assert!(s.is_cluster());
     // 40 entries: "chart:1" on the even ones, "chart:2" on the odd, "all" on each.
@@ -364,7 +370,7 @@ async fn subscription_leaves_a_hung_node(cluster: &RedisCluster, up: &Upstream) 
 async fn cluster_layout_replicas_coalescing_and_a_hung_node() {
     let pass = format!("requirepass {PASSWORD}");
     let auth = format!("masterauth {PASSWORD}");
-    let cluster = RedisCluster::start(&[&pass, &auth]).await;
+    let cluster = RedisCluster::start(&[&pass, &auth, ACL_USER]).await;
     let up = Upstream::start().await;
     store_layout_and_purges(&cluster).await;
     hits_and_purges_across_two_replicas(&cluster, &up).await;
