@@ -43,8 +43,9 @@ struct Cli {
     #[arg(long, global = true)]
     memory_max_bytes: Option<u64>,
     /// Shared Redis cache, e.g. redis://:PASSWORD@redis:6379/0 (tiered behind
-    /// the memory store unless `redis.tiered = false`). Sentinel mode is set in
-    /// the `[redis]` config section.
+    /// the memory store unless `redis.tiered = false`), or
+    /// redis+cluster://host:port,host:port for Redis Cluster. Sentinel mode is
+    /// set in the `[redis]` config section.
     #[arg(
         long,
         global = true,
@@ -109,6 +110,7 @@ fn load(cli: &Cli) -> anyhow::Result<Config> {
     if let Some(u) = &cli.redis_url {
         cfg.redis.url = Some(u.clone());
         cfg.redis.sentinels.clear();
+        cfg.redis.cluster_nodes.clear();
     }
     Ok(cfg)
 }

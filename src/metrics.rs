@@ -40,6 +40,11 @@ pub const WORKER_CONNECTIONS: &str = "chartcache_worker_connections";
 pub const REDIS_CONNECTIONS: &str = "chartcache_redis_connections";
 pub const REDIS_SUBSCRIPTION_LIVE: &str = "chartcache_redis_subscription_live";
 pub const REDIS_SUBSCRIPTION_LOSSES_TOTAL: &str = "chartcache_redis_subscription_losses_total";
+pub const REDIS_CLUSTER_NODES: &str = "chartcache_redis_cluster_nodes";
+pub const REDIS_CLUSTER_NODE_UP: &str = "chartcache_redis_cluster_node_up";
+pub const REDIS_CLUSTER_NODE_ERRORS_TOTAL: &str = "chartcache_redis_cluster_node_errors_total";
+pub const REDIS_CLUSTER_SLOT_MOVES_TOTAL: &str = "chartcache_redis_cluster_slot_moves_total";
+pub const REDIS_CLUSTER_REBUILDS_TOTAL: &str = "chartcache_redis_cluster_rebuilds_total";
 pub const L1_BYPASSED: &str = "chartcache_l1_bypassed";
 pub const INVALIDATION_MESSAGES_TOTAL: &str = "chartcache_invalidation_messages_total";
 pub const CONNECTION_DEADLINES_TOTAL: &str = "chartcache_connection_deadlines_total";
@@ -109,6 +114,17 @@ pub struct Metrics {
     pub redis_subscription_live: IntGauge,
     /// reason (closed|ping_timeout|master_changed|channels_changed)
     pub redis_subscription_losses: IntCounterVec,
+    /// role (master|replica): Redis Cluster nodes serving slots, as last read
+    pub redis_cluster_nodes: IntGaugeVec,
+    /// node (host:port): 1 while the node answers its checks on the cluster
+    /// connection (series made when the node is first seen)
+    pub redis_cluster_node_up: IntGaugeVec,
+    /// node (host:port): checks of the node that failed or timed out
+    pub redis_cluster_node_errors: IntCounterVec,
+    /// Slots whose master changed between two reads (failover, reshard)
+    pub redis_cluster_slot_moves: IntCounter,
+    /// Cluster connections dropped and made again after node trouble
+    pub redis_cluster_rebuilds: IntCounter,
     /// 1 while the tiered store serves without its L1 (no live subscription)
     pub l1_bypassed: IntGauge,
     /// result (applied|own|unreadable): messages received on `{prefix}:inv`
@@ -280,6 +296,29 @@ impl Metrics {
                 REDIS_SUBSCRIPTION_LOSSES_TOTAL,
                 "Redis pub/sub subscriptions torn down and made again, by reason",
                 &["reason"],
+            ),
+            redis_cluster_nodes: gv(
+                REDIS_CLUSTER_NODES,
+                "Redis Cluster nodes serving slots, by role, as last read from the cluster",
+                &["role"],
+            ),
+            redis_cluster_node_up: gv(
+                REDIS_CLUSTER_NODE_UP,
+                "1 while a Redis Cluster node answers its checks on the cluster connection",
+                &["node"],
+            ),
+            redis_cluster_node_errors: cv(
+                REDIS_CLUSTER_NODE_ERRORS_TOTAL,
+                "Checks of a Redis Cluster node that failed or timed out",
+                &["node"],
+            ),
+            redis_cluster_slot_moves: c(
+                REDIS_CLUSTER_SLOT_MOVES_TOTAL,
+                "Redis Cluster slots whose master changed between two reads (failover, reshard)",
+            ),
+            redis_cluster_rebuilds: c(
+                REDIS_CLUSTER_REBUILDS_TOTAL,
+                "Redis Cluster connections dropped and made again after node trouble",
             ),
             l1_bypassed: g(
                 L1_BYPASSED,
@@ -463,6 +502,8 @@ mod tests {
         m.store_ops.with_label_values(&["redis", "get", "hit"]);
         m.store_duration.with_label_values(&["redis", "get"]);
         m.prime_store("redis", known::REDIS_OPS);
+        m.redis_cluster_node_up.with_label_values(&["h:1"]);
+        m.redis_cluster_node_errors.with_label_values(&["h:1"]);
         m.redis_subscription_losses.with_label_values(&["closed"]);
         let names: Vec<String> = m
             .registry

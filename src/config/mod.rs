@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 mod env;
 pub mod redis;
+pub mod redis_cluster;
 mod rules;
 mod server;
 

@@ -1,5 +1,6 @@
-//! The `[redis]` configuration section. Redis is off unless `url` or
-//! `sentinels` is set; `config/chartcache.toml` documents every key.
+//! The `[redis]` configuration section. Redis is off unless `url`,
+//! `sentinels` or `cluster_nodes` is set (one topology per process);
+//! `config/chartcache.toml` documents every key.
 
 use std::time::Duration;
 
@@ -11,13 +12,19 @@ use serde::{Deserialize, Serialize};
 pub struct RedisConfig {
     /// Standalone Redis: `redis://[user[:password]@]host:port[/db]` or `rediss://…`
     /// (TLS with rustls). Also `--redis-url` / `CHARTCACHE_REDIS_URL`.
+    /// `redis+cluster://[user[:password]@]host:port[,host:port…]` (or
+    /// `rediss+cluster://`) selects Redis Cluster with those seed nodes.
     #[serde(serialize_with = "ser_redacted_url")]
     pub url: Option<String>,
     /// Sentinel mode: sentinel addresses (`host:port`). Set instead of `url`.
     pub sentinels: Vec<String>,
+    /// Redis Cluster: seed nodes (`host:port`), any few of the cluster's
+    /// nodes; the rest is discovered. Set instead of `url` and `sentinels`.
+    pub cluster_nodes: Vec<String>,
     /// Sentinel mode: the monitored master's name.
     pub master_name: String,
-    /// Sentinel mode: connect to the master (and sentinels) with TLS.
+    /// Sentinel and cluster mode: connect with TLS (the sentinels and the
+    /// master; every cluster node).
     pub tls: bool,
     /// PEM bundle of CA certificates to verify the Redis server against
     /// (`rediss://` or `tls = true`), e.g. a private CA. When set, only these
@@ -93,6 +100,7 @@ impl Default for RedisConfig {
         Self {
             url: None,
             sentinels: Vec::new(),
+            cluster_nodes: Vec::new(),
             master_name: "mymaster".into(),
             tls: false,
             tls_ca_file: None,
@@ -141,7 +149,7 @@ fn ser_redacted_url<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S:
 /// A `[redis]` section that cannot work.
 #[derive(Debug, thiserror::Error)]
 pub enum RedisConfigError {
-    #[error("redis: set either `url` or `sentinels`, not both")]
+    #[error("redis: set one of `url`, `sentinels` or `cluster_nodes`, not several")]
     Both,
     #[error("redis: url {0:?} must start with redis:// or rediss://")]
     Scheme(String),
@@ -158,7 +166,20 @@ pub enum RedisConfigError {
 impl RedisConfig {
     /// Redis is in use.
     pub fn enabled(&self) -> bool {
-        self.url.is_some() || !self.sentinels.is_empty()
+        self.topology().is_some()
+    }
+
+    /// The topology configured, if any (validate first: several set is an error).
+    pub fn topology(&self) -> Option<Topology> {
+        if !self.cluster_nodes.is_empty() || self.url.as_deref().is_some_and(is_cluster_url) {
+            Some(Topology::Cluster)
+        } else if self.url.is_some() {
+            Some(Topology::Standalone)
+        } else if !self.sentinels.is_empty() {
+            Some(Topology::Sentinel)
+        } else {
+            None
+        }
     }
 
     /// Per-operation timeout.
@@ -171,13 +192,36 @@ impl RedisConfig {
         if !self.enabled() {
             return Ok(());
         }
-        if self.url.is_some() && !self.sentinels.is_empty() {
+        let set = [
+            self.url.is_some(),
+            !self.sentinels.is_empty(),
+            !self.cluster_nodes.is_empty(),
+        ];
+        if set.iter().filter(|s| **s).count() > 1 {
             return Err(RedisConfigError::Both);
         }
         if let Some(u) = &self.url
-            && !(u.starts_with("redis://") || u.starts_with("rediss://"))
+            && !(u.starts_with("redis://") || u.starts_with("rediss://") || is_cluster_url(u))
         {
             return Err(RedisConfigError::Scheme(redact(u)));
+        }
+        if self.topology() == Some(Topology::Cluster) {
+            let seeds = self.cluster_seeds()?;
+            if seeds.nodes.is_empty() {
+                return Err(RedisConfigError::Invalid("cluster: no seed node".into()));
+            }
+            if self.db != 0 {
+                return Err(RedisConfigError::Invalid(
+                    "db must be 0 with Redis Cluster (a cluster has one database)".into(),
+                ));
+            }
+            // A brace in the prefix would become every key's hash tag: all
+            // keys in one slot, on one master.
+            if self.prefix.contains(['{', '}']) {
+                return Err(RedisConfigError::Invalid(
+                    "prefix must not contain { or } with Redis Cluster".into(),
+                ));
+            }
         }
         if self.tls_client_cert_file.is_some() != self.tls_client_key_file.is_some() {
             return Err(RedisConfigError::Invalid(
@@ -187,7 +231,7 @@ impl RedisConfig {
         let tls_files = self.tls_ca_file.is_some() || self.tls_client_cert_file.is_some();
         if tls_files && !self.uses_tls() {
             return Err(RedisConfigError::Invalid(
-                "tls_ca_file / tls_client_cert_file need a rediss:// url (or tls = true with sentinels)"
+                "tls_ca_file / tls_client_cert_file need a rediss:// url (or tls = true with sentinels or cluster_nodes)"
                     .into(),
             ));
         }
@@ -221,10 +265,11 @@ impl RedisConfig {
         Ok(())
     }
 
-    /// Connections use TLS: a `rediss://` url, or sentinel mode with `tls = true`.
+    /// Connections use TLS: a `rediss://` (or `rediss+cluster://`) url, or
+    /// sentinel or cluster mode with `tls = true`.
     pub fn uses_tls(&self) -> bool {
         match &self.url {
-            Some(u) => u.starts_with("rediss://"),
+            Some(u) => u.starts_with("rediss://") || u.starts_with("rediss+cluster://"),
             None => self.tls,
         }
     }
@@ -279,6 +324,17 @@ impl RedisConfig {
     }
 }
 
+/// Which kind of Redis deployment the section describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Topology {
+    /// One server (`url`).
+    Standalone,
+    /// A master found through sentinels (`sentinels`).
+    Sentinel,
+    /// Redis Cluster (`cluster_nodes` or a `redis+cluster://` url).
+    Cluster,
+}
+
 /// TLS material read from the files named in the config (PEM bytes).
 #[derive(Clone)]
 pub struct TlsFiles {
@@ -305,6 +361,11 @@ fn secret(
         return Ok(Some(s.trim_end_matches(['\r', '\n']).to_string()));
     }
     Ok(None)
+}
+
+/// A `redis+cluster://` or `rediss+cluster://` url.
+pub(super) fn is_cluster_url(u: &str) -> bool {
+    u.starts_with("redis+cluster://") || u.starts_with("rediss+cluster://")
 }
 
 /// `host:port` → parts (IPv6 in brackets allowed).

@@ -19,6 +19,9 @@ pub const COALESCED_WHERE: &[&str] = &["local", "distributed"];
 pub const REDIS_OPS: &[&str] = &[
     "get", "put", "purge", "delete", "publish", "lock", "renew", "unlock",
 ];
+/// `role` of Redis Cluster nodes. Their `node` labels (host:port) are
+/// known only once the cluster is read: those series are made at zero then.
+pub const CLUSTER_ROLES: &[&str] = &["master", "replica"];
 /// `source` of purges.
 pub const PURGE_SOURCES: &[&str] = &["admin", "write"];
 /// `kind` and `result` of background refreshes.
@@ -114,6 +117,9 @@ pub(super) fn prime(m: &Metrics) {
     }
     for r in refusals() {
         m.refused.with_label_values(&[r.as_str()]);
+    }
+    for r in CLUSTER_ROLES {
+        m.redis_cluster_nodes.with_label_values(&[r]);
     }
     for s in PURGE_SOURCES {
         m.purges.with_label_values(&[s]);

@@ -79,8 +79,19 @@ impl Drop for RemoteLock {
         let token = std::mem::take(&mut self.token);
         // Drop may run outside a runtime only at shutdown; the lock then expires.
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            // A release lost to a Redis timeout would leave the other
+            // replicas' waiters on a lock nobody holds until it lapses
+            // (`lock_ttl_ms`, beyond their `lock_wait_ms`): retry a few times,
+            // past a breaker's cooldown.
             rt.spawn(async move {
-                let _ = store.unlock_and_announce(&key, &token).await;
+                let mut backoff = Duration::from_millis(100);
+                for _ in 0..4 {
+                    if store.unlock_and_announce(&key, &token).await.is_ok() {
+                        return;
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 3;
+                }
             });
         }
     }

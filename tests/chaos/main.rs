@@ -9,6 +9,7 @@
 //! The long scale of the same scenarios is `loadtests/chaos.sh`.
 
 mod chaos_clients;
+mod chaos_cluster;
 mod chaos_process;
 mod chaos_redis;
 mod chaos_upstream;

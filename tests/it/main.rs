@@ -27,6 +27,8 @@ mod module_graph;
 mod operations;
 mod passthrough;
 mod readiness;
+mod redis_cluster;
+mod redis_cluster_events;
 mod redis_hostile_entries;
 mod redis_invalidation_messages;
 mod redis_pubsub_failover;

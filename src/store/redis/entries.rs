@@ -48,6 +48,9 @@ impl RedisStore {
     }
 
     async fn purge_all(&self) -> Result<u64, StoreError> {
+        if self.cluster {
+            return self.purge_all_cluster().await;
+        }
         let pattern_e = format!("{}:e:*", self.cfg.prefix);
         let pattern_t = format!("{}:t:*", self.cfg.prefix);
         let t = Duration::from_millis(self.cfg.purge_timeout_ms);
@@ -134,6 +137,11 @@ impl Store for RedisStore {
         if ttl == 0 {
             return Ok(());
         }
+        if self.cluster {
+            self.put_cluster(key, &entry, ttl).await?;
+            self.count("put", "ok");
+            return Ok(());
+        }
         let value = entry.encode();
         let mut inv = self.put_script.prepare_invoke();
         inv.key(self.entry_key(key));
@@ -156,12 +164,18 @@ impl Store for RedisStore {
             Purge::Keys(keys) if keys.is_empty() => 0,
             Purge::Keys(keys) => {
                 let ks: Vec<String> = keys.iter().map(|k| self.entry_key(k)).collect();
+                if self.cluster {
+                    return self.purge_keys_cluster(ks).await.inspect(|_| {
+                        self.count("purge", "ok");
+                    });
+                }
                 self.run("purge", t, |mut c| async move {
                     redis::cmd("DEL").arg(ks).query_async::<u64>(&mut c).await
                 })
                 .await?
             }
             Purge::Tags(tags) if tags.is_empty() => 0,
+            Purge::Tags(tags) if self.cluster => self.purge_tags_cluster(tags).await?,
             Purge::Tags(tags) => {
                 let mut inv = self.purge_tags_script.prepare_invoke();
                 for t in tags {

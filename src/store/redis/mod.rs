@@ -6,6 +6,9 @@
 //! ([`crate::store::lock`]); `{prefix}:j:{job_id}` and `{prefix}:u:{urlhex}`
 //! are async-query jobs ([`jobs`]); channel `{prefix}:inv` carries invalidations and
 //! `{prefix}:rel` lock releases, both on one subscription ([`pubsub`]).
+//! With Redis Cluster the key hex and the tag are hash tags
+//! (`chartcache:e:{ab12…}`): an entry and its lock share a slot, and each tag
+//! set has its own ([`cluster`]).
 //!
 //! Every operation is bounded by `timeout_ms` and goes through a circuit
 //! breaker: a slow or dead Redis turns into misses, never into client errors.
@@ -14,7 +17,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use redis::{RedisResult, Script};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -24,13 +26,17 @@ use crate::clock::SharedClock;
 use crate::key::CacheKey;
 use crate::metrics::Metrics;
 
+pub mod cluster;
 pub mod conn;
 mod entries;
 mod jobs;
 pub mod lock;
 pub mod pubsub;
+mod slots;
+mod watch;
 
 use crate::config::RedisConfig;
+use cluster::Conn;
 use conn::{ConnError, Connector};
 
 const STORE: &str = "redis";
@@ -39,11 +45,14 @@ const STORE: &str = "redis";
 pub struct RedisStore {
     cfg: RedisConfig,
     conn: Arc<Connector>,
+    /// Redis Cluster: keys carry hash tags, multi-key work goes per slot.
+    cluster: bool,
     breaker: Breaker,
     metrics: Arc<Metrics>,
     clock: SharedClock,
     put_script: Script,
     purge_tags_script: Script,
+    tag_add_script: Script,
     pub(crate) unlock_script: Script,
     pub(crate) renew_script: Script,
     /// Stops background tasks (sentinel watcher, subscribers) when dropped.
@@ -76,7 +85,11 @@ impl RedisStore {
         metrics: Arc<Metrics>,
         clock: SharedClock,
     ) -> Result<Arc<RedisStore>, crate::config::RedisConfigError> {
-        let conn = Connector::new(&cfg, &metrics.redis_connections)?;
+        let conn = Connector::new(
+            &cfg,
+            &metrics.redis_connections,
+            &metrics.redis_cluster_rebuilds,
+        )?;
         let gauge = metrics.breaker_open.with_label_values(&[STORE]);
         let breaker = Breaker::new(
             cfg.breaker_failures,
@@ -96,20 +109,28 @@ impl RedisStore {
             max_raw_len: std::sync::atomic::AtomicU64::new(
                 crate::config::CacheConfig::default().max_object_bytes,
             ),
+            cluster: conn.is_cluster(),
             conn,
             breaker,
             metrics,
             clock,
             put_script: Script::new(entries::PUT_SCRIPT),
             purge_tags_script: Script::new(entries::PURGE_TAGS_SCRIPT),
+            tag_add_script: Script::new(slots::TAG_ADD_SCRIPT),
             unlock_script: Script::new(lock::UNLOCK_SCRIPT),
             renew_script: Script::new(lock::RENEW_SCRIPT),
             _stop_guard: stop.clone().drop_guard(),
             stop,
             cfg,
         });
+        if store.cluster {
+            tokio::spawn(watch::watch_cluster(
+                Arc::downgrade(&store),
+                store.stop.clone(),
+            ));
+        }
         if store.conn.is_sentinel() {
-            tokio::spawn(watch_switch_master(
+            tokio::spawn(watch::watch_switch_master(
                 Arc::downgrade(&store),
                 store.stop.clone(),
             ));
@@ -178,6 +199,15 @@ impl RedisStore {
     }
 
     fn describe(&self) -> String {
+        if self.cluster {
+            let seeds = self
+                .cfg
+                .cluster_seeds()
+                .map(|s| s.nodes)
+                .unwrap_or_default();
+            let seeds: Vec<String> = seeds.iter().map(|(h, p)| format!("{h}:{p}")).collect();
+            return format!("cluster {}", seeds.join(","));
+        }
         match (&self.cfg.url, self.conn.current_addr()) {
             (Some(u), _) => crate::config::redis::redact(u),
             (None, Some(a)) => format!("{a} (master {:?})", self.cfg.master_name),
@@ -189,14 +219,28 @@ impl RedisStore {
         }
     }
 
+    // Standalone and sentinel keep the key names they always had (a new
+    // schema would empty every cache on rollout); in a cluster the hex and
+    // the tag are hash tags, so an entry and its lock share a slot.
     pub(crate) fn entry_key(&self, key: &CacheKey) -> String {
-        format!("{}:e:{}", self.cfg.prefix, key.to_hex())
+        self.key_of('e', &key.to_hex())
     }
     fn tag_key(&self, tag: &str) -> String {
-        format!("{}:t:{}", self.cfg.prefix, tag)
+        self.key_of('t', tag)
     }
     pub(crate) fn lock_key(&self, key: &CacheKey) -> String {
-        format!("{}:l:{}", self.cfg.prefix, key.to_hex())
+        self.key_of('l', &key.to_hex())
+    }
+    fn key_of(&self, kind: char, id: &str) -> String {
+        if self.cluster {
+            format!("{}:{kind}:{{{id}}}", self.cfg.prefix)
+        } else {
+            format!("{}:{kind}:{id}", self.cfg.prefix)
+        }
+    }
+    /// Cluster mode is in use (tests, health).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
     }
     /// The invalidation channel.
     pub fn channel(&self) -> String {
@@ -219,7 +263,7 @@ impl RedisStore {
         f: F,
     ) -> Result<T, StoreError>
     where
-        F: FnOnce(redis::aio::MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         if !self.breaker.allow() {
@@ -356,59 +400,6 @@ fn is_auth_error(e: &redis::RedisError) -> bool {
         || e.to_string().contains("WRONGPASS")
 }
 
-/// Sentinel mode: subscribe to `+switch-master` on every sentinel and drop the
-/// connections as soon as one reports a new master for ours.
-async fn watch_switch_master(store: std::sync::Weak<RedisStore>, stop: CancellationToken) {
-    let Some(me) = store.upgrade() else { return };
-    let (sentinels, name) = me.conn.sentinels();
-    let sentinels = sentinels.to_vec();
-    let name = name.to_string();
-    let t = Duration::from_millis(me.cfg.connect_timeout_ms);
-    let conn = me.conn.clone();
-    drop(me);
-    for s in sentinels {
-        let conn = conn.clone();
-        let store = store.clone();
-        let stop = stop.clone();
-        let name = name.clone();
-        tokio::spawn(async move {
-            while !stop.is_cancelled() {
-                let sub = tokio::time::timeout(t, async {
-                    let mut ps = conn.client(s.clone())?.get_async_pubsub().await?;
-                    ps.subscribe("+switch-master").await?;
-                    RedisResult::Ok(ps)
-                })
-                .await;
-                if let Ok(Ok(ps)) = sub {
-                    let mut stream = ps.into_on_message();
-                    loop {
-                        tokio::select! {
-                            _ = stop.cancelled() => return,
-                            m = stream.next() => match m {
-                                // "<name> <old-ip> <old-port> <new-ip> <new-port>"
-                                Some(m) => {
-                                    let p = String::from_utf8_lossy(m.get_payload_bytes()).to_string();
-                                    if p.split(' ').next() == Some(name.as_str()) {
-                                        let Some(me) = store.upgrade() else { return };
-                                        me.conn.reset("+switch-master");
-                                        // The subscriptions follow at once, not at their next check.
-                                        me.subs.renew();
-                                    }
-                                }
-                                None => break,
-                            },
-                        }
-                    }
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
-                }
-            }
-        });
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -434,6 +425,25 @@ mod tests {
         assert_eq!(s.lock_key(&k), format!("ss1:l:{}", "ab".repeat(32)));
         assert_eq!(s.tag_key("chart:7"), "ss1:t:chart:7");
         assert_eq!(s.channel(), "ss1:inv");
+    }
+
+    #[tokio::test]
+    async fn cluster_key_layout_shares_slots() {
+        let cfg = RedisConfig {
+            cluster_nodes: vec!["127.0.0.1:1".into()],
+            prefix: "cc".into(),
+            ..RedisConfig::default()
+        };
+        let s = RedisStore::new(cfg, Arc::new(Metrics::new()), Arc::new(SystemClock)).unwrap();
+        let k = CacheKey([0xab; 32]);
+        let e = s.entry_key(&k);
+        assert_eq!(e, format!("cc:e:{{{}}}", "ab".repeat(32)));
+        assert_eq!(
+            cluster::slot(e.as_bytes()),
+            cluster::slot(s.lock_key(&k).as_bytes())
+        );
+        assert_eq!(s.tag_key("chart:7"), "cc:t:{chart:7}");
+        assert_eq!(s.channel(), "cc:inv");
     }
 
     #[tokio::test]

@@ -1,6 +1,15 @@
 //! The replica's subscriptions (`{prefix}:inv`, `{prefix}:rel`): one pub/sub
 //! connection to the current master, one reconnect loop.
 //!
+//! Redis Cluster: classic `PUBLISH` is broadcast over the cluster bus to every
+//! node, replicas included, so one plain subscription to any one node hears
+//! every replica's messages. Sharded pub/sub (`SSUBSCRIBE`) would confine a
+//! channel to its slot's shard and need following that slot's master through
+//! failovers and reshards; our two channels carry little traffic, so the
+//! broadcast costs nothing that matters. The node is one the cluster reports
+//! serving slots, taken in turn: after a loss (closed, or a hung node that
+//! stops answering the `PING` checks) the next attempt goes to the next node.
+//!
 //! A subscription that silently stops delivering is worse than none: purges
 //! by other replicas are lost and this replica's L1 keeps serving purged
 //! entries. So the connection is torn down and made again whenever
@@ -177,6 +186,8 @@ fn ctx(store: &Weak<RedisStore>) -> Option<Ctx> {
 /// Subscribe, deliver, check, and start over, for as long as the store lives.
 async fn subscription_loop(store: Weak<RedisStore>, stop: CancellationToken) {
     let mut backoff = Duration::from_millis(50);
+    // Which node to try (cluster): moves on after each loss or failure.
+    let mut turn = 0usize;
     while !stop.is_cancelled() {
         let Some(cx) = ctx(&store) else { return };
         let generation = cx.subs.generation.load(Ordering::SeqCst);
@@ -184,10 +195,11 @@ async fn subscription_loop(store: Weak<RedisStore>, stop: CancellationToken) {
         let channels: Vec<String> = handlers.iter().map(|h| h.channel.clone()).collect();
         let attempt = tokio::time::timeout(cx.connect, async {
             let cur = cx.conn.current().await?;
-            let ps = cx.conn.client(cur.info.clone())?.get_async_pubsub().await?;
+            let (info, node) = cx.conn.pubsub_target(&cur, turn).await?;
+            let ps = cx.conn.client(info)?.get_async_pubsub().await?;
             let (mut sink, stream) = ps.split();
             sink.subscribe(&channels).await?;
-            Ok::<_, ConnError>((cur, sink, stream))
+            Ok::<_, ConnError>((cur, node, sink, stream))
         });
         // A master change while subscribing to a hung one: start over at once
         // rather than wait for this attempt to time out.
@@ -197,7 +209,7 @@ async fn subscription_loop(store: Weak<RedisStore>, stop: CancellationToken) {
             sub = attempt => sub,
         };
         match sub {
-            Ok(Ok((cur, mut sink, mut stream))) => {
+            Ok(Ok((cur, node, mut sink, mut stream))) => {
                 for h in &handlers {
                     (h.on_subscribed)();
                     h.count.fetch_add(1, Ordering::SeqCst);
@@ -207,7 +219,7 @@ async fn subscription_loop(store: Weak<RedisStore>, stop: CancellationToken) {
                     Some(Lost::ChannelsChanged)
                 } else {
                     cx.subs.set_live(true);
-                    tracing::debug!(master = %cur.addr, ?channels, "redis subscriptions live");
+                    tracing::debug!(node = %node, ?channels, "redis subscriptions live");
                     backoff = Duration::from_millis(50);
                     watch(
                         &cx,
@@ -228,10 +240,11 @@ async fn subscription_loop(store: Weak<RedisStore>, stop: CancellationToken) {
                 cx.subs.losses.with_label_values(&[lost.as_str()]).inc();
                 if lost == Lost::ChannelsChanged {
                     // Startup adds the channels one by one: not worth a log line.
-                    tracing::debug!(master = %cur.addr, "redis channel added; subscribing again");
+                    tracing::debug!(node = %node, "redis channel added; subscribing again");
                     continue;
                 }
-                tracing::warn!(master = %cur.addr, reason = lost.as_str(), "redis subscriptions lost; subscribing again");
+                turn = turn.wrapping_add(1);
+                tracing::warn!(node = %node, reason = lost.as_str(), "redis subscriptions lost; subscribing again");
                 if lost == Lost::MasterChanged {
                     continue;
                 }
@@ -239,8 +252,12 @@ async fn subscription_loop(store: Weak<RedisStore>, stop: CancellationToken) {
             Ok(Err(e)) => {
                 tracing::debug!(error = %e, "redis subscribe failed");
                 cx.conn.on_error(&e, None);
+                turn = turn.wrapping_add(1);
             }
-            Err(_) => tracing::debug!("redis subscribe timed out"),
+            Err(_) => {
+                tracing::debug!("redis subscribe timed out");
+                turn = turn.wrapping_add(1);
+            }
         }
         tokio::select! {
             _ = stop.cancelled() => return,

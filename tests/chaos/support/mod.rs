@@ -18,6 +18,7 @@ pub mod proxy;
 pub mod redis;
 pub mod report;
 pub mod scenarios_clients;
+pub mod scenarios_cluster;
 pub mod scenarios_process;
 pub mod scenarios_redis;
 pub mod scenarios_upstream;
@@ -109,6 +110,8 @@ pub const SCENARIOS: &[&str] = &[
     "sentinel_master_killed",
     "sentinel_master_frozen",
     "redis_killed_restarted",
+    "cluster_master_killed",
+    "cluster_reshard",
     "sigterm_in_flight",
     "sighup_under_load",
     "upstream_500",
@@ -124,6 +127,8 @@ pub async fn run(name: &str, bin: &std::path::Path, scale: &Scale) -> Option<Rep
         "sentinel_master_killed" => scenarios_redis::sentinel_master_killed(bin, scale).await,
         "sentinel_master_frozen" => scenarios_redis::sentinel_master_frozen(bin, scale).await,
         "redis_killed_restarted" => scenarios_redis::redis_killed_restarted(bin, scale).await,
+        "cluster_master_killed" => scenarios_cluster::cluster_master_killed(bin, scale).await,
+        "cluster_reshard" => scenarios_cluster::cluster_reshard(bin, scale).await,
         "sigterm_in_flight" => scenarios_process::sigterm_in_flight(bin, scale).await,
         "sighup_under_load" => scenarios_process::sighup_under_load(bin, scale).await,
         "upstream_500" => scenarios_upstream::upstream_fault(bin, scale, UpFault::Status500).await,

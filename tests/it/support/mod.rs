@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod redis_cluster;
 pub mod redis_server;
 pub mod upstream;
 

@@ -7,6 +7,10 @@
 //! connections one request at a time, each handshake eating into the 50 ms
 //! operation budget. A multiplexed connection needs neither.
 //!
+//! Cluster ([`super::cluster`]): each connection is a cluster connection that
+//! routes every command to its slot's master and follows the cluster's
+//! changes itself; nothing here is dropped on a node's errors.
+//!
 //! Standalone: the configured URL. Sentinel: the master address is
 //! asked from the sentinels (first that answers) and confirmed with `ROLE`.
 //! Pooled connections to a demoted master stay open and answer `READONLY` (or
@@ -35,14 +39,19 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
-use prometheus::{IntGauge, IntGaugeVec};
-use redis::aio::{ConnectionLike, MultiplexedConnection};
+use prometheus::{IntCounter, IntGauge, IntGaugeVec};
+use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, RedisError,
     RedisResult,
 };
 
-use crate::config::redis::{RedisConfig, RedisConfigError, redact, split_host_port};
+use super::cluster::{Cluster, Conn};
+
+mod nodes;
+mod sentinel;
+use crate::config::redis::{RedisConfig, RedisConfigError, Topology, redact, split_host_port};
+pub use sentinel::role;
 
 /// Why no connection could be had.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -61,7 +70,7 @@ impl From<RedisError> for ConnError {
 
 /// Connections handed out in turn, counted in a gauge while held.
 struct Set {
-    conns: Vec<MultiplexedConnection>,
+    conns: Vec<Conn>,
     next: AtomicUsize,
     held: IntGauge,
 }
@@ -73,7 +82,7 @@ impl Drop for Set {
 }
 
 impl Set {
-    fn new(conns: Vec<MultiplexedConnection>, held: &IntGauge) -> Set {
+    fn new(conns: Vec<Conn>, held: &IntGauge) -> Set {
         held.add(conns.len() as i64);
         Set {
             conns,
@@ -82,7 +91,7 @@ impl Set {
         }
     }
 
-    fn pick(&self) -> MultiplexedConnection {
+    fn pick(&self) -> Conn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
         self.conns[i].clone()
     }
@@ -118,6 +127,7 @@ enum Mode {
         /// Credentials and db for the master.
         data: redis::RedisConnectionInfo,
     },
+    Cluster(Box<Cluster>),
 }
 
 type Resolving = Shared<BoxFuture<'static, Result<Arc<Current>, ConnError>>>;
@@ -131,6 +141,11 @@ pub struct Connector {
     connect_timeout: Duration,
     /// CA bundle / client certificate for TLS connections (`None`: system roots).
     tls: Option<redis::TlsCertificates>,
+    /// Cluster mode: when the connections were last dropped for trouble
+    /// ([`Connector::rebuild_cluster_if_due`]).
+    rebuilt: Mutex<Option<std::time::Instant>>,
+    /// `chartcache_redis_cluster_rebuilds_total`
+    rebuilds: IntCounter,
     /// Connections held by shared sets and by the threads' own.
     held_shared: IntGauge,
     held_own: IntGauge,
@@ -139,7 +154,11 @@ pub struct Connector {
 impl Connector {
     /// Build from config; connects lazily. `held` counts the connections held,
     /// by set (`shared`, `thread`).
-    pub fn new(cfg: &RedisConfig, held: &IntGaugeVec) -> Result<Arc<Connector>, RedisConfigError> {
+    pub fn new(
+        cfg: &RedisConfig,
+        held: &IntGaugeVec,
+        rebuilds: &IntCounter,
+    ) -> Result<Arc<Connector>, RedisConfigError> {
         cfg.validate()?;
         let password = cfg.resolve_password()?;
         let tls = cfg.resolve_tls()?.map(|f| redis::TlsCertificates {
@@ -152,7 +171,9 @@ impl Connector {
             root_cert: f.ca,
         });
         let bad = |e: RedisError| RedisConfigError::Invalid(e.to_string());
-        let mode = if let Some(url) = &cfg.url {
+        let mode = if cfg.topology() == Some(Topology::Cluster) {
+            Mode::Cluster(Box::new(Cluster::new(cfg, password, tls.clone())?))
+        } else if let Some(url) = &cfg.url {
             let info = url
                 .as_str()
                 .into_connection_info()
@@ -200,6 +221,8 @@ impl Connector {
             mode,
             current: ArcSwapOption::empty(),
             resolving: Mutex::new(None),
+            rebuilt: Mutex::new(None),
+            rebuilds: rebuilds.clone(),
             connections: cfg.connections,
             connect_timeout: Duration::from_millis(cfg.connect_timeout_ms),
             tls,
@@ -213,6 +236,11 @@ impl Connector {
         matches!(self.mode, Mode::Sentinel { .. })
     }
 
+    /// Cluster mode is in use.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.mode, Mode::Cluster(_))
+    }
+
     /// Sentinel connection infos (for the `+switch-master` watcher).
     pub fn sentinels(&self) -> (&[ConnectionInfo], &str) {
         match &self.mode {
@@ -221,13 +249,13 @@ impl Connector {
                 master_name,
                 ..
             } => (sentinels, master_name),
-            Mode::Standalone(_) => (&[], ""),
+            Mode::Standalone(_) | Mode::Cluster(_) => (&[], ""),
         }
     }
 
     /// A connection to the current master (a cheap clone of a shared one),
     /// with the set it came from (to report errors against).
-    pub async fn get(self: &Arc<Self>) -> Result<(MultiplexedConnection, Arc<Current>), ConnError> {
+    pub async fn get(self: &Arc<Self>) -> Result<(Conn, Arc<Current>), ConnError> {
         let cur = self.current().await?;
         if let Some(i) = crate::worker::index()
             && let Some(own) = cur.per_worker.get(i)
@@ -249,8 +277,7 @@ impl Connector {
         tokio::spawn(async move {
             let n = me.connections.div_ceil(crate::worker::count().max(1));
             let opened =
-                futures_util::future::try_join_all((0..n).map(|_| me.connect(cur.info.clone())))
-                    .await;
+                futures_util::future::try_join_all((0..n).map(|_| me.open(cur.info.clone()))).await;
             match opened {
                 Ok(conns) => {
                     let _ = cur.per_worker[i].set.set(Set::new(conns, &me.held_own));
@@ -326,6 +353,12 @@ impl Connector {
 
     /// Called with every failed operation's error and the set it used.
     pub fn on_error(&self, e: &ConnError, used: Option<&Arc<Current>>) {
+        if let (Mode::Cluster(_), ConnError::Redis(re)) = (&self.mode, e) {
+            if nodes::node_trouble(re) {
+                self.rebuild_cluster_if_due();
+            }
+            return;
+        }
         if let ConnError::Redis(e) = e {
             let readonly = e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly)
                 || e.code() == Some("READONLY");
@@ -348,6 +381,13 @@ impl Connector {
     async fn resolve(&self) -> Result<Arc<Current>, ConnError> {
         let (info, addr_s) = match &self.mode {
             Mode::Standalone(info) => (info.clone(), display_addr(info.addr())),
+            Mode::Cluster(c) => {
+                let first = c.seeds.first().cloned().ok_or_else(|| {
+                    ConnError::NoMaster("no cluster seed nodes configured".into())
+                })?;
+                let names: Vec<String> = c.seeds.iter().map(|s| display_addr(s.addr())).collect();
+                (first, format!("cluster {}", names.join(",")))
+            }
             Mode::Sentinel {
                 sentinels,
                 master_name,
@@ -370,7 +410,7 @@ impl Connector {
             self.connections
         };
         let conns =
-            futures_util::future::try_join_all((0..shared).map(|_| self.connect(info.clone())))
+            futures_util::future::try_join_all((0..shared).map(|_| self.open(info.clone())))
                 .await?;
         tracing::debug!(master = %addr_s, "redis master resolved");
         Ok(Arc::new(Current {
@@ -381,50 +421,6 @@ impl Connector {
             info,
             addr: addr_s,
         }))
-    }
-
-    /// First sentinel that names the master wins (no quorum needed to read it).
-    async fn ask_sentinels(
-        &self,
-        sentinels: &[ConnectionInfo],
-        name: &str,
-    ) -> Result<(String, u16), ConnError> {
-        let mut last = String::from("no sentinels configured");
-        for s in sentinels {
-            let res = tokio::time::timeout(self.connect_timeout, async {
-                let mut c = self.connect(s.clone()).await?;
-                redis::cmd("SENTINEL")
-                    .arg("get-master-addr-by-name")
-                    .arg(name)
-                    .query_async::<Option<(String, u16)>>(&mut c)
-                    .await
-            })
-            .await;
-            match res {
-                Ok(Ok(Some(hp))) => return Ok(hp),
-                Ok(Ok(None)) => last = format!("sentinels do not know master {name:?}"),
-                Ok(Err(e)) => last = format!("sentinel {}: {e}", display_addr(s.addr())),
-                Err(_) => last = format!("sentinel {}: timed out", display_addr(s.addr())),
-            }
-        }
-        Err(ConnError::NoMaster(last))
-    }
-
-    /// The address a sentinel names may be stale mid-failover: insist on `ROLE master`.
-    async fn check_master(&self, info: &ConnectionInfo) -> Result<(), ConnError> {
-        let role = tokio::time::timeout(self.connect_timeout, async {
-            let mut c = self.connect(info.clone()).await?;
-            role(&mut c).await
-        })
-        .await
-        .map_err(|_| ConnError::NoMaster("master did not answer ROLE in time".into()))??;
-        if role != "master" {
-            return Err(ConnError::NoMaster(format!(
-                "{} reports role {role}",
-                display_addr(info.addr())
-            )));
-        }
-        Ok(())
     }
 
     /// A client for `info`, with the configured CA bundle / client
@@ -438,6 +434,15 @@ impl Connector {
         }
     }
 
+    /// A data connection: to `info` (standalone, sentinel's master), or to
+    /// the cluster (`info` unused: the seeds are).
+    async fn open(&self, info: ConnectionInfo) -> RedisResult<Conn> {
+        match &self.mode {
+            Mode::Cluster(c) => Ok(Conn::Cluster(c.client.get_async_connection().await?)),
+            _ => Ok(Conn::Single(self.connect(info).await?)),
+        }
+    }
+
     async fn connect(&self, info: ConnectionInfo) -> RedisResult<MultiplexedConnection> {
         self.client(info)?
             .get_multiplexed_async_connection_with_config(
@@ -445,17 +450,6 @@ impl Connector {
             )
             .await
     }
-}
-
-/// `ROLE` → "master" | "slave" | "sentinel".
-pub async fn role(c: &mut impl ConnectionLike) -> RedisResult<String> {
-    let v: redis::Value = redis::cmd("ROLE").query_async(c).await?;
-    if let redis::Value::Array(items) = v
-        && let Some(first) = items.into_iter().next()
-    {
-        return Ok(redis::from_redis_value(first)?);
-    }
-    Ok(String::new())
 }
 
 fn addr(host: String, port: u16, tls: bool) -> ConnectionAddr {
