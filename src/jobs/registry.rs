@@ -234,6 +234,21 @@ impl Jobs {
 mod tests {
     use super::*;
 
+    /// A job's data: `{}`.
+    fn data() -> Arc<Entry> {
+        let meta = crate::store::Meta {
+            status: 200,
+            headers: vec![],
+            stored_at: 0,
+            fresh_until: 1,
+            stale_until: 1,
+            upstream_ms: 0,
+            raw_len: 2,
+            tags: vec![],
+        };
+        Arc::new(Entry::build(meta, b"{}", 1, false).unwrap())
+    }
+
     fn job(id: &str, key: u8) -> Arc<Job> {
         Arc::new(Job {
             job_id: id.into(),
@@ -261,24 +276,7 @@ mod tests {
         assert!(jobs.link("unknown", |_| CacheKey([9; 32])).is_none());
         assert!(jobs.link("j1", |_| CacheKey([2; 32])).is_some());
         assert!(jobs.linked(&CacheKey([2; 32])).is_some());
-        let e = Arc::new(
-            Entry::build(
-                crate::store::Meta {
-                    status: 200,
-                    headers: vec![],
-                    stored_at: 0,
-                    fresh_until: 1,
-                    stale_until: 1,
-                    upstream_ms: 0,
-                    raw_len: 2,
-                    tags: vec![],
-                },
-                b"{}",
-                1,
-                false,
-            )
-            .unwrap(),
-        );
+        let e = data();
         jobs.filled(&j, &CacheKey([2; 32]), e);
         assert!(rx.wait_for(Option::is_some).await.is_ok());
         assert!(jobs.is_empty());
@@ -296,24 +294,7 @@ mod tests {
         assert!(jobs.adopt(job("b", 4), CacheKey([5; 32]), 10));
         assert!(jobs.linked(&CacheKey([5; 32])).is_some());
         assert!(!jobs.adopt(job("c", 6), CacheKey([7; 32]), 4), "bounded");
-        let e = Arc::new(
-            Entry::build(
-                crate::store::Meta {
-                    status: 200,
-                    headers: vec![],
-                    stored_at: 0,
-                    fresh_until: 1,
-                    stale_until: 1,
-                    upstream_ms: 0,
-                    raw_len: 2,
-                    tags: vec![],
-                },
-                b"{}",
-                1,
-                false,
-            )
-            .unwrap(),
-        );
+        let e = data();
         assert!(!jobs.filled_elsewhere(&CacheKey([1; 32]), serial + 1, "a", e.clone()));
         let Registered::Yes(Some(serial)) = jobs.register(job("a", 1), 10, true, None) else {
             panic!("registered");

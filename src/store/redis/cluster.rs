@@ -186,7 +186,14 @@ fn info(
     tls: bool,
     data: &redis::RedisConnectionInfo,
 ) -> redis::RedisResult<ConnectionInfo> {
-    let addr = if tls {
+    Ok(addr(host, port, tls)
+        .into_connection_info()?
+        .set_redis_settings(data.clone()))
+}
+
+/// A node's address, over TLS or not (every topology's connections).
+pub(crate) fn addr(host: String, port: u16, tls: bool) -> ConnectionAddr {
+    if tls {
         ConnectionAddr::TcpTls {
             host,
             port,
@@ -195,10 +202,7 @@ fn info(
         }
     } else {
         ConnectionAddr::Tcp(host, port)
-    };
-    Ok(addr
-        .into_connection_info()?
-        .set_redis_settings(data.clone()))
+    }
 }
 
 /// A node as `CLUSTER SLOTS` reports it.

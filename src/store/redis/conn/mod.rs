@@ -46,7 +46,7 @@ use redis::{
     RedisResult,
 };
 
-use super::cluster::{Cluster, Conn};
+use super::cluster::{Cluster, Conn, addr};
 
 mod nodes;
 mod sentinel;
@@ -449,19 +449,6 @@ impl Connector {
                 &AsyncConnectionConfig::new().set_connection_timeout(Some(self.connect_timeout)),
             )
             .await
-    }
-}
-
-fn addr(host: String, port: u16, tls: bool) -> ConnectionAddr {
-    if tls {
-        ConnectionAddr::TcpTls {
-            host,
-            port,
-            insecure: false,
-            tls_params: None,
-        }
-    } else {
-        ConnectionAddr::Tcp(host, port)
     }
 }
 
