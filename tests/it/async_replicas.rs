@@ -22,6 +22,16 @@ pub(crate) async fn three_replicas(up: &Upstream, r: &RedisProc, wait_ms: u64) -
     ]
 }
 
+/// A `redis-server`, the fake Superset in GAQ mode with jobs of `job_ms`,
+/// and three replicas waiting up to `wait_ms` for a running job.
+async fn three_on_redis(job_ms: u64, wait_ms: u64) -> (RedisProc, Upstream, [Proxy; 3]) {
+    let redis = RedisProc::server(&[]);
+    let up = Upstream::start().await;
+    gaq_upstream(&up, Duration::from_millis(job_ms));
+    let ps = three_replicas(&up, &redis, wait_ms).await;
+    (redis, up, ps)
+}
+
 fn all_metric(ps: &[Proxy], labels: &str) -> f64 {
     ps.iter().map(|p| metric(p, labels)).sum()
 }
@@ -29,10 +39,7 @@ fn all_metric(ps: &[Proxy], labels: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_polls_and_result_on_three_replicas_fill_the_post_for_every_replica() {
     tokio::time::timeout(Duration::from_secs(30), async {
-        let redis = RedisProc::server(&[]);
-        let up = Upstream::start().await;
-        gaq_upstream(&up, Duration::from_millis(100));
-        let ps = three_replicas(&up, &redis, 10_000).await;
+        let (_redis, up, ps) = three_on_redis(100, 10_000).await;
         let [a, b, cc] = &ps;
         let c = TestClient::new();
         let alice = Browser::new(2, "alice", "alice-ch");
@@ -79,10 +86,7 @@ async fn a_post_polls_and_result_on_three_replicas_fill_the_post_for_every_repli
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_clients_round_robin_over_three_replicas_make_one_job() {
     tokio::time::timeout(Duration::from_secs(60), async {
-        let redis = RedisProc::server(&[]);
-        let up = Upstream::start().await;
-        gaq_upstream(&up, Duration::from_millis(300));
-        let ps = three_replicas(&up, &redis, 20_000).await;
+        let (_redis, up, ps) = three_on_redis(300, 20_000).await;
         let urls: Vec<String> = ps.iter().map(|p| p.url("")).collect();
         let c = TestClient::new();
 
@@ -119,10 +123,7 @@ async fn twenty_clients_round_robin_over_three_replicas_make_one_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_result_url_get_never_fills_the_first_users_post() {
     tokio::time::timeout(Duration::from_secs(30), async {
-        let redis = RedisProc::server(&[]);
-        let up = Upstream::start().await;
-        gaq_upstream(&up, Duration::from_millis(100));
-        let ps = three_replicas(&up, &redis, 10_000).await;
+        let (_redis, up, ps) = three_on_redis(100, 10_000).await;
         let [a, b, cc] = &ps;
         let c = TestClient::new();
         let alice = Browser::new(2, "alice", "alice-ch");
@@ -173,11 +174,8 @@ async fn another_users_result_url_get_never_fills_the_first_users_post() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_leaders_waiters_are_answered_soon_after_a_fill_elsewhere() {
     tokio::time::timeout(Duration::from_secs(30), async {
-        let redis = RedisProc::server(&[]);
-        let up = Upstream::start().await;
-        gaq_upstream(&up, Duration::from_millis(300));
         // Waiters would wait a minute for a job their replica never sees done.
-        let ps = three_replicas(&up, &redis, 60_000).await;
+        let (_redis, up, ps) = three_on_redis(300, 60_000).await;
         let [a, b, cc] = &ps;
         let c = TestClient::new();
         let alice = Browser::new(2, "alice", "alice-ch");
@@ -220,10 +218,7 @@ async fn the_leaders_waiters_are_answered_soon_after_a_fill_elsewhere() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreadable_job_records_in_redis_are_unknown_jobs() {
     tokio::time::timeout(Duration::from_secs(30), async {
-        let redis = RedisProc::server(&[]);
-        let up = Upstream::start().await;
-        gaq_upstream(&up, Duration::from_millis(100));
-        let ps = three_replicas(&up, &redis, 1_000).await;
+        let (redis, _up, ps) = three_on_redis(100, 1_000).await;
         let [a, b, cc] = &ps;
         let c = TestClient::new();
         let mut r = crate::support::redis_server::client(&redis.url()).await;
@@ -278,10 +273,7 @@ async fn unreadable_job_records_in_redis_are_unknown_jobs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forced_refresh_followed_on_other_replicas_replaces_the_entry() {
     tokio::time::timeout(Duration::from_secs(40), async {
-        let redis = RedisProc::server(&[]);
-        let up = Upstream::start().await;
-        gaq_upstream(&up, Duration::from_millis(100));
-        let ps = three_replicas(&up, &redis, 30_000).await;
+        let (_redis, up, ps) = three_on_redis(100, 30_000).await;
         let [a, b, cc] = &ps;
         let c = TestClient::new();
         for (round, (force, generation_seen)) in [(false, 1), (true, 2)].into_iter().enumerate() {
