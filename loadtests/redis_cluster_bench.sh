@@ -110,59 +110,9 @@ start_chartcache st "$P_ST" "$P_STA" true "$SINGLE"
 start_chartcache cr "$P_CR" "$P_CRA" false "$CLUSTER"
 start_chartcache ct "$P_CT" "$P_CTA" true "$CLUSTER"
 
-for size in $SIZES; do
-    python3 - "$FIXTURE" "$size" >"$WORK/body-$size.json" <<'EOF'
-import json, sys
-b = json.load(open(sys.argv[1]))["request"]["body"]
-b["queries"][0]["row_limit"] = int(sys.argv[2])
-sys.stdout.write(json.dumps(b))
-EOF
-done
-
-cat >"$WORK/post.lua" <<'EOF'
-local f = assert(io.open(os.getenv("BENCH_BODY"), "rb"))
-wrk.method = "POST"
-wrk.body = f:read("*a")
-f:close()
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer bench-token"
-wrk.headers["Accept-Encoding"] = "zstd"
-EOF
-
-post() { # PORT SIZE -> response headers
-    curl -s -o /dev/null -D - -X POST "http://127.0.0.1:$1/api/v1/chart/data" \
-        -H 'Content-Type: application/json' -H 'Authorization: Bearer bench-token' \
-        -H 'Accept-Encoding: zstd' --data-binary "@$WORK/body-$2.json"
-}
-warm() { # NAME PORT SIZE
-    local i
-    post "$2" "$3" >/dev/null
-    for i in $(seq 1 50); do
-        if post "$2" "$3" | grep -qi '^cache-status: chartcache; hit'; then return 0; fi
-        sleep 0.1
-    done
-    echo "chartcache $1: no hit for the $3-byte body" >&2
-    exit 1
-}
-metric() { # ADMIN NAME [LABEL...]
-    curl -sf "http://127.0.0.1:$1/metrics" | python3 -c '
-import sys
-name, labels = sys.argv[1], sys.argv[2:]
-t = 0.0
-for l in sys.stdin:
-    if l.startswith(name) and all(x in l for x in labels):
-        t += float(l.rsplit(" ", 1)[1])
-print(int(t))' "${@:2}"
-}
-to_ms() {
-    python3 -c '
-import sys
-v = sys.argv[1]
-for unit, f in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
-    if v.endswith(unit):
-        print("%.2f" % (float(v[: -len(unit)]) * f)); break' "$1"
-}
-human() { if [ "$1" -ge 1024 ] && [ $(( $1 % 1024 )) -eq 0 ]; then echo "$(( $1 / 1024 )) KB"; else echo "$1 B"; fi; }
+# make_requests, post, warm, metric, to_ms, human
+. "$HERE/redis_common.sh"
+make_requests
 
 ROWS=()
 run() { # TOPOLOGY MODE PORT ADMIN SIZE
