@@ -74,13 +74,6 @@ pub(super) fn prepare(app: &App, spec: &mut FetchSpec, route: CachedRoute, scope
     }
 }
 
-/// Step 6, for a `result_url` GET with no job linked here: adopt the job
-/// another replica linked to its URL in the shared tier, if it is of `scope`
-/// (the GET then skips an older entry and fills the job's POST).
-pub(super) async fn adopt_shared(app: &App, key: &CacheKey, scope: &Scope, path: &str) {
-    super::async_shared::adopt(app, key, scope, path).await;
-}
-
 /// Whether a `result_url` key has a job whose data is not stored yet: its
 /// GET goes to Superset (an older entry under the key is not that data).
 pub(super) fn result_pending(app: &App, key: &CacheKey) -> bool {
@@ -247,13 +240,12 @@ async fn mark_stale(app: &App, key: &CacheKey) {
     }
     let mut meta = e.meta.clone();
     meta.fresh_until = now;
-    let copy = Entry {
-        meta,
-        zstd: e.zstd.clone(),
-        gzip: e.gzip.clone(),
-        hits: Default::default(),
-    };
-    if app.store.put(key, Arc::new(copy)).await.is_ok() {
+    if app
+        .store
+        .put(key, Arc::new(e.with_meta(meta)))
+        .await
+        .is_ok()
+    {
         app.metrics
             .async_queries
             .with_label_values(&["marked_stale"])

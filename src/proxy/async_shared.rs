@@ -1,7 +1,8 @@
 //! Async-query jobs followed across replicas through the shared tier: the
 //! protocol is described in [`crate::jobs::shared`]; this drives it from the
-//! request path ([`super::async_query`] calls in). Without a shared tier
-//! that keeps job records, every function here does nothing.
+//! request path ([`super::async_query`] and the cached path call in).
+//! Without a shared tier that keeps job records, every function here does
+//! nothing.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -227,10 +228,5 @@ pub(super) fn retag(job: &Job, body: &Bytes, entry: &Entry) -> Option<Arc<Entry>
     )?;
     meta.fresh_until = meta.stored_at + fresh * 1000;
     meta.stale_until = meta.fresh_until + tier.stale_ms();
-    Some(Arc::new(Entry {
-        meta,
-        zstd: entry.zstd.clone(),
-        gzip: entry.gzip.clone(),
-        hits: Default::default(),
-    }))
+    Some(Arc::new(entry.with_meta(meta)))
 }

@@ -89,7 +89,7 @@ pub(super) async fn handle(
         // A job another replica linked to this key (boxed, and never on a
         // chart-data request).
         let path = parts.uri.path();
-        Box::pin(async_query::adopt_shared(app, &key, &scope, path)).await;
+        Box::pin(super::async_shared::adopt(app, &key, &scope, path)).await;
     }
     if canon.force {
         ctx.forced = true;

@@ -128,6 +128,17 @@ impl Entry {
         })
     }
 
+    /// The same bodies under other metadata (shared, not copied); the hit
+    /// count starts over.
+    pub fn with_meta(&self, meta: Meta) -> Entry {
+        Entry {
+            meta,
+            zstd: self.zstd.clone(),
+            gzip: self.gzip.clone(),
+            hits: HitCounter::default(),
+        }
+    }
+
     /// Add the gzip copy if missing (entries read from Redis carry only zstd).
     pub fn with_gzip(mut self) -> std::io::Result<Entry> {
         if self.gzip.is_none() {
