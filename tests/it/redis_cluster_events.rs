@@ -106,6 +106,23 @@ fn p99(v: &mut [f64]) -> f64 {
 
 /// Every key is a hit on `p` again within the bound (stored again after a
 /// miss where the entry was lost with its master).
+/// Print what the load saw during the event `what` (with `note`) and
+/// require that no request failed.
+fn no_failures(mut seen: Seen, what: &str, note: String) -> Seen {
+    eprintln!(
+        "{what}: {} requests, {} non-200, p99 during the event {:.1} ms, {note}",
+        seen.ok + seen.failed.len() as u64,
+        seen.failed.len(),
+        p99(&mut seen.during),
+    );
+    assert!(
+        seen.failed.is_empty(),
+        "{:?}",
+        &seen.failed[..seen.failed.len().min(5)]
+    );
+    seen
+}
+
 async fn all_hits_again(p: &Proxy, within: Duration) {
     let c = TestClient::new();
     let deadline = Instant::now() + within;
@@ -147,18 +164,10 @@ async fn a_master_killed_under_load_costs_no_request() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     event.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
-    let mut seen = running.await.unwrap();
-    eprintln!(
-        "master kill: {} requests, {} non-200, p99 during the event {:.1} ms, replaced after {:?}",
-        seen.ok + seen.failed.len() as u64,
-        seen.failed.len(),
-        p99(&mut seen.during),
-        replaced
-    );
-    assert!(
-        seen.failed.is_empty(),
-        "{:?}",
-        &seen.failed[..seen.failed.len().min(5)]
+    let seen = no_failures(
+        running.await.unwrap(),
+        "master kill",
+        format!("replaced after {replaced:?}"),
     );
     assert!(seen.ok > 100, "{} requests", seen.ok);
     // The killed master's slots are served by its replica: entries are read
@@ -209,18 +218,10 @@ async fn slots_resharded_under_load_cost_no_request() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     event.store(false, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
-    let mut seen = running.await.unwrap();
-    eprintln!(
-        "reshard of 2000 slots: {} requests, {} non-200, p99 during the event {:.1} ms, took {:?}",
-        seen.ok + seen.failed.len() as u64,
-        seen.failed.len(),
-        p99(&mut seen.during),
-        took
-    );
-    assert!(
-        seen.failed.is_empty(),
-        "{:?}",
-        &seen.failed[..seen.failed.len().min(5)]
+    no_failures(
+        running.await.unwrap(),
+        "reshard of 2000 slots",
+        format!("took {took:?}"),
     );
     // The slots moved with their entries: all still served from the cluster.
     let table = cluster.node_table().await;
